@@ -1,0 +1,178 @@
+"""Reporting: rich tables on rank 0, and atomic JSON / CSV / Markdown result files.
+
+A result file is `{"meta": {...}, "rows": [...]}`; `meta["benchmark"]` names the benchmark
+(collectives, kernels, moe, ...). Every file is written to a temporary name beside its target
+and renamed into place, so a crash or Ctrl-C never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "results"
+CONVENTIONS = (
+    "GB = 1e9 B; time in µs; TFLOP/s = 1e12 FLOP/s; median and p99 over timed iterations "
+    "(warmup excluded, barrier before each)"
+)
+
+console = Console(width=200)
+
+
+class ResultFileError(ValueError):
+    """A stored result file that is missing, truncated or not a moebench result."""
+
+
+def machine_tag() -> str:
+    """Folder name for this machine's results: `<gpu-name>` on CUDA, else `cpu-<cores>core`."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0).replace("NVIDIA ", "").replace(" ", "-").lower()
+    return f"cpu-{os.cpu_count()}core"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a result depends on."""
+    import numpy
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
+    try:
+        import triton
+
+        versions["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        import mpi4py
+        from mpi4py import MPI
+
+        versions["mpi4py"] = mpi4py.__version__
+        versions["mpi"] = MPI.Get_library_version().splitlines()[0].strip()
+    except ImportError:
+        pass
+    return versions
+
+
+def base_meta(benchmark: str, argv: Sequence[str]) -> dict:
+    """Fields every result file's meta carries."""
+    return {
+        "benchmark": benchmark,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "machine": machine_tag(),
+        "cpu_count": os.cpu_count(),
+        "argv": list(argv),
+        "versions": library_versions(),
+        "conventions": CONVENTIONS,
+    }
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.0f}"
+        if abs(value) >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], caption: str = "") -> None:
+    """Print one rich table; floats get 3 significant figures at most."""
+    table = Table(title=title, caption=caption, caption_justify="left", header_style="bold")
+    for name in columns:
+        table.add_column(name, justify="right" if name not in ("algo", "kernel", "impl", "config") else "left")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def rows_to_csv(rows: Sequence[dict]) -> str:
+    """CSV text with the union of the rows' keys as columns (first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def rows_to_markdown(columns: Sequence[str], rows: Sequence[Sequence], caption: str = "") -> str:
+    """A Markdown table (columns + formatted rows), caption below it."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    if caption:
+        lines += ["", caption]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, meta: dict, rows: Sequence[dict]) -> None:
+    """Atomically write `{"meta": meta, "rows": rows}` to `path`."""
+    atomic_write(Path(path), json.dumps({"meta": meta, "rows": list(rows)}, indent=1) + "\n")
+
+
+def save_run(meta: dict, rows: Sequence[dict], markdown: str, out_dir: Path | None = None) -> list[Path]:
+    """Store one run under `out_dir` (default results/<machine>/) without overwriting any earlier run.
+
+    Writes `<benchmark>-<tag>-<timestamp>.{json,csv,md}` and refreshes `<benchmark>-<tag>-latest.md`,
+    where tag is `meta["tag"]` (e.g. "p2") if present. Returns the paths written.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / meta["machine"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = meta["benchmark"] + (f"-{meta['tag']}" if meta.get("tag") else "")
+    base = out_dir / f"{name}-{stamp}"
+    paths = [base.with_suffix(".json"), base.with_suffix(".csv"), base.with_suffix(".md"), out_dir / f"{name}-latest.md"]
+    write_json(paths[0], meta, rows)
+    atomic_write(paths[1], rows_to_csv(rows))
+    atomic_write(paths[2], markdown)
+    atomic_write(paths[3], markdown)
+    return paths
+
+
+def load_json(path: Path) -> dict:
+    """Read a stored result; ResultFileError (one line) if it is missing, truncated or foreign."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultFileError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultFileError(f"{path}: not valid JSON (truncated?): {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("meta"), dict) or not isinstance(data.get("rows"), list):
+        raise ResultFileError(f"{path}: not a moebench result (expected {{'meta': {{...}}, 'rows': [...]}})")
+    if "benchmark" not in data["meta"]:
+        raise ResultFileError(f"{path}: not a moebench result (meta has no 'benchmark')")
+    return data

@@ -1,0 +1,79 @@
+"""Timing: warmup, a barrier before every timed iteration, per-iteration samples, statistics.
+
+Conventions (DESIGN.md §3): warmup iterations are excluded; each timed iteration starts after
+a barrier; the headline is the median, with p20/p80/p99 beside it; for multi-rank work each
+iteration's time is the slowest rank's (max over ranks, taken once after the loop so no
+collective runs inside the timed region). On CUDA, time with events; on CPU, perf_counter.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+def _cuda_samples(fn: Callable[[], object], iters: int, barrier: Callable[[], None] | None) -> np.ndarray:
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for i in range(iters):
+        if barrier is not None:
+            barrier()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return np.array([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)])
+
+
+def _host_samples(fn: Callable[[], object], iters: int, barrier: Callable[[], None] | None) -> np.ndarray:
+    samples = np.empty(iters)
+    for i in range(iters):
+        if barrier is not None:
+            barrier()
+        t0 = time.perf_counter()
+        fn()
+        samples[i] = (time.perf_counter() - t0) * 1e6
+    return samples
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    iters: int,
+    warmup: int,
+    comm=None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Run `fn` `warmup` times untimed, then `iters` times timed; return per-iteration µs [iters].
+
+    With `comm` (a collectives Communicator), a barrier precedes every iteration and the
+    returned samples are the max over ranks of each iteration (the slowest rank).
+    """
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got -n {iters} -w {warmup}")
+    barrier = comm.barrier if comm is not None else None
+    for _ in range(warmup):
+        fn()
+    on_cuda = torch.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.synchronize()
+    samples = _cuda_samples(fn, iters, barrier) if on_cuda else _host_samples(fn, iters, barrier)
+    if comm is not None:
+        samples = comm.allreduce_max(samples)
+    return samples
+
+
+def stats(samples_us: np.ndarray) -> dict[str, float]:
+    """Median, p20, p80, p99, min and mean of per-iteration samples (µs)."""
+    s = np.asarray(samples_us, dtype=np.float64)
+    return {
+        "time_us": float(np.median(s)),
+        "p20_us": float(np.percentile(s, 20)),
+        "p80_us": float(np.percentile(s, 80)),
+        "p99_us": float(np.percentile(s, 99)),
+        "min_us": float(s.min()),
+        "mean_us": float(s.mean()),
+    }

@@ -1,0 +1,58 @@
+"""Parallelism-coordinated dispatch/combine (DeepSpeed-MoE): each TP rank sends 1/L of the tokens.
+
+P = world size, L = TP degree, t = my TP rank, H = elements per row.
+The L ranks of a TP group hold identical `send` and `send_splits` (tokens after a TP block).
+Each chunk for destination d is cut into L near-equal parts; TP rank t sends only part t through
+the inner all-to-all. Combine returns part t's processed rows, and an all-gather inside the TP
+group rebuilds the whole [N, H] result on every TP rank: the same `out` as the plain round trip,
+with 1/L of the all-to-all volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from collectives.exchange import Algorithm, Plan, transpose_chunks, validate_splits
+
+
+@dataclass(frozen=True)
+class Handle:
+    """parts[d, u]: rows of chunk d sent by TP rank u; plus the inner algorithm and its plan."""
+
+    algorithm: Algorithm
+    plan: Plan
+    parts: np.ndarray
+
+
+def split_parts(send_splits, L: int) -> np.ndarray:
+    """[P, L] grid: chunk d's rows cut into L parts, the first (s mod L) parts one row longer."""
+    s = np.asarray(send_splits, dtype=np.int64)[:, None]
+    return s // L + (np.arange(L)[None, :] < s % L)
+
+
+def my_slice(send: torch.Tensor, parts: np.ndarray, t: int) -> torch.Tensor:
+    """The rows of part t of every chunk, chunk 0 first: [parts[:, t].sum(), H]."""
+    chunks = torch.split(send, parts.reshape(-1).tolist())
+    L = parts.shape[1]
+    return torch.cat([chunks[d * L + t] for d in range(parts.shape[0])])
+
+
+def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
+    """send [N, H] (same on every TP rank), send_splits (P counts) -> recv [M, H], recv_splits, handle."""
+    from collectives import ALGORITHMS
+
+    algorithm = ALGORITHMS[inner]
+    parts = split_parts(validate_splits(comm, send, send_splits), comm.tp.size)
+    part_rows = my_slice(send, parts, comm.tp.rank)
+    plan = algorithm.plan(comm, parts[:, comm.tp.rank].tolist())
+    return algorithm.forward(comm, part_rows, plan), list(plan.recv_splits), Handle(algorithm, plan, parts)
+
+
+def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
+    """processed_recv [M, H] -> out [N, H] on every TP rank (row i answers send row i)."""
+    mine = handle.algorithm.backward(comm, processed_recv, handle.plan)
+    gathered = comm.tp.allgatherv(mine, handle.parts.sum(axis=0).tolist())  # TP rank u's parts, u = 0..L-1
+    return transpose_chunks(gathered, np.ascontiguousarray(handle.parts.T))  # (u, d) -> (d, u)

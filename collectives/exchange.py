@@ -1,0 +1,70 @@
+"""What every all-to-all-v algorithm provides, and chunk layout helpers they share.
+
+P = world size, H = elements per row, N = P / G nodes, G = ranks per node.
+
+An algorithm splits an all-to-all-v into `plan` (exchange the split counts; everything the data
+movement needs to size its buffers) and `forward` (move the rows). `backward` sends processed
+rows back along the same routes with the same plan and no further count exchange — the combine
+half of a dispatch/combine pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Counts for one exchange. send_splits/recv_splits: P row counts; extra: algorithm-specific."""
+
+    send_splits: tuple[int, ...]
+    recv_splits: tuple[int, ...]
+    extra: object = None
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An all-to-all-v algorithm: `ALGORITHMS[name](comm, send, send_splits) -> (recv, recv_splits)`."""
+
+    name: str
+    plan: Callable  # (comm, send_splits) -> Plan
+    forward: Callable  # (comm, send[N, H], plan) -> recv[sum(recv_splits), H]
+    backward: Callable  # (comm, rows[sum(recv_splits), H], plan) -> rows[N, H] in send order
+
+    def __call__(self, comm, send: torch.Tensor, send_splits) -> tuple[torch.Tensor, list[int]]:
+        plan = self.plan(comm, validate_splits(comm, send, send_splits))
+        return self.forward(comm, send, plan), list(plan.recv_splits)
+
+
+def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
+    """Check send_splits against send ([N, ...]) and the world size; ValueError naming the problem."""
+    splits = tuple(int(s) for s in send_splits)
+    if len(splits) != comm.world_size:
+        raise ValueError(f"send_splits has {len(splits)} entries; the world has P={comm.world_size} ranks")
+    if any(s < 0 for s in splits):
+        raise ValueError(f"send_splits has a negative count: {list(splits)}")
+    if send.dim() < 1 or sum(splits) != send.shape[0]:
+        raise ValueError(f"send_splits sum to {sum(splits)} but send has {send.shape[0] if send.dim() else 0} rows")
+    return splits
+
+
+def offsets(splits) -> list[int]:
+    """Start row of each chunk: [0, s0, s0+s1, ...] (len(splits) + 1 entries)."""
+    return [0, *np.cumsum(np.asarray(splits, dtype=np.int64)).tolist()]
+
+
+def transpose_chunks(x: torch.Tensor, sizes: np.ndarray) -> torch.Tensor:
+    """Reorder row chunks laid out in row-major order of the grid `sizes[a, b]` into column-major order.
+
+    x: [sizes.sum(), H] holding chunk (0,0), (0,1), ..., (a-1,b-1); returns the same rows ordered
+    (0,0), (1,0), ..., (a-1,b-1). One copy (the "layout transform"), none when a or b is 1.
+    """
+    a, b = sizes.shape
+    if a == 1 or b == 1:
+        return x
+    chunks = torch.split(x, sizes.reshape(-1).tolist())
+    return torch.cat([chunks[i * b + j] for j in range(b) for i in range(a)])

@@ -1,0 +1,46 @@
+"""Flat all-to-all-v: our own pairwise exchange built from point-to-point operations.
+
+P = world size, H = elements per row.
+Round i (0 <= i < P): rank r sends its chunk for rank (r + i) % P and receives the chunk from
+rank (r - i) % P; round 0 is the local copy. Split counts are exchanged first, so every receive
+buffer is sized exactly and zero-row chunks are skipped on both sides.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from collectives.exchange import Algorithm, Plan, offsets
+
+
+def pairwise(group, send: torch.Tensor, send_splits, recv_splits) -> torch.Tensor:
+    """Pairwise exchange inside `group` with known counts; returns recv [sum(recv_splits), H]."""
+    size, me = group.size, group.rank
+    recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
+    send_off, recv_off = offsets(send_splits), offsets(recv_splits)
+    for step in range(size):
+        dest, source = (me + step) % size, (me - step) % size
+        group.sendrecv(
+            send[send_off[dest] : send_off[dest + 1]], dest, recv[recv_off[source] : recv_off[source + 1]], source
+        )
+    return recv
+
+
+def plan(comm, send_splits) -> Plan:
+    """Exchange split counts with every rank: recv_splits[s] = rank s's send_splits[me]."""
+    recv_splits = comm.world.exchange_counts(np.asarray(send_splits).reshape(-1, 1))[:, 0]
+    return Plan(tuple(send_splits), tuple(int(c) for c in recv_splits))
+
+
+def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """send [N, H] (rows for rank 0 first) -> recv [sum(recv_splits), H] (rows from rank 0 first)."""
+    return pairwise(comm.world, send, plan.send_splits, plan.recv_splits)
+
+
+def backward(comm, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Return rows [sum(recv_splits), H] to the ranks they came from -> [N, H] in send order."""
+    return pairwise(comm.world, rows, plan.recv_splits, plan.send_splits)
+
+
+ALGORITHM = Algorithm("flat", plan, forward, backward)

@@ -1,0 +1,34 @@
+"""Plain dispatch/combine: any all-to-all-v algorithm as a pair, every TP rank sending all its rows.
+
+P = world size, H = elements per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from collectives.exchange import Algorithm, Plan, validate_splits
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What combine needs to send rows back: the algorithm and its plan."""
+
+    algorithm: Algorithm
+    plan: Plan
+
+
+def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
+    """send [N, H] (rows for rank 0 first), send_splits (P counts) -> recv [M, H], recv_splits (P counts), handle."""
+    from collectives import ALGORITHMS
+
+    algorithm = ALGORITHMS[inner]
+    plan = algorithm.plan(comm, validate_splits(comm, send, send_splits))
+    return algorithm.forward(comm, send, plan), list(plan.recv_splits), Handle(algorithm, plan)
+
+
+def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
+    """processed_recv [M, H] (row i answers recv row i) -> out [N, H] (row i answers send row i)."""
+    return handle.algorithm.backward(comm, processed_recv, handle.plan)
