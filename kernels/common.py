@@ -1,0 +1,169 @@
+# T = tokens, E = experts, H = hidden, I = expert FFN (variable FFN: ruff rejects I), k = active,
+# R = rows of a kernel's layout
+"""What the three expert kernels share: input checks, the stats they return, the memory meter, the combine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.routing import IMPLS, Routing
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+FLOPS_PER_ROW = 6  # SwiGLU: 2*H*I each for gate, up and down (DESIGN.md §3)
+
+
+def check_inputs(
+    x_TH: torch.Tensor,
+    routing: Routing,
+    w_gate_EHI: torch.Tensor,
+    w_up_EHI: torch.Tensor,
+    w_down_EIH: torch.Tensor,
+    impl: str,
+) -> tuple[int, int, int, int]:
+    """ValueError naming the problem unless the inputs fit together; returns (T, H, I, E)."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    if x_TH.dim() != 2:
+        raise ValueError(f"x must be [T, H], got shape {tuple(x_TH.shape)}")
+    if w_gate_EHI.dim() != 3 or w_up_EHI.shape != w_gate_EHI.shape:
+        raise ValueError(
+            f"w_gate and w_up must both be [E, H, I]; got {tuple(w_gate_EHI.shape)} and {tuple(w_up_EHI.shape)}"
+        )
+    T, H = x_TH.shape
+    E, H_w, FFN = w_gate_EHI.shape
+    if H_w != H:
+        raise ValueError(f"x has H={H} but w_gate is [E, H, I] = {tuple(w_gate_EHI.shape)}")
+    if tuple(w_down_EIH.shape) != (E, FFN, H):
+        raise ValueError(f"w_down must be [E, I, H] = {(E, FFN, H)}, got {tuple(w_down_EIH.shape)}")
+    if routing.num_experts != E:
+        raise ValueError(f"weights have E={E} experts but the routing has {routing.num_experts}")
+    if routing.num_tokens != T:
+        raise ValueError(f"x has T={T} tokens but the routing has {routing.num_tokens}")
+    if x_TH.dtype not in DTYPES:
+        raise ValueError(f"x dtype must be one of float32, bfloat16, float16; got {x_TH.dtype}")
+    for name, w in (("w_gate", w_gate_EHI), ("w_up", w_up_EHI), ("w_down", w_down_EIH)):
+        if w.dtype != x_TH.dtype:
+            raise ValueError(f"{name} dtype {w.dtype} does not match x dtype {x_TH.dtype}")
+        if w.device != x_TH.device:
+            raise ValueError(f"{name} is on {w.device} but x is on {x_TH.device}")
+    if routing.topk_ids_Tk.device != x_TH.device:
+        raise ValueError(f"routing is on {routing.topk_ids_Tk.device} but x is on {x_TH.device}")
+    return T, H, FFN, E
+
+
+def as_int(value: int | torch.Tensor) -> int:
+    return int(value)
+
+
+@dataclass(frozen=True)
+class KernelStats:
+    """What an expert kernel did. Counts may be 0-d device tensors so the kernel never syncs;
+    reading a property converts them (a sync on GPU).
+
+    useful rows = kept (token, expert) pairs; executed rows = rows the kernel's GEMMs computed
+    (padding and partial tiles included); FLOPs = 6 * H * I per row (SwiGLU).
+    peak_extra_bytes: peak memory the kernel allocated beyond its inputs and its output y (see MemoryMeter).
+    """
+
+    hidden: int
+    ffn: int
+    num_useful_rows: int | torch.Tensor
+    num_executed_rows: int | torch.Tensor
+    num_dropped: int | torch.Tensor
+    num_padded_rows: int | torch.Tensor
+    peak_extra_bytes: int
+
+    @property
+    def useful_flops(self) -> int:
+        return FLOPS_PER_ROW * self.hidden * self.ffn * as_int(self.num_useful_rows)
+
+    @property
+    def executed_flops(self) -> int:
+        return FLOPS_PER_ROW * self.hidden * self.ffn * as_int(self.num_executed_rows)
+
+    @property
+    def padding_waste(self) -> float:
+        """executed / useful FLOPs (1.0 = nothing wasted; inf if only padding was computed)."""
+        useful, executed = self.useful_flops, self.executed_flops
+        if useful == 0:
+            return 1.0 if executed == 0 else float("inf")
+        return executed / useful
+
+    @property
+    def dropped(self) -> int:
+        return as_int(self.num_dropped)
+
+    @property
+    def padded_rows(self) -> int:
+        """Rows of padding the kernel held in memory (and computed)."""
+        return as_int(self.num_padded_rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "useful_flops": self.useful_flops,
+            "executed_flops": self.executed_flops,
+            "padding_waste": self.padding_waste,
+            "dropped": self.dropped,
+            "padded_rows": self.padded_rows,
+            "peak_extra_bytes": self.peak_extra_bytes,
+        }
+
+
+class MemoryMeter:
+    """Peak extra memory of one kernel call, its output y excluded.
+
+    CPU: a ledger. The kernel passes every buffer it allocates to `alloc` and every buffer it is done
+    with to `free`; the peak of the running sum of their sizes is the answer. Buffers are written with
+    in-place ops so no untracked temporaries of their size exist (library-internal scratch, e.g. inside
+    a GEMM, is not seen).
+    CUDA: the caching allocator's own count: torch.cuda.max_memory_allocated() over the call minus
+    what was allocated at its start (the peak counter is reset at the start), minus y.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.live = 0
+        self.peak = 0
+        if self.cuda:
+            self.start = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        self.device = device
+
+    def alloc(self, tensor: torch.Tensor) -> torch.Tensor:
+        self.live += tensor.numel() * tensor.element_size()
+        self.peak = max(self.peak, self.live)
+        return tensor
+
+    def free(self, *tensors: torch.Tensor) -> None:
+        self.live -= sum(t.numel() * t.element_size() for t in tensors)
+
+    def peak_bytes(self, y: torch.Tensor) -> int:
+        if self.cuda:
+            return torch.cuda.max_memory_allocated(self.device) - self.start - y.numel() * y.element_size()
+        return self.peak
+
+
+def combine(
+    out_RH: torch.Tensor, pos_Tk: torch.Tensor, routing: Routing, dtype: torch.dtype, meter: MemoryMeter
+) -> torch.Tensor:
+    """y[t] = sum_j kept[t, j] * weight[t, j] * out[pos[t, j]], accumulated in fp32, returned in `dtype`.
+
+    out_RH: expert outputs in the kernel's row layout; pos_Tk: each assignment's row there. Dropped
+    assignments read row 0 (always a computed row) with weight 0.
+    """
+    T, k = pos_Tk.shape
+    weights_Tk = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0)
+    pos_Tk = torch.where(routing.kept_Tk, pos_Tk, 0)
+    y_TH = torch.zeros(T, out_RH.shape[1], dtype=torch.float32, device=out_RH.device)
+    if dtype != torch.float32:  # an fp32 accumulator beside the output
+        meter.alloc(y_TH)
+    for j in range(k):
+        rows_TH = meter.alloc(out_RH[pos_Tk[:, j]])
+        y_TH.addcmul_(rows_TH, weights_Tk[:, j : j + 1])
+        meter.free(rows_TH)
+    if dtype == torch.float32:
+        return y_TH
+    meter.free(y_TH)
+    return y_TH.to(dtype)

@@ -1,0 +1,188 @@
+# T = tokens, E = experts, H = hidden, I = expert FFN (variable FFN: ruff rejects I), k = active,
+# A = T*k assignments, B = tiles
+"""dynamic: exact per-expert segments, no padding in memory and no drops (Huang et al.'s dynamic gating).
+
+Each expert gets exactly as many rows as were assigned to it (the routing's kept segments). The FFN is a
+grouped GEMM over those variable segments:
+- triton: the vLLM fused_moe / ScatterMoE recipe. Programs walk the routing's tile -> expert map; the
+  gate+up kernel gathers token rows of x on load (no permuted copy of x) and writes the SwiGLU output in
+  expert order [A, I]; the down kernel reads it, multiplies by the gate weight and scatters each row on
+  store to its (token, slot) place in an fp32 [T, k, H] buffer, which is summed over k. Tiles are
+  block_size rows, so a segment's last tile computes masked rows: executed rows = tiles * block_size.
+- torch: F.grouped_mm (it runs on CPU in torch 2.13) over rows gathered in expert order; executed rows =
+  assigned rows exactly.
+With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.common import KernelStats, MemoryMeter, check_inputs, combine
+from kernels.routing import Routing
+from kernels.triton_utils import require_triton, triton_flags
+
+
+@triton.jit
+def _dynamic_gate_up_kernel(
+    x_ptr,  # [T, H] tokens in their original order
+    sort_idx_ptr,  # [A] assignment ids in expert order
+    tile_expert_ptr,  # [B] expert of each tile, -1 past the last
+    tile_row_ptr,  # [B] first row of each tile in expert order
+    offsets_ptr,  # [E + 1] segment ends
+    w_gate_ptr,  # [E, H, I]
+    w_up_ptr,  # [E, H, I]
+    h_ptr,  # [A, I] out, in expert order
+    H,
+    FFN,
+    TOP_K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    e = tl.load(tile_expert_ptr + tile)
+    if e < 0:
+        return
+    rows = tl.load(tile_row_ptr + tile) + tl.arange(0, BLOCK_M)
+    row_mask = rows < tl.load(offsets_ptr + e + 1)
+    token = tl.load(sort_idx_ptr + rows, mask=row_mask, other=0) // TOP_K
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_off = e * H * FFN + cols[None, :]
+    acc_gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(x_ptr + token[:, None] * H + ks[None, :], mask=row_mask[:, None] & (ks[None, :] < H), other=0.0)
+        w_mask = (ks[:, None] < H) & (cols[None, :] < FFN)
+        b_gate = tl.load(w_gate_ptr + w_off + ks[:, None] * FFN, mask=w_mask, other=0.0)
+        b_up = tl.load(w_up_ptr + w_off + ks[:, None] * FFN, mask=w_mask, other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b_gate = b_gate.to(tl.float32)
+            b_up = b_up.to(tl.float32)
+        acc_gate = tl.dot(a, b_gate, acc_gate, input_precision=DOT_PREC)
+        acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PREC)
+    h = acc_gate * tl.sigmoid(acc_gate) * acc_up
+    h_mask = row_mask[:, None] & (cols[None, :] < FFN)
+    tl.store(h_ptr + rows[:, None] * FFN + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=h_mask)
+
+
+@triton.jit
+def _dynamic_down_kernel(
+    h_ptr,  # [A, I] in expert order
+    sort_idx_ptr,  # [A]
+    tile_expert_ptr,  # [B]
+    tile_row_ptr,  # [B]
+    offsets_ptr,  # [E + 1]
+    w_down_ptr,  # [E, I, H]
+    weights_ptr,  # [A] fp32 gate weight of each assignment
+    out_ptr,  # [A, H] fp32 out, in assignment order (t * k + j)
+    H,
+    FFN,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    e = tl.load(tile_expert_ptr + tile)
+    if e < 0:
+        return
+    rows = tl.load(tile_row_ptr + tile) + tl.arange(0, BLOCK_M)
+    row_mask = rows < tl.load(offsets_ptr + e + 1)
+    assignment = tl.load(sort_idx_ptr + rows, mask=row_mask, other=0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, FFN, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(h_ptr + rows[:, None] * FFN + ks[None, :], mask=row_mask[:, None] & (ks[None, :] < FFN), other=0.0)
+        b = tl.load(
+            w_down_ptr + e * FFN * H + ks[:, None] * H + cols[None, :],
+            mask=(ks[:, None] < FFN) & (cols[None, :] < H),
+            other=0.0,
+        )
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    weight = tl.load(weights_ptr + assignment, mask=row_mask, other=0.0)
+    out_mask = row_mask[:, None] & (cols[None, :] < H)
+    tl.store(out_ptr + assignment[:, None] * H + cols[None, :], acc * weight[:, None], mask=out_mask)
+
+
+def _experts_torch(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
+    """Rows gathered in expert order, three grouped GEMMs over the exact segments, weighted combine."""
+    offs_E = routing.offsets_E1[1:].to(torch.int32)
+    x_AH = meter.alloc(x_TH[routing.sort_idx_A // routing.top_k])
+    h_AI = meter.alloc(F.grouped_mm(x_AH, w_gate_EHI, offs=offs_E))
+    up_AI = meter.alloc(F.grouped_mm(x_AH, w_up_EHI, offs=offs_E))
+    meter.free(x_AH)
+    F.silu(h_AI, inplace=True).mul_(up_AI)
+    meter.free(up_AI)
+    out_AH = meter.alloc(F.grouped_mm(h_AI, w_down_EIH, offs=offs_E))
+    meter.free(h_AI)
+    return combine(out_AH, routing.sorted_pos_Tk, routing, x_TH.dtype, meter)
+
+
+def _experts_triton(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
+    """Gather-on-load gate+up kernel, scatter-on-store down kernel, sum over k."""
+    T, H = x_TH.shape
+    FFN = w_gate_EHI.shape[2]
+    A, k = routing.num_assignments, routing.top_k
+    flags = triton_flags(x_TH)
+    meta = (routing.sort_idx_A, routing.tile_expert_B, routing.tile_row_B, routing.offsets_E1)
+    weights_A = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0).view(A)
+    h_AI = meter.alloc(x_TH.new_empty(A, FFN))
+    out_AH = meter.alloc(torch.zeros(A, H, dtype=torch.float32, device=x_TH.device))
+    if routing.max_tiles:
+        grid_up = (routing.max_tiles, triton.cdiv(FFN, flags["BLOCK_N"]))
+        _dynamic_gate_up_kernel[grid_up](
+            x_TH, *meta, w_gate_EHI, w_up_EHI, h_AI, H, FFN, k, BLOCK_M=routing.block_size, **flags
+        )
+        grid_down = (routing.max_tiles, triton.cdiv(H, flags["BLOCK_N"]))
+        _dynamic_down_kernel[grid_down](
+            h_AI, *meta, w_down_EIH, weights_A, out_AH, H, FFN, BLOCK_M=routing.block_size, **flags
+        )
+    meter.free(h_AI)
+    y_TH = out_AH.view(T, k, H).sum(1)
+    if x_TH.dtype == torch.float32:
+        return y_TH
+    meter.alloc(y_TH)
+    return y_TH.to(x_TH.dtype)
+
+
+def dynamic_experts(
+    x_TH: torch.Tensor,
+    routing: Routing,
+    w_gate_EHI: torch.Tensor,
+    w_up_EHI: torch.Tensor,
+    w_down_EIH: torch.Tensor,
+    impl: str = "torch",
+) -> tuple[torch.Tensor, KernelStats]:
+    """Exact-segment experts. Returns (y_TH in x's dtype, stats); no padded rows in memory."""
+    _, H, FFN, _ = check_inputs(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl)
+    meter = MemoryMeter(x_TH.device)
+    if impl == "triton":
+        require_triton(x_TH)
+        y_TH = _experts_triton(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
+        executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
+    else:
+        y_TH = _experts_torch(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
+        executed = routing.num_kept
+    stats = KernelStats(
+        hidden=H,
+        ffn=FFN,
+        num_useful_rows=routing.num_kept,
+        num_executed_rows=executed,
+        num_dropped=routing.num_dropped,
+        num_padded_rows=0,
+        peak_extra_bytes=meter.peak_bytes(y_TH),
+    )
+    return y_TH, stats

@@ -1,0 +1,323 @@
+# T = tokens, E = experts, k = active experts per token, A = T*k assignments, B = tiles (row blocks)
+"""Routing: the top-k softmax gate, capacity and drops, and the layout metadata every expert kernel reads.
+
+`route(logits_TE, k)` runs the gate and builds a frozen `Routing`; `routing_from_topk(ids, weights, E)`
+builds the same object from expert ids chosen elsewhere (a forced skew, or rows that arrive after an
+all-to-all). An *assignment* is one (token, slot) pair, numbered `a = t * k + j`.
+
+Layout (all device tensors, computed without host syncs):
+- `sort_idx_A`: assignments in expert order, stable (token order inside an expert, or gate-weight order
+  under drop_policy="weight"); kept assignments first, dropped ones after `offsets_E1[E]`.
+- `offsets_E1`: expert e's kept rows are `sort_idx_A[offsets_E1[e]:offsets_E1[e + 1]]`.
+- `rank_Tk`: an assignment's place in its expert's queue (before drops); kept iff rank < capacity.
+  A kept assignment sits at row `offsets_E1[e] + rank` of the sorted order.
+- `block_offsets_E1`: the same segments with each one padded to a multiple of `block_size` rows.
+- `tile_expert_B` / `tile_row_B`: for each tile of `block_size` rows, its expert and its first row in
+  the exact sorted order; tiles past the last used one hold expert -1. `B` is a bound known without
+  looking at the data (`max_tiles`), so a grid can be launched without a sync.
+
+Capacity (DESIGN.md §3): capacity = ceil(capacity_factor * T * k / E) rows per expert; without a capacity
+factor nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_utils import require_triton
+
+DEFAULT_BLOCK_SIZE = 64
+DROP_POLICIES = ("position", "weight")
+IMPLS = ("torch", "triton")
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which experts each token goes to, what is kept, and where every kept row sits.
+
+    Shapes: topk_ids_Tk int64 [T, k]; topk_weights_Tk fp32 [T, k]; counts_E, kept_counts_E int64 [E]
+    (assignments per expert before / after drops); kept_Tk bool [T, k]; rank_Tk int64 [T, k];
+    num_dropped int64 0-d; sort_idx_A int64 [A]; offsets_E1, block_offsets_E1 int64 [E + 1];
+    tile_expert_B, tile_row_B int64 [max_tiles]. capacity is None when nothing can be dropped.
+    """
+
+    topk_ids_Tk: torch.Tensor
+    topk_weights_Tk: torch.Tensor
+    num_experts: int
+    capacity: int | None
+    counts_E: torch.Tensor
+    kept_counts_E: torch.Tensor
+    kept_Tk: torch.Tensor
+    rank_Tk: torch.Tensor
+    num_dropped: torch.Tensor
+    sort_idx_A: torch.Tensor
+    offsets_E1: torch.Tensor
+    block_size: int
+    block_offsets_E1: torch.Tensor
+    tile_expert_B: torch.Tensor
+    tile_row_B: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return self.topk_ids_Tk.shape[0]
+
+    @property
+    def top_k(self) -> int:
+        return self.topk_ids_Tk.shape[1]
+
+    @property
+    def num_assignments(self) -> int:
+        return self.topk_ids_Tk.numel()
+
+    @property
+    def max_tiles(self) -> int:
+        return self.tile_expert_B.shape[0]
+
+    @property
+    def num_kept(self) -> torch.Tensor:
+        """Kept assignments (0-d tensor, no sync until read)."""
+        return self.offsets_E1[-1]
+
+    @property
+    def sorted_pos_Tk(self) -> torch.Tensor:
+        """Row of each assignment in the exact sorted order (meaningful where kept)."""
+        return self.offsets_E1[self.topk_ids_Tk] + self.rank_Tk
+
+    @property
+    def block_pos_Tk(self) -> torch.Tensor:
+        """Row of each assignment in the block-aligned layout (meaningful where kept)."""
+        return self.block_offsets_E1[self.topk_ids_Tk] + self.rank_Tk
+
+    def with_block_size(self, block_size: int) -> Routing:
+        """The same routing with block-aligned offsets and the tile map for another block size."""
+        if block_size == self.block_size:
+            return self
+        _check_block_size(block_size)
+        blocks = _block_layout(self.kept_counts_E, self.offsets_E1, block_size, self.num_assignments)
+        return dataclasses.replace(self, block_size=block_size, **blocks)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+def _check_block_size(block_size: int) -> None:
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two >= 16, got {block_size}")
+
+
+def _check_options(num_experts: int, k: int, capacity_factor, drop_policy: str, block_size: int) -> None:
+    if not 1 <= k <= num_experts:
+        raise ValueError(f"k must be in 1..E={num_experts}, got k={k}")
+    if capacity_factor is not None and not (capacity_factor > 0 and math.isfinite(capacity_factor)):
+        raise ValueError(f"capacity_factor must be a positive number or None, got {capacity_factor}")
+    if drop_policy not in DROP_POLICIES:
+        raise ValueError(f"unknown drop_policy {drop_policy!r}; valid: {', '.join(DROP_POLICIES)}")
+    _check_block_size(block_size)
+
+
+def capacity_for(num_tokens: int, k: int, num_experts: int, capacity_factor: float | None) -> int | None:
+    """ceil(capacity_factor * T * k / E) rows per expert, or None without a capacity factor."""
+    if capacity_factor is None:
+        return None
+    return math.ceil(capacity_factor * num_tokens * k / num_experts)
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+
+
+@triton.jit
+def _topk_softmax_kernel(
+    logits_ptr,  # [T, E], any float dtype
+    ids_ptr,  # [T, K] int64
+    weights_ptr,  # [T, K] fp32
+    T,
+    E,
+    stride_t,
+    K: tl.constexpr,
+    K_PAD: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+):
+    """Each program takes BLOCK_T rows: k rounds of (max, first index of the max, mask it out)."""
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_E)
+    slots = tl.arange(0, K_PAD)
+    mask = (rows[:, None] < T) & (cols[None, :] < E)
+    x = tl.load(logits_ptr + rows[:, None].to(tl.int64) * stride_t + cols[None, :], mask=mask, other=0.0)
+    x = tl.where(cols[None, :] < E, x.to(tl.float32), -float("inf"))  # rows past T stay finite
+    top = tl.max(x, axis=1)
+    ids = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
+    probs = tl.zeros([BLOCK_T, K_PAD], dtype=tl.float32)
+    for j in tl.static_range(K):
+        best = tl.max(x, axis=1)
+        idx = tl.min(tl.where(x == best[:, None], cols[None, :], BLOCK_E), axis=1)
+        ids = tl.where(slots[None, :] == j, idx[:, None], ids)
+        probs = tl.where(slots[None, :] == j, tl.exp(best - top)[:, None], probs)
+        x = tl.where(cols[None, :] == idx[:, None], -float("inf"), x)
+    probs = probs / tl.sum(probs, axis=1)[:, None]
+    out = rows[:, None].to(tl.int64) * K + slots[None, :]
+    out_mask = (rows[:, None] < T) & (slots[None, :] < K)
+    tl.store(ids_ptr + out, ids.to(tl.int64), mask=out_mask)
+    tl.store(weights_ptr + out, probs, mask=out_mask)
+
+
+def topk_softmax(logits_TE: torch.Tensor, k: int, impl: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k experts per token and the softmax over their logits.
+
+    Returns (topk_ids_Tk int64 [T, k], topk_weights_Tk fp32 [T, k]); ids in descending logit order.
+    """
+    if impl == "torch":
+        vals_Tk, ids_Tk = logits_TE.float().topk(k, dim=-1)
+        return ids_Tk, torch.softmax(vals_Tk, dim=-1)
+    require_triton(logits_TE)
+    T, E = logits_TE.shape
+    ids_Tk = torch.empty(T, k, dtype=torch.int64, device=logits_TE.device)
+    weights_Tk = torch.empty(T, k, dtype=torch.float32, device=logits_TE.device)
+    block_e = triton.next_power_of_2(E)
+    block_t = max(1, min(64, 4096 // block_e))
+    if T > 0:
+        _topk_softmax_kernel[(triton.cdiv(T, block_t),)](
+            logits_TE, ids_Tk, weights_Tk, T, E, logits_TE.stride(0),
+            K=k, K_PAD=triton.next_power_of_2(k), BLOCK_T=block_t, BLOCK_E=block_e,
+        )  # fmt: skip
+    return ids_Tk, weights_Tk
+
+
+# ---------------------------------------------------------------------------------------------- layout
+
+
+def max_tiles(num_assignments: int, num_experts: int, block_size: int) -> int:
+    """An upper bound on tiles of `block_size` rows over all experts' segments, known without the data.
+
+    Each non-empty expert adds at most one partial tile, and no tile is empty.
+    """
+    A = num_assignments
+    return min(A, A // block_size + min(num_experts, A))
+
+
+def _block_layout(kept_counts_E: torch.Tensor, offsets_E1: torch.Tensor, block_size: int, num_assignments: int):
+    """Block-aligned offsets [E+1], and the tile -> expert / first-row maps [max_tiles]."""
+    E = kept_counts_E.shape[0]
+    tiles_E = (kept_counts_E + block_size - 1) // block_size
+    tile_ends_E = torch.cumsum(tiles_E, 0)
+    block_offsets_E1 = torch.cat([tile_ends_E.new_zeros(1), tile_ends_E * block_size])
+    tile_B = torch.arange(max_tiles(num_assignments, E, block_size), device=kept_counts_E.device)
+    expert_B = torch.searchsorted(tile_ends_E, tile_B, right=True)
+    used_B = expert_B < E
+    expert_B = expert_B.clamp(max=E - 1)
+    first_tile_B = tile_ends_E[expert_B] - tiles_E[expert_B]
+    row_B = offsets_E1[expert_B] + (tile_B - first_tile_B) * block_size
+    return {
+        "block_offsets_E1": block_offsets_E1,
+        "tile_expert_B": torch.where(used_B, expert_B, -1),
+        "tile_row_B": torch.where(used_B, row_B, -1),
+    }
+
+
+def _queue_order(ids_A: torch.Tensor, weights_A: torch.Tensor, drop_policy: str) -> torch.Tensor:
+    """Assignments sorted by expert; inside an expert, in the order the drop policy serves them."""
+    if drop_policy == "position":
+        return torch.sort(ids_A, stable=True).indices
+    by_weight_A = torch.sort(weights_A, descending=True, stable=True).indices
+    return by_weight_A[torch.sort(ids_A[by_weight_A], stable=True).indices]
+
+
+def routing_from_topk(
+    topk_ids_Tk: torch.Tensor,
+    topk_weights_Tk: torch.Tensor,
+    num_experts: int,
+    capacity_factor: float | None = None,
+    drop_policy: str = "position",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    validate: bool = True,
+) -> Routing:
+    """Build a Routing from expert ids chosen elsewhere.
+
+    Args:
+        topk_ids_Tk: int [T, k] expert of each assignment, in 0..num_experts-1.
+        topk_weights_Tk: float [T, k] combine weight of each assignment (stored as fp32).
+        num_experts: E (for a rank of an expert-parallel layer: its local experts, ids 0..E_local-1).
+        capacity_factor: None (dropless) or > 0: capacity = ceil(cf * T * k / E).
+        drop_policy: "position" (first come, first kept, in token order) or "weight" (highest gate
+            weight first, as in batch-prioritised routing).
+        block_size: rows per tile / block for the block-aligned layout (power of two >= 16).
+        validate: check ids are in range; this reads the ids on the host (a sync on GPU).
+    Rows that arrive already grouped (after an all-to-all) are the case k = 1: ids [N, 1], weights 1.0.
+    """
+    if topk_ids_Tk.dim() != 2 or topk_weights_Tk.shape != topk_ids_Tk.shape:
+        raise ValueError(
+            f"topk_ids and topk_weights must both be [T, k]; got {tuple(topk_ids_Tk.shape)} "
+            f"and {tuple(topk_weights_Tk.shape)}"
+        )
+    if topk_ids_Tk.dtype.is_floating_point or topk_ids_Tk.dtype == torch.bool:
+        raise ValueError(f"topk_ids must be an integer tensor, got {topk_ids_Tk.dtype}")
+    T, k = topk_ids_Tk.shape
+    _check_options(num_experts, k, capacity_factor, drop_policy, block_size)
+    if validate and topk_ids_Tk.numel() and not 0 <= int(topk_ids_Tk.min()) <= int(topk_ids_Tk.max()) < num_experts:
+        raise ValueError(f"expert ids must be in 0..{num_experts - 1}, got a value outside that range")
+    ids_A = topk_ids_Tk.reshape(-1).long()
+    weights_A = topk_weights_Tk.reshape(-1).float()
+    capacity = capacity_for(T, k, num_experts, capacity_factor)
+    order_A = _queue_order(ids_A, weights_A, drop_policy)
+    counts_E = torch.zeros(num_experts, dtype=torch.int64, device=ids_A.device).scatter_add_(
+        0, ids_A, torch.ones_like(ids_A)
+    )
+    starts_E = torch.cumsum(counts_E, 0) - counts_E
+    rank_A = torch.empty_like(ids_A)
+    rank_A[order_A] = torch.arange(ids_A.numel(), device=ids_A.device) - starts_E[ids_A[order_A]]
+    if capacity is None:
+        kept_A = torch.ones_like(ids_A, dtype=torch.bool)
+        kept_counts_E = counts_E
+    else:
+        kept_A = rank_A < capacity
+        kept_counts_E = counts_E.clamp(max=capacity)
+        dropped_last_A = torch.where(kept_A[order_A], ids_A[order_A], num_experts)
+        order_A = order_A[torch.sort(dropped_last_A, stable=True).indices]
+    offsets_E1 = torch.cat([counts_E.new_zeros(1), torch.cumsum(kept_counts_E, 0)])
+    return Routing(
+        topk_ids_Tk=ids_A.view(T, k),
+        topk_weights_Tk=weights_A.view(T, k),
+        num_experts=num_experts,
+        capacity=capacity,
+        counts_E=counts_E,
+        kept_counts_E=kept_counts_E,
+        kept_Tk=kept_A.view(T, k),
+        rank_Tk=rank_A.view(T, k),
+        num_dropped=(~kept_A).sum(),
+        sort_idx_A=order_A,
+        offsets_E1=offsets_E1,
+        block_size=block_size,
+        **_block_layout(kept_counts_E, offsets_E1, block_size, ids_A.numel()),
+    )
+
+
+def route(
+    logits_TE: torch.Tensor,
+    k: int,
+    capacity_factor: float | None = None,
+    drop_policy: str = "position",
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    impl: str = "torch",
+) -> Routing:
+    """Top-k softmax gate on router logits, then capacity, drops and layout (see `routing_from_topk`).
+
+    Args:
+        logits_TE: float [T, E] router logits.
+        k: experts per token (1..E).
+        impl: "torch" (torch.topk + softmax) or "triton" (one fused top-k softmax kernel).
+    Returns a frozen Routing; topk_weights_Tk is the softmax over each token's top-k logits.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    if logits_TE.dim() != 2 or not logits_TE.dtype.is_floating_point:
+        raise ValueError(f"logits must be a float [T, E] tensor, got {logits_TE.dtype} {tuple(logits_TE.shape)}")
+    E = logits_TE.shape[1]
+    _check_options(E, k, capacity_factor, drop_policy, block_size)
+    ids_Tk, weights_Tk = topk_softmax(logits_TE, k, impl)
+    return routing_from_topk(ids_Tk, weights_Tk, E, capacity_factor, drop_policy, block_size, validate=False)
