@@ -1,0 +1,199 @@
+# T = tokens, E = experts, H = hidden, I = expert FFN, k = active
+"""Every expert kernel x impl against the float64 reference, edge cases, stats and bad input.
+
+Triton kernels run under the CPU interpreter: TRITON_INTERPRET=1 must be set before triton is imported.
+Relative error is ||y - ref|| / ||ref|| (Frobenius), ref computed in float64 from the same (rounded) inputs.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import math
+
+import pytest
+import torch
+
+from kernels import EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
+from kernels.triton_utils import interpreter_active
+
+KERNELS = list(EXPERT_KERNELS)
+IMPLS = ["torch", "triton"]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+
+def make_weights(E: int, H: int, FFN: int, dtype=torch.float32, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w_gate_EHI = torch.randn(E, H, FFN, generator=g) / math.sqrt(H)
+    w_up_EHI = torch.randn(E, H, FFN, generator=g) / math.sqrt(H)
+    w_down_EIH = torch.randn(E, FFN, H, generator=g) / math.sqrt(FFN)
+    return tuple(w.to(dtype) for w in (w_gate_EHI, w_up_EHI, w_down_EIH))
+
+
+def make_x(T: int, H: int, dtype=torch.float32, seed: int = 1):
+    return torch.randn(T, H, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def random_routing(T: int, E: int, k: int, cf=None, block_size: int = 16, seed: int = 2):
+    logits_TE = torch.randn(T, E, generator=torch.Generator().manual_seed(seed))
+    return route(logits_TE, k, capacity_factor=cf, block_size=block_size)
+
+
+def forced_routing(ids_Tk, E: int, cf=None, block_size: int = 16, seed: int = 3):
+    ids_Tk = torch.as_tensor(ids_Tk, dtype=torch.int64)
+    weights_Tk = torch.rand(ids_Tk.shape, generator=torch.Generator().manual_seed(seed)) + 0.1
+    return routing_from_topk(ids_Tk, weights_Tk / weights_Tk.sum(1, keepdim=True), E, cf, block_size=block_size)
+
+
+def rel_err(y, ref) -> float:
+    return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+# name -> (H, I, E, routing builder); I=48 is not a multiple of the block size (partial column blocks)
+CASES = {
+    "random": (32, 48, 4, lambda: random_routing(37, 4, 2)),
+    "expert_without_tokens": (32, 48, 4, lambda: forced_routing([[0, 1], [3, 0], [1, 3]] * 7, 4)),
+    "all_tokens_one_expert": (32, 48, 4, lambda: forced_routing([[2]] * 21, 4)),
+    "one_token": (32, 48, 4, lambda: random_routing(1, 4, 2)),
+    "k_equals_E": (32, 48, 4, lambda: random_routing(19, 4, 4)),
+    "capacity_drops": (32, 48, 4, lambda: random_routing(37, 4, 2, cf=0.5)),
+    "capacity_no_drops": (32, 48, 4, lambda: random_routing(37, 4, 2, cf=4.0)),
+    "block_32_many_experts": (16, 64, 16, lambda: random_routing(45, 16, 3, block_size=32)),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference(case, name, impl, dtype):
+    H, FFN, E, make_routing = CASES[case]
+    routing = make_routing()
+    w_gate_EHI, w_up_EHI, w_down_EIH = make_weights(E, H, FFN, dtype)
+    x_TH = make_x(routing.num_tokens, H, dtype)
+    y_TH, stats = EXPERT_KERNELS[name](x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl=impl)
+    ref_TH = reference.moe_experts(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH)
+    assert y_TH.shape == x_TH.shape and y_TH.dtype == dtype
+    assert rel_err(y_TH, ref_TH) <= TOL[dtype]
+    num_kept = int(routing.kept_Tk.sum())
+    assert stats.useful_flops == 6 * H * FFN * num_kept
+    assert stats.executed_flops >= stats.useful_flops
+    assert stats.dropped == int(routing.num_dropped) == routing.num_assignments - num_kept
+    assert stats.peak_extra_bytes > 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", KERNELS)
+def test_fp16(name, impl):
+    H, FFN, E, make_routing = CASES["random"]
+    routing = make_routing()
+    weights = make_weights(E, H, FFN, torch.float16)
+    x_TH = make_x(routing.num_tokens, H, torch.float16)
+    y_TH, _ = EXPERT_KERNELS[name](x_TH, routing, *weights, impl=impl)
+    assert y_TH.dtype == torch.float16
+    assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= TOL[torch.float16]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", KERNELS)
+def test_zero_tokens(name, impl):
+    """A rank of an expert-parallel layer can receive no rows at all."""
+    routing = forced_routing(torch.zeros(0, 1), 4)
+    y_TH, stats = EXPERT_KERNELS[name](make_x(0, 32), routing, *make_weights(4, 32, 48), impl=impl)
+    assert y_TH.shape == (0, 32)
+    assert stats.useful_flops == 0 and stats.dropped == 0
+
+
+def test_drops_are_dropped():
+    """With drops, the result differs from the dropless one exactly by the dropped assignments."""
+    H, FFN, E = 32, 48, 4
+    weights = make_weights(E, H, FFN)
+    logits_TE = torch.randn(37, E, generator=torch.Generator().manual_seed(5))
+    dropped = route(logits_TE, 2, capacity_factor=0.5)
+    dropless = route(logits_TE, 2)
+    assert int(dropped.num_dropped) > 0
+    x_TH = make_x(37, H)
+    y_TH, _ = EXPERT_KERNELS["dynamic"](x_TH, dropped, *weights)
+    assert rel_err(y_TH, reference.moe_experts(x_TH, dropped, *weights)) <= 1e-5
+    assert rel_err(y_TH, reference.moe_experts(x_TH, dropless, *weights)) > 1e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_padding_accounting(impl):
+    """padded computes E * C rows; dynamic (torch) exactly the kept rows; block_sparse whole blocks."""
+    H, FFN, E = 32, 48, 4
+    routing = forced_routing([[0, 1]] * 10 + [[0, 2]] * 3, E, block_size=16)  # counts 13, 10, 3, 0
+    args = (make_x(13, H), routing, *make_weights(E, H, FFN))
+    _, padded = EXPERT_KERNELS["padded"](*args, impl=impl)
+    assert padded.executed_flops == 6 * H * FFN * E * 13 and padded.padded_rows == E * 13 - 26
+    assert padded.padding_waste == pytest.approx(E * 13 / 26)
+    _, dynamic = EXPERT_KERNELS["dynamic"](*args, impl=impl)
+    assert dynamic.padded_rows == 0
+    assert dynamic.padding_waste == (1.0 if impl == "torch" else 3 * 16 / 26)  # triton: whole 16-row tiles
+    _, block_sparse = EXPERT_KERNELS["block_sparse"](*args, impl=impl)
+    assert block_sparse.padded_rows == 3 * 16 - 26 and block_sparse.padding_waste == pytest.approx(48 / 26)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", KERNELS)
+def test_grouped_rows_as_k1(name, impl):
+    """Rows that arrive grouped (after an all-to-all): k = 1, weight 1.0 gives each row's expert output."""
+    H, FFN, E = 32, 48, 3
+    ids_N1 = torch.tensor([[0]] * 5 + [[2]] * 4 + [[1]] * 2)
+    routing = routing_from_topk(ids_N1, torch.ones(11, 1), E, block_size=16)
+    x_NH = make_x(11, H)
+    weights = make_weights(E, H, FFN)
+    y_NH, _ = EXPERT_KERNELS[name](x_NH, routing, *weights, impl=impl)
+    expect_NH = torch.stack([reference.swiglu_expert(x_NH[n].double(), *(w[e].double() for w in weights))
+                             for n, e in enumerate(ids_N1[:, 0].tolist())])  # fmt: skip
+    assert rel_err(y_NH, expect_NH) <= 1e-5
+
+
+def test_interpreter_is_on():
+    assert interpreter_active(), "TRITON_INTERPRET=1 must be set before triton is first imported"
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _args(T=5, H=32, FFN=48, E=4, dtype=torch.float32):
+    return [make_x(T, H, dtype), random_routing(T, E, 2), *make_weights(E, H, FFN, dtype)]
+
+
+def _with(index, value):
+    args = _args()
+    args[index] = value
+    return args
+
+
+BAD = {
+    "x not 2-D": (_with(0, make_x(5, 32).view(5, 32, 1)), "x must be"),
+    "hidden mismatch": (_with(0, make_x(5, 16)), "H=16"),
+    "token count mismatch": (_with(0, make_x(6, 32)), "T=6"),
+    "experts mismatch": (_with(1, random_routing(5, 3, 2)), "E=4"),
+    "up shape": (_with(3, make_weights(4, 32, 40)[1]), "w_gate and w_up"),
+    "down shape": (_with(4, make_weights(4, 32, 40)[2]), "w_down must be"),
+    "dtype mismatch": (_with(2, make_weights(4, 32, 48, torch.bfloat16)[0]), "dtype"),
+    "integer x": (_with(0, torch.ones(5, 32, dtype=torch.int32)), "x dtype"),
+}
+
+
+@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("bad", list(BAD))
+def test_bad_input(name, bad):
+    args, message = BAD[bad]
+    if bad == "dtype mismatch":
+        args[3], args[4] = (w.to(torch.bfloat16) for w in args[3:5])  # only x is fp32
+    with pytest.raises(ValueError, match=message):
+        EXPERT_KERNELS[name](*args)
+
+
+@pytest.mark.parametrize("name", KERNELS)
+def test_unknown_impl(name):
+    with pytest.raises(ValueError, match="unknown impl 'cuda'"):
+        EXPERT_KERNELS[name](*_args(), impl="cuda")
+
+
+def test_unknown_kernel():
+    with pytest.raises(ValueError, match=r"unknown expert kernel 'dense'.*padded, dynamic, block_sparse"):
+        get_kernel("dense")
