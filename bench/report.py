@@ -15,8 +15,8 @@ import platform
 import socket
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -154,7 +154,12 @@ def save_run(meta: dict, rows: Sequence[dict], markdown: str, out_dir: Path | No
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = meta["benchmark"] + (f"-{meta['tag']}" if meta.get("tag") else "")
     base = out_dir / f"{name}-{stamp}"
-    paths = [base.with_suffix(".json"), base.with_suffix(".csv"), base.with_suffix(".md"), out_dir / f"{name}-latest.md"]
+    paths = [
+        base.with_suffix(".json"),
+        base.with_suffix(".csv"),
+        base.with_suffix(".md"),
+        out_dir / f"{name}-latest.md",
+    ]
     write_json(paths[0], meta, rows)
     atomic_write(paths[1], rows_to_csv(rows))
     atomic_write(paths[2], markdown)
@@ -176,3 +181,72 @@ def load_json(path: Path) -> dict:
     if "benchmark" not in data["meta"]:
         raise ResultFileError(f"{path}: not a moebench result (meta has no 'benchmark')")
     return data
+
+
+def comm_meta(comm) -> dict:
+    """The run's topology facts: backend, P, G, L, nodes, device, ranks per host vs cores, GPUs."""
+    from collectives.topology import gpu_info
+
+    hosts = comm.allgather_object(socket.gethostname())
+    ranks_here = hosts.count(socket.gethostname())
+    topo = comm.topology
+    return {
+        "backend": comm.backend + (f" ({comm.info['process_group']})" if "process_group" in comm.info else ""),
+        "launcher": comm.info.get("launcher"),
+        "P": comm.world_size,
+        "G": topo.ranks_per_node,
+        "L": topo.tp,
+        "nodes": topo.num_nodes,
+        "nodes_emulated": topo.emulated,
+        "hosts": sorted(set(hosts)),
+        "ranks_per_host": ranks_here,
+        "cores": os.cpu_count(),
+        "oversubscribed": ranks_here > (os.cpu_count() or 1),
+        "device": str(comm.device),
+        "gpus": gpu_info(),
+    }
+
+
+def print_header(meta: dict) -> None:
+    """The report header: backend, P, G, L, nodes, device, versions; a warning when ranks outnumber cores."""
+    v = meta.get("versions", {})
+    lines = [
+        f"moebench {meta['benchmark']}  {meta['time']}  host {meta['host']} ({meta['cpu_count']} cores)",
+        "  ".join(f"{k} {v[k]}" for k in ("python", "torch", "triton", "mpi4py") if k in v),
+    ]
+    if "P" in meta:
+        emu = " (emulated on one host by --ranks-per-node)" if meta.get("nodes_emulated") else ""
+        lines.append(
+            f"backend {meta['backend']}  P={meta['P']}  G={meta['G']}  L={meta['L']}  "
+            f"nodes={meta['nodes']}{emu}  device {meta['device']}"
+        )
+        if v.get("mpi"):
+            lines.append(f"MPI: {v['mpi']}")
+    for gpu in meta.get("gpus", []):
+        lines.append(
+            f"GPU {gpu['index']}: {gpu['name']}, {gpu['memory_gb']:.0f} GB, {gpu['nvlink_active_links']} NVLinks"
+        )
+    console.print("\n".join(lines))
+    if meta.get("oversubscribed"):
+        console.print(
+            f"[bold yellow]WARNING: {meta['ranks_per_host']} ranks on {meta['cores']} cores: MPI ranks busy-poll, "
+            "so small-message latency here is set by the scheduler, not the algorithm. Compare algorithms at "
+            "one rank per core; use these numbers for correctness and large-size ratios.[/]"
+        )
+
+
+def header_markdown(meta: dict) -> str:
+    """The header facts as a Markdown bullet list (for saved summaries)."""
+    v = meta.get("versions", {})
+    items = [f"- {meta['time']}, host `{meta['host']}` ({meta['cpu_count']} cores), machine `{meta['machine']}`"]
+    if "P" in meta:
+        emu = " (emulated by --ranks-per-node)" if meta.get("nodes_emulated") else ""
+        items.append(
+            f"- backend {meta['backend']}, P={meta['P']}, G={meta['G']}, L={meta['L']}, "
+            f"nodes={meta['nodes']}{emu}, device {meta['device']}"
+        )
+        if meta.get("oversubscribed"):
+            items.append(f"- **WARNING**: {meta['ranks_per_host']} ranks on {meta['cores']} cores (busy-polling MPI)")
+    items.append("- " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    items.append(f"- command: `{' '.join(meta.get('argv', []))}`")
+    return "\n".join(items) + "\n"

@@ -9,7 +9,7 @@ collective runs inside the timed region). On CUDA, time with events; on CPU, per
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

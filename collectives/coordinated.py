@@ -5,7 +5,7 @@ The L ranks of a TP group hold identical `send` and `send_splits` (tokens after 
 Each chunk for destination d is cut into L near-equal parts; TP rank t sends only part t through
 the inner all-to-all. Combine returns part t's processed rows, and an all-gather inside the TP
 group rebuilds the whole [N, H] result on every TP rank: the same `out` as the plain round trip,
-with 1/L of the all-to-all volume.
+with 1/L of the all-to-all volume. With L = 1 it is the plain round trip.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ def split_parts(send_splits, L: int) -> np.ndarray:
 
 def my_slice(send: torch.Tensor, parts: np.ndarray, t: int) -> torch.Tensor:
     """The rows of part t of every chunk, chunk 0 first: [parts[:, t].sum(), H]."""
-    chunks = torch.split(send, parts.reshape(-1).tolist())
     L = parts.shape[1]
+    if L == 1:
+        return send
+    chunks = torch.split(send, parts.reshape(-1).tolist())
     return torch.cat([chunks[d * L + t] for d in range(parts.shape[0])])
 
 
@@ -54,5 +56,7 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tupl
 def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
     """processed_recv [M, H] -> out [N, H] on every TP rank (row i answers send row i)."""
     mine = handle.algorithm.backward(comm, processed_recv, handle.plan)
+    if comm.tp.size == 1:
+        return mine
     gathered = comm.tp.allgatherv(mine, handle.parts.sum(axis=0).tolist())  # TP rank u's parts, u = 0..L-1
     return transpose_chunks(gathered, np.ascontiguousarray(handle.parts.T))  # (u, d) -> (d, u)

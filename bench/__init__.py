@@ -1,0 +1,1 @@
+"""The harness: timing, checking and reporting for every moebench benchmark."""
