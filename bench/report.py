@@ -203,6 +203,7 @@ def comm_meta(comm) -> dict:
         "cores": os.cpu_count(),
         "oversubscribed": ranks_here > (os.cpu_count() or 1),
         "device": str(comm.device),
+        "emulated_inter_latency_us": comm.traffic.inter_latency_s * 1e6,
         "gpus": gpu_info(),
     }
 
@@ -220,6 +221,9 @@ def print_header(meta: dict) -> None:
             f"backend {meta['backend']}  P={meta['P']}  G={meta['G']}  L={meta['L']}  "
             f"nodes={meta['nodes']}{emu}  device {meta['device']}"
         )
+        if meta.get("emulated_inter_latency_us"):
+            lat = meta["emulated_inter_latency_us"]
+            lines.append(f"EMULATED inter-node latency: +{lat:g} µs per inter-node message")
         if v.get("mpi"):
             lines.append(f"MPI: {v['mpi']}")
     for gpu in meta.get("gpus", []):

@@ -26,6 +26,7 @@ import math
 import os
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,12 +40,17 @@ MPI_LAUNCHER_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCAL
 
 @dataclass
 class Traffic:
-    """Bytes and messages this rank sent to other ranks, per link class."""
+    """Bytes and messages this rank sent to other ranks, per link class.
+
+    inter_latency_s: emulated latency added (by busy-waiting) to every inter-node message this
+    rank sends — for emulated clusters, whose kernels have no netem; 0 on real networks.
+    """
 
     intra_bytes: int = 0
     inter_bytes: int = 0
     intra_msgs: int = 0
     inter_msgs: int = 0
+    inter_latency_s: float = 0.0
 
     def reset(self) -> None:
         self.intra_bytes = self.inter_bytes = self.intra_msgs = self.inter_msgs = 0
@@ -80,6 +86,8 @@ class Group:
         else:
             self.traffic.inter_bytes += nbytes
             self.traffic.inter_msgs += 1
+            if self.traffic.inter_latency_s:
+                _spin(self.traffic.inter_latency_s)
 
     def _record_splits(self, row_bytes: int, splits) -> None:
         for peer, rows in enumerate(splits):
@@ -88,6 +96,13 @@ class Group:
     def _record_allgather(self, nbytes: int) -> None:
         for peer in range(self.size):
             self._record(peer, nbytes)
+
+
+def _spin(seconds: float) -> None:
+    """Busy-wait (sleep is too coarse for microseconds)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def row_numel(x: torch.Tensor) -> int:
@@ -399,14 +414,24 @@ def _init_torch(ranks_per_node, tp, device):
 
 
 def init_comm(
-    backend: str = "mpi", ranks_per_node: int | None = None, tp: int = 1, device: str | None = None
+    backend: str = "mpi",
+    ranks_per_node: int | None = None,
+    tp: int = 1,
+    device: str | None = None,
+    inter_latency_us: float | None = None,
 ) -> Communicator:
     """Join the job: `backend` "mpi" (mpi4py) or "torch" (torch.distributed: gloo on CPU, NCCL on GPU).
 
     ranks_per_node: G, to emulate G ranks per node on one host (default: group by hostname).
     tp: L, the TP degree (groups of L consecutive ranks). device: "cpu" or "cuda" (default: cuda
-    when available). Raises ValueError (a TopologyError) when G or L does not divide P.
+    when available). inter_latency_us: emulated latency per inter-node message (default: the
+    MOEBENCH_INTER_LATENCY_US environment variable, else 0). Raises ValueError (a TopologyError)
+    when G or L does not divide P.
     """
+    if inter_latency_us is None:
+        inter_latency_us = float(os.environ.get("MOEBENCH_INTER_LATENCY_US", "0"))
+    if inter_latency_us < 0:
+        raise ValueError(f"inter-node latency must be >= 0 µs, got {inter_latency_us}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -416,4 +441,5 @@ def init_comm(
         world, make_group, topology, info = _init_mpi(ranks_per_node, tp, dev)
     else:
         world, make_group, topology, info, dev = _init_torch(ranks_per_node, tp, dev)
+    world.traffic.inter_latency_s = inter_latency_us * 1e-6
     return Communicator(backend, world, make_group, topology, dev, info)
