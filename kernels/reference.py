@@ -31,3 +31,29 @@ def moe_experts(
             if keep:
                 y_TH[t] += weights_Tk[t, j] * swiglu_expert(x_TH[t], w_gate_EHI[e], w_up_EHI[e], w_down_EIH[e])
     return y_TH
+
+
+def loop_experts(
+    x_TH: torch.Tensor,
+    routing: Routing,
+    w_gate_EHI: torch.Tensor,
+    w_up_EHI: torch.Tensor,
+    w_down_EIH: torch.Tensor,
+) -> torch.Tensor:
+    """The per-expert Python loop most model code ships (e.g. Hugging Face Mixtral): for each expert,
+    find its tokens with torch.where, run its FFN on them, index_add the weighted rows back.
+
+    A baseline, not a kernel: fp32 accumulation, y_TH in x's dtype, honours the kept mask. On GPU the
+    empty-expert check syncs once per expert, as that code does.
+    """
+    T, H = x_TH.shape
+    ids_Tk = torch.where(routing.kept_Tk, routing.topk_ids_Tk, -1)
+    y_TH = torch.zeros(T, H, dtype=torch.float32, device=x_TH.device)
+    for e in range(w_gate_EHI.shape[0]):
+        token_R, slot_R = torch.where(ids_Tk == e)
+        if token_R.numel() == 0:
+            continue
+        x_RH = x_TH[token_R]
+        h_RI = torch.nn.functional.silu(x_RH @ w_gate_EHI[e]) * (x_RH @ w_up_EHI[e])
+        y_TH.index_add_(0, token_R, (h_RI @ w_down_EIH[e]).float() * routing.topk_weights_Tk[token_R, slot_R, None])
+    return y_TH.to(x_TH.dtype)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
-# Tile shape of the expert GEMMs (rows come from the routing's block_size). 64 x 32 tiles give wgmma on
-# sm_90 and mma.sync on sm_80 (tests/test_triton_compile.py) and keep the CPU interpreter's grids small.
+# Tile shape of the expert GEMMs (rows come from the routing's block_size). On GPU, 64 x 32 tiles give
+# wgmma on sm_90 and mma.sync on sm_80 (tests/test_triton_compile.py). The CPU interpreter pays per
+# program and per loop step, not per element, so there the tiles are larger.
 BLOCK_N = 64
 BLOCK_K = 32
+INTERPRETER_BLOCK_N = 128
+INTERPRETER_BLOCK_K = 128
 NUM_WARPS = 4
 
 
@@ -35,8 +38,8 @@ def triton_flags(x: torch.Tensor) -> dict:
     full-precision "ieee" dots, not tf32.
     """
     return {
-        "BLOCK_N": BLOCK_N,
-        "BLOCK_K": BLOCK_K,
+        "BLOCK_N": INTERPRETER_BLOCK_N if x.device.type == "cpu" else BLOCK_N,
+        "BLOCK_K": INTERPRETER_BLOCK_K if x.device.type == "cpu" else BLOCK_K,
         "num_warps": NUM_WARPS,
         "UPCAST": x.device.type == "cpu",
         "DOT_PREC": "ieee" if x.dtype == torch.float32 else "tf32",

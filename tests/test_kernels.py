@@ -59,6 +59,7 @@ CASES = {
     "capacity_drops": (32, 48, 4, lambda: random_routing(37, 4, 2, cf=0.5)),
     "capacity_no_drops": (32, 48, 4, lambda: random_routing(37, 4, 2, cf=4.0)),
     "block_32_many_experts": (16, 64, 16, lambda: random_routing(45, 16, 3, block_size=32)),
+    "several_k_and_n_tiles": (160, 272, 4, lambda: random_routing(40, 4, 2)),  # > 1 K step and N tile
 }
 
 

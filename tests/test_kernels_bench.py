@@ -1,0 +1,157 @@
+"""`python -m bench kernels` (through its add_arguments / run) and the workloads it draws from."""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from bench import kernels_bench, workloads
+
+REQUIRED = {"kernel", "impl", "tokens", "time_us", "useful_tflops", "padding_waste", "dropped_pct", "peak_mb"}
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    kernels_bench.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def run_json(tmp_path, *argv: str) -> dict:
+    out = tmp_path / "kernels.json"
+    assert kernels_bench.run(parse(*argv, "-n", "2", "-w", "1", "--json", str(out))) == 0
+    return json.loads(out.read_text())
+
+
+def test_rows_and_columns(tmp_path, capsys):
+    data = run_json(tmp_path, "--model", "mixtral-8x7b-tiny", "--tokens", "3,40", "--skew", "zipf:1.2",
+                    "--capacity-factor", "none,1.0,2.0")  # fmt: skip
+    rows = data["rows"]
+    assert data["meta"]["benchmark"] == "kernels" and data["meta"]["model"] == "mixtral-8x7b-tiny"
+    for T in (3, 40):
+        got = [(r["kernel"], r["capacity_factor"]) for r in rows if r["tokens"] == T]
+        assert got == [("dense", None), ("loop", None), ("padded", None), ("padded", 1.0), ("padded", 2.0),
+                       ("dynamic", None), ("block_sparse", None)]  # fmt: skip
+    for row in rows:
+        assert set(row) >= REQUIRED
+        assert row["time_us"] > 0 and row["useful_tflops"] > 0
+        if row["kernel"] not in ("dense", "loop"):
+            assert row["rel_err"] < 1e-5 and row["routing_us"] > 0 and row["peak_mb"] > 0
+    padded_cf1 = next(r for r in rows if r["tokens"] == 40 and r["kernel"] == "padded" and r["capacity_factor"] == 1.0)
+    assert padded_cf1["dropped_pct"] > 0 and padded_cf1["padding_waste"] >= 1.0
+    out = capsys.readouterr().out
+    assert "TINY" in out and "routing µs" in out and "12.8x" in out
+
+
+def test_triton_impl_under_interpreter(tmp_path):
+    out = tmp_path / "kernels.json"
+    argv = ["--model", "mixtral-8x7b-tiny", "--tokens", "2", "--impl", "triton", "--capacity-factor", "1.0"]
+    assert kernels_bench.run(parse(*argv, "-n", "1", "-w", "0", "--json", str(out))) == 0
+    data = json.loads(out.read_text())
+    kernel_rows = [r for r in data["rows"] if r["impl"] == "triton"]
+    assert [r["kernel"] for r in kernel_rows] == ["padded", "dynamic", "block_sparse"]
+    assert all(r["rel_err"] < 1e-5 for r in kernel_rows)
+
+
+def test_save(tmp_path, monkeypatch):
+    from bench import report
+
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    args = parse("--model", "qwen3-30b-a3b-tiny", "--tokens", "8", "--kernels", "dynamic", "-n", "1", "-w", "0",
+                 "--save", "--tag", "t")  # fmt: skip
+    assert kernels_bench.run(args) == 0
+    saved = sorted(p.name for p in tmp_path.rglob("kernels-t-*"))
+    assert len(saved) == 4 and "kernels-t-latest.md" in saved
+    markdown = next(tmp_path.rglob("kernels-t-latest.md")).read_text()
+    assert "| dynamic | torch | 8 |" in markdown
+
+
+def test_summary_lines():
+    def row(kernel, time_us, cf=None, **kw):
+        return {"tokens": 128, "kernel": kernel, "capacity_factor": cf, "time_us": time_us, "frac_dense": 0.8,
+                "dropped_pct": 1.5, "padding_waste": 2.0, **kw}  # fmt: skip
+
+    rows = [row("dense", 80.0), row("loop", 200.0), row("padded", 300.0, 2.0), row("dynamic", 100.0),
+            row("block_sparse", 110.0)]  # fmt: skip
+    (line,) = kernels_bench.summary_lines(rows)
+    assert "2.00x faster than loop" in line and "3.00x faster than padded cf=2.0 (drops 1.5%)" in line
+    assert "block_sparse / dynamic time 1.10" in line and "cf=2.0 2.00x" in line and "12.8x" in line
+
+
+BAD_FLAGS = [
+    (["--model", "gpt-5"], "unknown model preset 'gpt-5'"),
+    (["--tokens", "1,x"], "bad --tokens"),
+    (["--tokens", "0"], "--tokens must be >= 1"),
+    (["--kernels", "padded,fast"], "unknown expert kernel 'fast'"),
+    (["--skew", "zipf"], "bad --skew"),
+    (["--skew", "hot:1.5"], "bad --skew"),
+    (["--capacity-factor", "0"], "bad --capacity-factor"),
+    (["--capacity-factor=-1,none"], "bad --capacity-factor"),
+    (["-n", "0"], "need -n >= 1"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_FLAGS)
+def test_bad_flags(argv, message):
+    with pytest.raises(ValueError, match=message):
+        kernels_bench.run(parse(*argv))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_without_a_gpu():
+    with pytest.raises(ValueError, match="no CUDA device"):
+        kernels_bench.run(parse("--device", "cuda"))
+
+
+# ---------------------------------------------------------------------------------------------- workloads
+
+
+def test_presets_exact():
+    shapes = {name: (p.H, p.I, p.E, p.k) for name, p in workloads.PRESETS.items()}
+    assert shapes["mixtral-8x7b"] == (4096, 14336, 8, 2)
+    assert shapes["deepseek-v3"] == (7168, 2048, 256, 8)
+    assert shapes["qwen3-30b-a3b"] == (2048, 768, 128, 8)
+    assert shapes["switch-base-128"] == (768, 3072, 128, 1)
+    assert shapes["mixtral-8x7b-tiny"] == (256, 896, 8, 2)
+    assert workloads.get_preset("switch-base-128").act == "gelu"
+    for name, p in workloads.PRESETS.items():
+        if p.tiny:
+            full = workloads.get_preset(name.removesuffix("-tiny"))
+            assert (p.E, p.k, p.act) == (full.E, full.k, full.act) and p.H < full.H and p.I < full.I
+    with pytest.raises(ValueError, match="valid: mixtral-8x7b, mixtral-8x7b-tiny"):
+        workloads.get_preset("mixtral")
+
+
+@pytest.mark.parametrize("skew", ["uniform", "zipf:1.2", "hot:0.9", "shift", "shift:0.5"])
+@pytest.mark.parametrize("E,k", [(8, 2), (256, 8), (128, 1), (4, 4)])
+def test_skews_give_distinct_experts_deterministically(skew, E, k):
+    ids_Tk, weights_Tk = workloads.sample_topk(skew, 300, E, k, seed=7)
+    assert ids_Tk.shape == (300, k) and ids_Tk.dtype == torch.int64
+    assert ids_Tk.min() >= 0 and ids_Tk.max() < E
+    assert (ids_Tk.sort(dim=1).values.diff(dim=1) != 0).all()  # distinct per token
+    torch.testing.assert_close(weights_Tk.sum(1), torch.ones(300))
+    again_Tk, _ = workloads.sample_topk(skew, 300, E, k, seed=7)
+    assert torch.equal(ids_Tk, again_Tk)
+
+
+def test_hot_fraction_and_shift():
+    E, k = 64, 2
+    ids_Tk, _ = workloads.sample_topk("hot:0.9", 20000, E, k)
+    counts_E = torch.bincount(ids_Tk.view(-1), minlength=E).sort(descending=True).values
+    n_hot = workloads.hot_set_size(E, k)
+    assert counts_E[:n_hot].sum() / counts_E.sum() == pytest.approx(0.9, abs=0.01)
+    hot_sets = []
+    for batch in range(3):
+        ids_Tk, _ = workloads.sample_topk("shift", 4000, E, k, batch=batch)
+        hot_sets.append(set(torch.bincount(ids_Tk.view(-1), minlength=E).topk(n_hot).indices.tolist()))
+    assert hot_sets[0] != hot_sets[1] != hot_sets[2]
+
+
+def test_zipf_is_skewed():
+    ids_Tk, _ = workloads.sample_topk("zipf:1.2", 8000, 8, 2)
+    counts_E = torch.bincount(ids_Tk.view(-1), minlength=8).float()
+    assert counts_E.max() / counts_E.mean() > 2.0
