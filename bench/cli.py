@@ -16,6 +16,8 @@ import time
 
 SUBCOMMANDS = {
     "collectives": "bench.collectives_bench",
+    "kernels": "bench.kernels_bench",
+    "moe": "bench.moe_bench",
 }
 
 _active_comm = None

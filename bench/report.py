@@ -28,7 +28,7 @@ CONVENTIONS = (
     "(warmup excluded, barrier before each)"
 )
 
-console = Console(width=200)
+console = Console(width=240)
 
 
 class ResultFileError(ValueError):

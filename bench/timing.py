@@ -77,3 +77,53 @@ def stats(samples_us: np.ndarray) -> dict[str, float]:
         "min_us": float(s.min()),
         "mean_us": float(s.mean()),
     }
+
+
+def _cuda_phase_times(fn) -> list[float]:
+    events = [torch.cuda.Event(enable_timing=True)]
+    events[0].record()
+
+    def mark():
+        events.append(torch.cuda.Event(enable_timing=True))
+        events[-1].record()
+
+    fn(mark)
+    torch.cuda.synchronize()
+    return [0.0] + [events[0].elapsed_time(e) * 1e3 for e in events[1:]]
+
+
+def _host_phase_times(fn) -> list[float]:
+    stamps = [time.perf_counter()]
+    fn(lambda: stamps.append(time.perf_counter()))
+    return [(t - stamps[0]) * 1e6 for t in stamps]
+
+
+def measure_phases(
+    fn: Callable[[Callable[[], None]], object],
+    *,
+    num_phases: int,
+    iters: int,
+    warmup: int,
+    comm=None,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Time `fn(mark)`, which calls `mark()` after each of its `num_phases` phases.
+
+    Returns µs samples [iters, num_phases + 1]: one column per phase and the total last. With
+    `comm`, a barrier precedes each iteration and every entry is the max over ranks.
+    """
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got -n {iters} -w {warmup}")
+    on_cuda = torch.device(device).type == "cuda"
+    samples = np.empty((iters, num_phases + 1))
+    for i in range(warmup + iters):
+        if comm is not None:
+            comm.barrier()
+        times = _cuda_phase_times(fn) if on_cuda else _host_phase_times(fn)
+        assert len(times) == num_phases + 1, f"fn marked {len(times) - 1} phases, expected {num_phases}"
+        if i >= warmup:
+            samples[i - warmup, :num_phases] = np.diff(times)
+            samples[i - warmup, num_phases] = times[-1]
+    if comm is not None:
+        samples = comm.allreduce_max(samples)
+    return samples

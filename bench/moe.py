@@ -1,0 +1,211 @@
+# T = tokens per rank, E = experts, El = E / P local experts, H = hidden, I = expert FFN, k = active,
+# P = ranks, L = TP degree, A = kept (token, expert) assignments sent by this rank, M = rows received
+"""One expert-parallel MoE layer, composed from routing + dispatch/combine + an expert kernel.
+
+Every rank holds all weights (generated from a seed, identical everywhere) but computes only its own
+El = E / P experts (rank r owns experts r*El .. r*El+El-1). Forward on rank r, phase by phase:
+
+  gate       logits = x @ w_router, top-k softmax (or a forced distribution), capacity and drops
+  permute    kept assignments sorted by destination rank; each row packed as bytes with its local
+             expert id (one message per peer carries rows and ids)
+  dispatch   split counts exchanged, rows moved by the chosen all-to-all (plain or coordinated pair)
+  experts    the chosen kernel on the received rows, each row one assignment (k = 1, weight 1)
+  combine    expert outputs sent back along the same routes
+  unpermute  weighted sum of each token's expert outputs -> y[T, H]
+
+Drops happen where tokens are routed (capacity per expert from this rank's T tokens, as DeepSpeed's
+per-rank capacity); the expert side computes every row it receives. With TP degree L the L ranks of a
+TP group hold the same tokens; `plain` sends all of them (each expert computes L copies) and
+`coordinated` sends 1/L and all-gathers after combine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from bench.workloads import Preset, make_expert_weights, sample_topk
+from collectives import DISPATCH_COMBINE
+from kernels import EXPERT_KERNELS, reference, route, routing_from_topk
+from kernels.common import KernelStats
+
+PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
+ID_BYTES = 8  # a local expert id (int64) travels at the end of each packed row
+
+
+def loop_kernel(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl="torch"):
+    """The per-expert Python loop most model code ships, with the kernels' signature (the `naive` row)."""
+    y_TH = reference.loop_experts(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH)
+    rows = int(routing.num_kept)
+    return y_TH, KernelStats(x_TH.shape[1], w_gate_EHI.shape[2], rows, rows, int(routing.num_dropped), 0, 0)
+
+
+def get_expert_kernel(name: str):
+    """EXPERT_KERNELS[name], or the `loop` baseline."""
+    return loop_kernel if name == "loop" else EXPERT_KERNELS[name]
+
+
+@dataclass(frozen=True)
+class MoeWeights:
+    """w_router_HE [H, E] and this rank's experts: w_gate_EHI, w_up_EHI [El, H, I], w_down_EIH [El, I, H]."""
+
+    w_router_HE: torch.Tensor
+    w_gate_EHI: torch.Tensor
+    w_up_EHI: torch.Tensor
+    w_down_EIH: torch.Tensor
+    first_expert: int
+
+
+def make_weights(preset: Preset, dtype, device, seed: int, first_expert: int = 0, num_local: int | None = None):
+    """All ranks generate the same full weights from `seed` and keep experts [first_expert, +num_local)."""
+    num_local = preset.E if num_local is None else num_local
+    w_gate, w_up, w_down = make_expert_weights(preset, dtype, device, seed)
+    gen = torch.Generator(device=device).manual_seed(seed + 7)
+    w_router_HE = (torch.randn(preset.H, preset.E, generator=gen, device=device) / preset.H**0.5).to(dtype)
+    local = slice(first_expert, first_expert + num_local)
+    return MoeWeights(
+        w_router_HE, w_gate[local].contiguous(), w_up[local].contiguous(), w_down[local].contiguous(), first_expert
+    )
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """algo: an exchange name (flat, hierarchical, native) or "coordinated" (inner: coordinated_inner)."""
+
+    preset: Preset
+    algo: str
+    kernel: str
+    impl: str = "torch"
+    capacity_factor: float | None = None
+    coordinated_inner: str = "flat"
+
+    @property
+    def pair(self):
+        return DISPATCH_COMBINE["coordinated" if self.algo == "coordinated" else "plain"]
+
+    @property
+    def inner(self) -> str:
+        return self.coordinated_inner if self.algo == "coordinated" else self.algo
+
+
+def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None):
+    """Router GEMM + top-k + capacity -> Routing over all E experts. `forced`: (ids_Tk, weights_Tk) to use instead."""
+    logits_TE = x_TH.float() @ weights.w_router_HE.float()
+    if forced is None:
+        return route(logits_TE, cfg.preset.k, cfg.capacity_factor)
+    return routing_from_topk(forced[0], forced[1], cfg.preset.E, cfg.capacity_factor, validate=False)
+
+
+@dataclass(frozen=True)
+class Permuted:
+    """send_AB: packed rows [A, H*bytes + 8] in destination order; token_A, weight_A: their token and weight."""
+
+    send_AB: torch.Tensor
+    send_splits: list[int]
+    token_A: torch.Tensor
+    weight_A: torch.Tensor
+
+
+def permute(x_TH, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
+    """Sort kept assignments by destination rank and pack each row with its local expert id."""
+    T, k = routing.topk_ids_Tk.shape
+    kept_A = routing.kept_Tk.reshape(-1)
+    ids_A = routing.topk_ids_Tk.reshape(-1)[kept_A]
+    dest_A = ids_A // experts_per_rank
+    order_A = torch.sort(dest_A, stable=True).indices
+    assignment_A = torch.arange(T * k, device=x_TH.device)[kept_A][order_A]
+    token_A = assignment_A // k
+    local_ids_A = (ids_A[order_A] % experts_per_rank).to(torch.int64)
+    x_bytes_TB = x_TH.contiguous().view(torch.uint8).reshape(T, -1)
+    send_AB = torch.cat([x_bytes_TB[token_A], local_ids_A.view(torch.uint8).reshape(-1, ID_BYTES)], dim=1)
+    # The all-to-all needs the counts on the host: the one sync this phase needs.
+    send_splits = torch.bincount(dest_A, minlength=num_ranks).tolist()
+    weight_A = routing.topk_weights_Tk.reshape(-1)[assignment_A]
+    return Permuted(send_AB, send_splits, token_A, weight_A)
+
+
+def unpack(recv_MB: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed rows -> x_MH in `dtype` and local expert ids [M]."""
+    x_MH = recv_MB[:, :-ID_BYTES].contiguous().view(dtype)
+    ids_M = recv_MB[:, -ID_BYTES:].contiguous().view(torch.int64).reshape(-1)
+    return x_MH, ids_M
+
+
+def run_experts(x_MH, ids_M, weights: MoeWeights, cfg: LayerConfig):
+    """Each received row through its expert (k = 1, weight 1): y_MH and the kernel's stats."""
+    num_local = weights.w_gate_EHI.shape[0]
+    ones_M1 = torch.ones(ids_M.shape[0], 1, device=x_MH.device)
+    routing = routing_from_topk(ids_M.reshape(-1, 1), ones_M1, num_local, validate=False)
+    kernel = get_expert_kernel(cfg.kernel)
+    return kernel(x_MH, routing, weights.w_gate_EHI, weights.w_up_EHI, weights.w_down_EIH, impl=cfg.impl)
+
+
+def unpermute(out_AH, permuted: Permuted, T: int) -> torch.Tensor:
+    """y[t] = sum of token t's expert outputs, each times its combine weight (fp32 accumulate)."""
+    y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=out_AH.device)
+    y_TH.index_add_(0, permuted.token_A, out_AH.float() * permuted.weight_A[:, None])
+    return y_TH.to(out_AH.dtype)
+
+
+@dataclass
+class ForwardInfo:
+    """What one forward saw: rows received, kernel stats, routing (for load and drop figures)."""
+
+    recv_rows: int = 0
+    stats: KernelStats | None = None
+    routing: object = None
+
+
+def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None):
+    """y_TH = MoE(x_TH) across all ranks; `mark()` is called after each phase in PHASES."""
+    P = comm.world_size
+    routing = gate(x_TH, weights, cfg, forced)
+    mark()
+    permuted = permute(x_TH, routing, P, cfg.preset.E // P)
+    mark()
+    recv_MB, _, handle = cfg.pair.dispatch(comm, permuted.send_AB, permuted.send_splits, inner=cfg.inner)
+    mark()
+    x_MH, ids_M = unpack(recv_MB, x_TH.dtype)
+    y_MH, stats = run_experts(x_MH, ids_M, weights, cfg)
+    mark()
+    out_AH = cfg.pair.combine(comm, y_MH, handle)
+    mark()
+    y_TH = unpermute(out_AH, permuted, x_TH.shape[0])
+    mark()
+    if info is not None:
+        info.recv_rows, info.stats, info.routing = x_MH.shape[0], stats, routing
+    return y_TH
+
+
+def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None) -> torch.Tensor:
+    """The whole layer in one process: the same gate, then a float64 per-token loop over all E experts.
+
+    Weights are the layer's own (same seed and dtype), so only the expert arithmetic differs."""
+    x_TH = x_TH.cpu()
+    full = make_weights(preset, x_TH.dtype, "cpu", seed)
+    routing = gate(x_TH, full, LayerConfig(preset, "flat", "loop", capacity_factor=capacity_factor), forced)
+    return reference.moe_experts(x_TH, routing, full.w_gate_EHI, full.w_up_EHI, full.w_down_EIH)
+
+
+def dense_equivalent_weights(preset: Preset, dtype, device, seed: int):
+    """A dense SwiGLU FFN with one token's active expert parameters: [H, k*I], [H, k*I], [k*I, H]."""
+    gen = torch.Generator(device=device).manual_seed(seed + 11)
+    H, width = preset.H, preset.k * preset.I
+    w_gate = (torch.randn(H, width, generator=gen, device=device) / H**0.5).to(dtype)
+    w_up = (torch.randn(H, width, generator=gen, device=device) / H**0.5).to(dtype)
+    w_down = (torch.randn(width, H, generator=gen, device=device) / width**0.5).to(dtype)
+    return w_gate, w_up, w_down
+
+
+def dense_forward(x_TH, w_gate, w_up, w_down):
+    """The dense-equivalent FFN: same tokens, same active parameter count, no routing, no communication."""
+    return (torch.nn.functional.silu(x_TH @ w_gate) * (x_TH @ w_up)) @ w_down
+
+
+def forced_routing(skew: str, T: int, preset: Preset, seed: int, batch: int = 0):
+    """(ids_Tk, weights_Tk) from a forced distribution, or None for the real gate ("gate")."""
+    if skew == "gate":
+        return None
+    return sample_topk(skew, T, preset.E, preset.k, seed=seed, batch=batch)
