@@ -16,8 +16,10 @@ import time
 
 SUBCOMMANDS = {
     "collectives": "bench.collectives_bench",
+    "cluster": "bench.cluster",
     "kernels": "bench.kernels_bench",
     "moe": "bench.moe_bench",
+    "report": "bench.report_cli",
 }
 
 _active_comm = None
