@@ -1,13 +1,16 @@
 # T = tokens, E = experts, H = hidden, I = expert FFN, k = active
 """Every expert kernel x impl against the float64 reference, edge cases, stats and bad input.
 
-Triton kernels run under the CPU interpreter: TRITON_INTERPRET=1 must be set before triton is imported.
+Triton kernels run under the CPU interpreter (TRITON_INTERPRET=1, set before triton is imported); with
+MOEBENCH_TEST_DEVICE=cuda (scripts/gpu_check.sh) the same tests run on the GPU, compiled.
 Relative error is ||y - ref|| / ||ref|| (Frobenius), ref computed in float64 from the same (rounded) inputs.
 """
 
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+# Triton kernels on CPU tensors need the interpreter, chosen before triton is imported;
+# MOEBENCH_TEST_DEVICE=cuda (scripts/gpu_check.sh) runs the same tests on the GPU, compiled.
+os.environ["TRITON_INTERPRET"] = "1" if os.environ.get("MOEBENCH_TEST_DEVICE", "cpu") == "cpu" else "0"
 
 import math
 
@@ -16,6 +19,8 @@ import torch
 
 from kernels import EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
 from kernels.triton_utils import interpreter_active
+
+DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
 KERNELS = list(EXPERT_KERNELS)
 IMPLS = ["torch", "triton"]
@@ -27,26 +32,27 @@ def make_weights(E: int, H: int, FFN: int, dtype=torch.float32, seed: int = 0):
     w_gate_EHI = torch.randn(E, H, FFN, generator=g) / math.sqrt(H)
     w_up_EHI = torch.randn(E, H, FFN, generator=g) / math.sqrt(H)
     w_down_EIH = torch.randn(E, FFN, H, generator=g) / math.sqrt(FFN)
-    return tuple(w.to(dtype) for w in (w_gate_EHI, w_up_EHI, w_down_EIH))
+    return tuple(w.to(DEVICE, dtype) for w in (w_gate_EHI, w_up_EHI, w_down_EIH))
 
 
 def make_x(T: int, H: int, dtype=torch.float32, seed: int = 1):
-    return torch.randn(T, H, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    return torch.randn(T, H, generator=torch.Generator().manual_seed(seed)).to(DEVICE, dtype)
 
 
 def random_routing(T: int, E: int, k: int, cf=None, block_size: int = 16, seed: int = 2):
-    logits_TE = torch.randn(T, E, generator=torch.Generator().manual_seed(seed))
+    logits_TE = torch.randn(T, E, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
     return route(logits_TE, k, capacity_factor=cf, block_size=block_size)
 
 
 def forced_routing(ids_Tk, E: int, cf=None, block_size: int = 16, seed: int = 3):
-    ids_Tk = torch.as_tensor(ids_Tk, dtype=torch.int64)
-    weights_Tk = torch.rand(ids_Tk.shape, generator=torch.Generator().manual_seed(seed)) + 0.1
+    ids_Tk = torch.as_tensor(ids_Tk, dtype=torch.int64).to(DEVICE)
+    weights_Tk = torch.rand(ids_Tk.shape, generator=torch.Generator().manual_seed(seed)).to(DEVICE) + 0.1
     return routing_from_topk(ids_Tk, weights_Tk / weights_Tk.sum(1, keepdim=True), E, cf, block_size=block_size)
 
 
 def rel_err(y, ref) -> float:
-    return ((y.double() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+    y, ref = y.double().cpu(), ref.double().cpu()
+    return ((y - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 # name -> (H, I, E, routing builder); I=48 is not a multiple of the block size (partial column blocks)
@@ -99,7 +105,7 @@ def test_fp16(name, impl):
 @pytest.mark.parametrize("name", KERNELS)
 def test_zero_tokens(name, impl):
     """A rank of an expert-parallel layer can receive no rows at all."""
-    routing = forced_routing(torch.zeros(0, 1), 4)
+    routing = forced_routing(torch.zeros(0, 1), 4)  # int64 [0, 1]
     y_TH, stats = EXPERT_KERNELS[name](make_x(0, 32), routing, *make_weights(4, 32, 48), impl=impl)
     assert y_TH.shape == (0, 32)
     assert stats.useful_flops == 0 and stats.dropped == 0
@@ -109,7 +115,7 @@ def test_drops_are_dropped():
     """With drops, the result differs from the dropless one exactly by the dropped assignments."""
     H, FFN, E = 32, 48, 4
     weights = make_weights(E, H, FFN)
-    logits_TE = torch.randn(37, E, generator=torch.Generator().manual_seed(5))
+    logits_TE = torch.randn(37, E, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     dropped = route(logits_TE, 2, capacity_factor=0.5)
     dropless = route(logits_TE, 2)
     assert int(dropped.num_dropped) > 0
@@ -141,15 +147,16 @@ def test_grouped_rows_as_k1(name, impl):
     """Rows that arrive grouped (after an all-to-all): k = 1, weight 1.0 gives each row's expert output."""
     H, FFN, E = 32, 48, 3
     ids_N1 = torch.tensor([[0]] * 5 + [[2]] * 4 + [[1]] * 2)
-    routing = routing_from_topk(ids_N1, torch.ones(11, 1), E, block_size=16)
+    routing = routing_from_topk(ids_N1.to(DEVICE), torch.ones(11, 1, device=DEVICE), E, block_size=16)
     x_NH = make_x(11, H)
     weights = make_weights(E, H, FFN)
     y_NH, _ = EXPERT_KERNELS[name](x_NH, routing, *weights, impl=impl)
-    expect_NH = torch.stack([reference.swiglu_expert(x_NH[n].double(), *(w[e].double() for w in weights))
+    expect_NH = torch.stack([reference.swiglu_expert(x_NH[n].double(), *(w[e].double() for w in weights)).cpu()
                              for n, e in enumerate(ids_N1[:, 0].tolist())])  # fmt: skip
     assert rel_err(y_NH, expect_NH) <= 1e-5
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is for CPU runs")
 def test_interpreter_is_on():
     assert interpreter_active(), "TRITON_INTERPRET=1 must be set before triton is first imported"
 
@@ -175,7 +182,7 @@ BAD = {
     "up shape": (_with(3, make_weights(4, 32, 40)[1]), "w_gate and w_up"),
     "down shape": (_with(4, make_weights(4, 32, 40)[2]), "w_down must be"),
     "dtype mismatch": (_with(2, make_weights(4, 32, 48, torch.bfloat16)[0]), "dtype"),
-    "integer x": (_with(0, torch.ones(5, 32, dtype=torch.int32)), "x dtype"),
+    "integer x": (_with(0, torch.ones(5, 32, dtype=torch.int32, device=DEVICE)), "x dtype"),
 }
 
 

@@ -1,9 +1,12 @@
 # T = tokens, E = experts, k = active, A = T*k assignments
 """Routing: the top-k softmax gate (torch and Triton), capacity and drops, and the layout metadata."""
 
+import dataclasses
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"
+# Triton kernels on CPU tensors need the interpreter, chosen before triton is imported;
+# MOEBENCH_TEST_DEVICE=cuda (scripts/gpu_check.sh) runs the same tests on the GPU, compiled.
+os.environ["TRITON_INTERPRET"] = "1" if os.environ.get("MOEBENCH_TEST_DEVICE", "cpu") == "cpu" else "0"
 
 import math
 
@@ -12,9 +15,11 @@ import torch
 
 from kernels import capacity_for, route, routing_from_topk, topk_softmax
 
+DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
+
 
 def logits(T: int, E: int, seed: int = 0) -> torch.Tensor:
-    return torch.randn(T, E, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(T, E, generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 @pytest.mark.parametrize("T,E,k", [(1, 4, 1), (37, 8, 2), (70, 256, 8), (33, 128, 1), (5, 6, 6)])
@@ -32,12 +37,18 @@ def test_gate_weights_are_softmax_over_topk(impl):
     r = route(logits_TE, 3, impl=impl)
     assert r.topk_ids_Tk.dtype == torch.int64 and r.topk_weights_Tk.dtype == torch.float32
     top_vals_Tk = torch.gather(logits_TE.float(), 1, r.topk_ids_Tk)
-    torch.testing.assert_close(r.topk_weights_Tk, torch.softmax(top_vals_Tk, -1))
+    torch.testing.assert_close(r.topk_weights_Tk, torch.softmax(top_vals_Tk, -1), rtol=1e-6, atol=1e-6)
     assert torch.equal(top_vals_Tk, logits_TE.float().topk(3).values)
+
+
+def on_cpu(r):
+    return dataclasses.replace(r, **{f.name: getattr(r, f.name).cpu() for f in dataclasses.fields(r)
+                                     if isinstance(getattr(r, f.name), torch.Tensor)})  # fmt: skip
 
 
 def check_layout(r):
     """Invariants every Routing satisfies."""
+    r = on_cpu(r)
     T, k, E = r.num_tokens, r.top_k, r.num_experts
     ids_A = r.topk_ids_Tk.reshape(-1)
     kept_A = r.kept_Tk.reshape(-1)
@@ -122,10 +133,10 @@ def test_grouped_rows_routing():
     assert r.sort_idx_A.tolist() == list(range(7)) and r.offsets_E1.tolist() == [0, 3, 3, 7]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU: MOEBENCH_TEST_DEVICE=cuda (scripts/gpu_check.sh)")
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_route_never_syncs_on_gpu(impl):
-    logits_TE = logits(256, 64).cuda()
+    logits_TE = logits(256, 64)
     route(logits_TE, 4, capacity_factor=1.0, impl=impl)  # warm up (compilation)
     torch.cuda.set_sync_debug_mode("error")
     try:
