@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
 STAMP := $(VENV)/.installed
-export OMP_NUM_THREADS ?= 1
+# One thread per MPI rank (ranks busy-poll on 2 cores); the single-process kernel benchmark keeps torch's default.
+RANK_ENV := env OMP_NUM_THREADS=1
 
 .PHONY: install test lint bench bench-collectives bench-kernels bench-moe report gpu-check clean
 
@@ -24,11 +25,29 @@ lint: install
 test: install lint
 	$(VENV)/bin/pytest -q
 
-bench-collectives: install
-	$(MPIEXEC) -n 2 $(PY) -m bench collectives -b 1K -e 16M -f 4 -n 20 -w 5 --save --tag p2
-	$(MPIEXEC) -n 4 $(PY) -m bench collectives -b 16K -e 16M -f 4 -n 10 -w 3 --ranks-per-node 2 --tp 2 --save --tag p4-g2-tp2
+# The main job: every benchmark, quick, at 2 ranks (one per core: honest timing) and at 4 ranks
+# (2 per node, TP=2: the topology shapes and large-size ratios); results under results/<machine>/.
+bench: bench-collectives bench-kernels bench-moe
+	$(PY) -m bench report
 
-bench: bench-collectives
+bench-collectives: install
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench collectives -b 1K -e 16M -f 4 -n 20 -w 5 --save --tag p2
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench collectives -b 16K -e 16M -f 4 -n 10 -w 3 \
+		--ranks-per-node 2 --tp 2 --save --tag p4-g2-tp2
+
+bench-kernels: install
+	$(PY) -m bench kernels --model mixtral-8x7b-tiny --tokens 1,16,128,1024,4096 --skew uniform \
+		--capacity-factor none,2.0 -n 10 -w 2 --save --tag mixtral-uniform
+	$(PY) -m bench kernels --model mixtral-8x7b-tiny --tokens 4096 --skew zipf:1.2 --capacity-factor none,2.0 \
+		-n 10 -w 2 --save --tag mixtral-zipf1.2
+	$(PY) -m bench kernels --model deepseek-v3-tiny --tokens 128 --skew uniform --capacity-factor 1.0,2.0 \
+		-n 10 -w 2 --save --tag deepseek-t128
+
+bench-moe: install
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
+		-n 10 -w 3 --save --tag p2
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
+		--ranks-per-node 2 --tp 2 -n 5 -w 2 --save --tag p4-g2-tp2
 
 report: install
 	$(PY) -m bench report

@@ -373,33 +373,37 @@ def _init_mpi(ranks_per_node, tp, device):
     return world, make_group, topology, info
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+def _store_from_mpi(rank: int, P: int):
+    """Rank 0 opens a TCPStore on a port the OS picks (no race for a free port); MPI tells the others."""
+    import torch.distributed as dist
+    from mpi4py import MPI
+
+    host = socket.gethostname()
+    store = dist.TCPStore(host, 0, P, is_master=True, wait_for_workers=False) if rank == 0 else None
+    host, port = MPI.COMM_WORLD.bcast((host, store.port) if rank == 0 else None, root=0)
+    return store if rank == 0 else dist.TCPStore(host, port, P, is_master=False)
 
 
 def _init_torch(ranks_per_node, tp, device):
     import torch.distributed as dist
 
-    launcher = "torchrun" if launched_by_torchrun() and not launched_by_mpi() else None
-    if launcher is None and launched_by_mpi():
-        # Under mpiexec: rank 0 picks the rendezvous address and MPI tells everyone.
+    store, init_method = None, None
+    if launched_by_mpi():
         from mpi4py import MPI
 
-        rank, P = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size()
-        addr = MPI.COMM_WORLD.bcast((socket.gethostname(), _free_port()) if rank == 0 else None, root=0)
-        init_method, launcher = f"tcp://{addr[0]}:{addr[1]}", "mpi"
-    elif launcher == "torchrun":
-        rank, P, init_method = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://"
+        rank, P, launcher = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size(), "mpi"
+        store = _store_from_mpi(rank, P)
+    elif launched_by_torchrun():
+        rank, P, init_method, launcher = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", "torchrun"
     else:
-        rank, P, init_method, launcher = 0, 1, f"tcp://127.0.0.1:{_free_port()}", "none"
+        rank, P, launcher = 0, 1, "none"
+        store = dist.HashStore()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
         torch.cuda.set_device(local % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=P)
+    dist.init_process_group(backend, init_method=init_method, store=store, rank=rank, world_size=P)
     hostnames = [None] * P
     dist.all_gather_object(hostnames, socket.gethostname())
     topology = from_hostnames(hostnames, ranks_per_node, tp)

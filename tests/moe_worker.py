@@ -1,0 +1,70 @@
+# T = tokens per rank, E = experts, k = active, P = ranks, L = TP degree
+"""Multi-rank checks of the MoE layer against the single-process reference, launched under mpiexec.
+
+usage: moe_worker.py BACKEND G L IMPL
+Every algorithm x kernel, with and without drops, on routings that stress the layout: the real gate,
+all tokens to rank 0's experts, experts that no token chose, T = 1, k = E.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from bench import moe
+from bench.cli import guarded, open_comm
+from bench.moe_bench import rel_error
+from bench.workloads import Preset, make_tokens
+from kernels import EXPERT_KERNELS
+
+MICRO = Preset("micro-test", 32, 48, 8, 2, "swiglu", "test shape")
+ALGOS = ("flat", "hierarchical", "native", "coordinated")
+
+
+def routings(T: int, preset: Preset, P: int, seed: int):
+    """name -> forced (ids_Tk, weights_Tk) or None (the real gate)."""
+    g = torch.Generator().manual_seed(seed)
+    per_rank = preset.E // P
+    weights = torch.softmax(torch.randn(T, preset.k, generator=g), dim=-1)
+    rank0 = torch.stack([torch.randperm(per_rank, generator=g)[: preset.k] for _ in range(T)])
+    cases = {"gate": None}
+    if preset.k <= per_rank:
+        cases["rank0-only"] = (rank0, weights)
+    if preset.k == 2:
+        cases["idle-experts"] = (torch.tensor([1, preset.E - 1]).repeat(T, 1), weights)  # the others idle
+    return cases
+
+
+def check(comm, impl: str) -> int:
+    P, L = comm.world_size, comm.tp.size
+    failures = 0
+    cases = [(MICRO, 5), (MICRO, 1), (Preset("micro-k=E", 16, 24, P * 2, P * 2, "swiglu"), 3)]
+    kernels = list(EXPERT_KERNELS) + ([] if impl == "triton" else ["loop"])
+    for preset, T in cases:
+        weights = moe.make_weights(preset, torch.float32, "cpu", 3, comm.rank * (preset.E // P), preset.E // P)
+        seed = 17 + comm.rank // L  # TP groups share tokens
+        x_TH = make_tokens(T, preset.H, seed=seed)
+        for name, forced in routings(T, preset, P, seed).items():
+            for cf in (None, 1.0):
+                ref = moe.reference_forward(x_TH, preset, cf, 3, forced)
+                for algo in ALGOS:
+                    for kernel in kernels:
+                        layer = moe.LayerConfig(preset, algo, kernel, impl, cf)
+                        y = moe.forward(comm, x_TH, weights, layer, lambda: None, forced)
+                        err = rel_error(y, ref)
+                        if not err <= 1e-5:
+                            failures += 1
+                            print(f"rank {comm.rank}: {preset.name} T={T} {name} cf={cf} {algo}+{kernel}: {err:.2e}")
+    if comm.rank == 0:
+        print(f"moe checked P={P} L={L} {impl}: {failures} failures", flush=True)
+    return 1 if failures else 0
+
+
+def main() -> int:
+    backend, G, L, impl = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    return guarded(lambda: check(open_comm(backend, G or None, L), impl))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
