@@ -150,9 +150,9 @@ class MpiGroup(Group):
         return recv
 
     def alltoallv(self, send, send_splits, recv_splits):
-        recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
         if self._staged(send):
             return self.alltoallv(send.cpu(), send_splits, recv_splits).to(send.device)
+        recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
         row = row_numel(send)
         scounts = np.asarray(send_splits, dtype=np.int64) * row
         rcounts = np.asarray(recv_splits, dtype=np.int64) * row

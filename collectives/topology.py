@@ -93,16 +93,18 @@ def gpu_info() -> list[dict]:
     except pynvml.NVMLError:
         return []
     try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        bus_ids = [_text(pynvml.nvmlDeviceGetPciInfo(h).busId).lower() for h in handles]
         gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(handle)
+        for i, handle in enumerate(handles):
+            peers = _nvlink_peers(pynvml, handle, bus_ids)
             gpus.append(
                 {
                     "index": i,
-                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "name": _text(pynvml.nvmlDeviceGetName(handle)),
                     "memory_gb": pynvml.nvmlDeviceGetMemoryInfo(handle).total / 1e9,
-                    "nvlink_active_links": _active_nvlinks(pynvml, handle),
+                    "nvlink_active_links": len(peers),
+                    "nvlink_peers": sorted(set(peers)),
                 }
             )
         return gpus
@@ -110,11 +112,19 @@ def gpu_info() -> list[dict]:
         pynvml.nvmlShutdown()
 
 
-def _active_nvlinks(pynvml, handle) -> int:
-    active = 0
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _nvlink_peers(pynvml, handle, bus_ids: list[str]) -> list[str]:
+    """For each active NVLink: the peer GPU's index ("gpu3"), or "switch" (an NVSwitch or unseen device)."""
+    peers = []
     for link in range(getattr(pynvml, "NVML_NVLINK_MAX_LINKS", 18)):
         try:
-            active += pynvml.nvmlDeviceGetNvLinkState(handle, link) == pynvml.NVML_FEATURE_ENABLED
+            if pynvml.nvmlDeviceGetNvLinkState(handle, link) != pynvml.NVML_FEATURE_ENABLED:
+                continue
+            remote = _text(pynvml.nvmlDeviceGetNvLinkRemotePciInfo(handle, link).busId).lower()
         except pynvml.NVMLError:
             break
-    return active
+        peers.append(f"gpu{bus_ids.index(remote)}" if remote in bus_ids else "switch")
+    return peers
