@@ -17,6 +17,7 @@ import time
 SUBCOMMANDS = {
     "collectives": "bench.collectives_bench",
     "cluster": "bench.cluster",
+    "calibrate": "bench.calibrate_bench",
     "kernels": "bench.kernels_bench",
     "moe": "bench.moe_bench",
     "report": "bench.report_cli",
@@ -39,6 +40,24 @@ def launch_size() -> int:
         if var in os.environ:
             return int(os.environ[var])
     return 1
+
+
+def add_launch_arguments(p) -> None:
+    """--backend, --ranks-per-node, --tp: the flags of every multi-rank benchmark."""
+    p.add_argument("--backend", default="mpi", help="mpi (mpi4py) or torch (torch.distributed)")
+    p.add_argument("--ranks-per-node", type=int, default=None, help="G: emulate G ranks per node")
+    p.add_argument("--tp", type=int, default=1, help="L: TP group size (tokens duplicated in TP groups)")
+
+
+def check_launch_arguments(args) -> None:
+    """ValueError unless the backend is known and G and L divide the launcher's world size."""
+    P = launch_size()
+    if args.backend not in ("mpi", "torch"):
+        raise ValueError(f"unknown backend {args.backend!r}; choose from mpi, torch")
+    if args.ranks_per_node is not None and (args.ranks_per_node < 1 or P % args.ranks_per_node):
+        raise ValueError(f"--ranks-per-node {args.ranks_per_node} must divide the number of ranks P={P}")
+    if args.tp < 1 or P % args.tp:
+        raise ValueError(f"--tp {args.tp} must divide the number of ranks P={P}")
 
 
 def open_comm(backend: str, ranks_per_node: int | None, tp: int):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from bench import report, timing
-from bench.cli import launch_size, open_comm, size_arg, str_list
+from bench.cli import add_launch_arguments, check_launch_arguments, launch_size, open_comm, size_arg, str_list
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXCHANGES = ("flat", "hierarchical", "native")
@@ -39,9 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("-c", "--check", type=int, choices=(0, 1), default=1, help="check results")
     p.add_argument("-d", "--datatype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--algos", type=str_list, default=list(ALGO_CHOICES), help="comma list of " + ",".join(ALGO_CHOICES))
-    p.add_argument("--backend", default="mpi", help="mpi or torch")
-    p.add_argument("--ranks-per-node", type=int, default=None, help="G: emulate G ranks per node")
-    p.add_argument("--tp", type=int, default=1, help="L: TP group size (coordinated)")
+    add_launch_arguments(p)
     p.add_argument("--skew", default="uniform", help="uniform or zipf:S (split sizes from MoE routing)")
     p.add_argument("--hidden", type=int, default=1024, help="elements per row (a token), at most")
     p.add_argument("--seed", type=int, default=0)
@@ -93,8 +91,6 @@ def validate(args) -> Config:
     P = launch_size()
     if args.datatype not in DTYPES:
         raise ValueError(f"unknown dtype {args.datatype!r}; choose from {', '.join(DTYPES)}")
-    if args.backend not in ("mpi", "torch"):
-        raise ValueError(f"unknown backend {args.backend!r}; choose from mpi, torch")
     unknown = [a for a in args.algos if a not in ALGO_CHOICES]
     if unknown or not args.algos:
         raise ValueError(f"unknown algorithm {', '.join(unknown) or '(none)'}; choose from {', '.join(ALGO_CHOICES)}")
@@ -106,10 +102,7 @@ def validate(args) -> Config:
         raise ValueError(f"need -n >= 1 and -w >= 0 (got -n {args.iters} -w {args.warmup_iters})")
     if args.hidden < 1:
         raise ValueError(f"--hidden must be >= 1 (got {args.hidden})")
-    if args.ranks_per_node is not None and (args.ranks_per_node < 1 or P % args.ranks_per_node):
-        raise ValueError(f"--ranks-per-node {args.ranks_per_node} must divide the number of ranks P={P}")
-    if args.tp < 1 or P % args.tp:
-        raise ValueError(f"--tp {args.tp} must divide the number of ranks P={P}")
+    check_launch_arguments(args)
     need = BUFFERS_PER_SIZE * args.maxbytes * P
     if need > available_memory_bytes():
         raise ValueError(

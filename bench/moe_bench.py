@@ -21,7 +21,7 @@ import torch
 from rich.progress import Progress
 
 from bench import moe, report, timing
-from bench.cli import int_list, launch_size, open_comm, str_list
+from bench.cli import add_launch_arguments, check_launch_arguments, int_list, launch_size, open_comm, str_list
 from bench.workloads import get_preset, make_tokens, parse_skew
 from kernels import EXPERT_KERNELS
 
@@ -41,9 +41,7 @@ def add_arguments(p) -> None:
         "--skew", type=str_list, default=["gate"], help="gate (the real router), uniform, zipf:S, hot:F, shift"
     )
     p.add_argument("--capacity-factor", type=str_list, default=["none"], help="list; none = no drops")
-    p.add_argument("--tp", type=int, default=1, help="L: TP degree (tokens duplicated in TP groups)")
-    p.add_argument("--ranks-per-node", type=int, default=None, help="G: emulate G ranks per node")
-    p.add_argument("--backend", default="mpi", help="mpi or torch")
+    add_launch_arguments(p)
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--coordinated-inner", default="flat", help="exchange under coordinated")
     p.add_argument("-n", "--iters", type=int, default=10)
@@ -85,10 +83,7 @@ def validate(args) -> Config:
         raise ValueError(f"{preset.name} has E={preset.E} experts, not divisible by P={P} ranks")
     if not args.batch or min(args.batch) < 1:
         raise ValueError(f"--batch sizes must be >= 1 token per rank, got {args.batch}")
-    if args.tp < 1 or P % args.tp:
-        raise ValueError(f"--tp {args.tp} must divide the number of ranks P={P}")
-    if args.ranks_per_node is not None and (args.ranks_per_node < 1 or P % args.ranks_per_node):
-        raise ValueError(f"--ranks-per-node {args.ranks_per_node} must divide the number of ranks P={P}")
+    check_launch_arguments(args)
     for name, given, valid in (("algorithm", args.algos, ALGOS), ("kernel", args.kernels, EXPERT_KERNELS)):
         unknown = [g for g in given if g not in valid]
         if unknown or not given:
@@ -97,8 +92,6 @@ def validate(args) -> Config:
         raise ValueError(f"--coordinated-inner must be one of {', '.join(ALGOS[:3])}")
     if args.impl not in ("torch", "triton"):
         raise ValueError(f"unknown impl {args.impl!r}; choose from torch, triton")
-    if args.backend not in ("mpi", "torch"):
-        raise ValueError(f"unknown backend {args.backend!r}; choose from mpi, torch")
     if args.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {args.dtype!r}; choose from {', '.join(DTYPES)}")
     if args.iters < 1 or args.warmup < 0:
