@@ -9,8 +9,9 @@ grouped GEMM over those variable segments:
   expert order [A, I]; the down kernel reads it, multiplies by the gate weight and scatters each row on
   store to its (token, slot) place in an fp32 [T, k, H] buffer, which is summed over k. Tiles are
   block_size rows, so a segment's last tile computes masked rows: executed rows = tiles * block_size.
-- torch: F.grouped_mm (it runs on CPU in torch 2.13) over rows gathered in expert order; executed rows =
-  assigned rows exactly.
+- torch: F.grouped_mm over rows gathered in expert order; executed rows = assigned rows exactly. It runs on
+  CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on sm_90/sm_100 and
+  otherwise the same loop, which reads the offsets on the host (one sync).
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
