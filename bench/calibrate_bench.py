@@ -19,7 +19,10 @@ P = world size, G = ranks per node, N = P / G nodes, L = TP degree, S = bytes ea
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +34,6 @@ from bench.cluster import cluster_meta
 from bench.collectives_bench import (
     count_wrong,
     expected_recv,
-    measure_case,
     parse_skew,
     rank_rows,
     row_shape,
@@ -52,6 +54,7 @@ def add_arguments(p) -> None:
     p.add_argument("-f", "--stepfactor", type=float, default=4.0, help="sweep size factor")
     p.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per point")
     p.add_argument("-w", "--warmup_iters", type=int, default=3, help="warmup iterations per point")
+    p.add_argument("--rounds", type=int, default=5, help="spread each point's iterations over this many rounds")
     add_launch_arguments(p)
     p.add_argument("--validate", action="store_true", help="also measure every algorithm against the model")
     p.add_argument("--sizes", type=str_list, default=["4K", "32K", "256K", "1M", "4M"], help="validation sizes S")
@@ -73,8 +76,11 @@ def validate_args(args) -> dict:
     check_launch_arguments(args)
     if args.minbytes < ELEM or args.maxbytes < args.minbytes or args.stepfactor <= 1:
         raise ValueError(f"need {ELEM} <= -b <= -e and -f > 1 (got -b {args.minbytes} -e {args.maxbytes})")
-    if args.iters < 3 or args.warmup_iters < 0:
-        raise ValueError(f"need -n >= 3 (a median) and -w >= 0 (got -n {args.iters} -w {args.warmup_iters})")
+    if args.iters < 3 or args.warmup_iters < 0 or args.rounds < 1:
+        raise ValueError(
+            f"need -n >= 3 (a median), -w >= 0, --rounds >= 1 (got -n {args.iters} -w {args.warmup_iters} "
+            f"--rounds {args.rounds})"
+        )
     unknown = [a for a in args.algos if a not in ALGO_CHOICES]
     if unknown or not args.algos:
         raise ValueError(f"unknown algorithm {', '.join(unknown) or '(none)'}; choose from {', '.join(ALGO_CHOICES)}")
@@ -119,46 +125,119 @@ def pair_exchange(comm, send: torch.Tensor, recv: torch.Tensor, partner: int):
     return lambda: comm.world.sendrecv(send, partner, recv, partner)
 
 
-def pair_points(comm, cls: str, sizes: list[int], args) -> list[dict]:
-    """Every rank exchanges S bytes with its class-`cls` partner, all pairs at once: one row per size."""
+@dataclass
+class Case:
+    """One thing to time: its result row (filled in), the timed call, and the samples of every round."""
+
+    row: dict
+    fn: Callable[[], object]
+    schedule: list | None = None
+    samples: list = field(default_factory=list)
+
+
+def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: int) -> None:
+    """Time every case in `rounds` rounds of ceil(iters / rounds) iterations each, round-robin.
+
+    On a shared host, load comes and goes over seconds: spreading each case over the whole run
+    lets a slow spell hit every case alike (calibration points and validation rows included).
+    Adds median/p20/p80/p99 of the pooled samples (slowest rank per iteration) to each row.
+    """
+    per_round = max(1, math.ceil(iters / rounds))
+    for rnd in range(rounds):
+        for case in cases:
+            w = warmup if rnd == 0 else 1
+            case.samples.extend(timing.measure(case.fn, iters=per_round, warmup=w, comm=comm, device=comm.device))
+    for case in cases:
+        case.row.update(timing.stats(np.asarray(case.samples)))
+
+
+def pair_cases(comm, cls: str, sizes: list[int]) -> list[Case]:
+    """Every rank exchanges S bytes with its class-`cls` partner, all pairs at once: one case per size."""
     topo, me = comm.topology, comm.rank
-    rows = []
+    cases = []
     for size in sizes:
         schedule, partner = costmodel.pair_schedule(topo, cls, size)
         send = torch.ones(size // ELEM, dtype=torch.float32)
-        recv = torch.empty_like(send)
-        mine = int(partner[me])
-        fn = pair_exchange(comm, send, recv, mine)
-        samples = timing.measure(fn, iters=args.iters, warmup=args.warmup_iters, comm=comm, device=comm.device)
+        fn = pair_exchange(comm, send, torch.empty_like(send), int(partner[me]))
         xbytes = costmodel.effective_bytes(schedule, topo, cls)
-        rows.append({"kind": "p2p", "class": cls, "size": size, "xbytes": xbytes, **timing.stats(samples)})
-    return rows
+        cases.append(Case({"kind": "p2p", "class": cls, "size": size, "xbytes": xbytes}, fn, schedule))
+    return cases
 
 
-def copy_points(comm, sizes: list[int], args) -> list[dict]:
-    """Every rank reorders S bytes in P chunks at once (hierarchical's layout transform): one row per size."""
+def group_cases(comm, cls: str, sizes: list[int]) -> list[Case]:
+    """The library all-to-all inside every class-`cls` group at once (intra: the G ranks of a node;
+    inter: the N ranks sharing a local index), S bytes to each member: one case per size."""
+    topo = comm.topology
+    group = comm.intra if cls == "intra" else comm.inter
+    groups = (
+        [topo.node_ranks(n) for n in range(topo.num_nodes)]
+        if cls == "intra"
+        else [topo.cross_ranks(g) for g in range(topo.ranks_per_node)]
+    )
+    cases = []
+    for size in sizes:
+        rows = size // ELEM
+        send = torch.ones(rows * group.size, 1, dtype=torch.float32)
+        splits = [rows] * group.size
+        fn = lambda send=send, splits=splits: group.alltoallv(send, splits, splits)
+        schedule = [costmodel.group_exchange(f"{cls} a2a", groups, size, topo.world_size)]
+        xbytes = costmodel.effective_bytes(schedule, topo, cls)
+        cases.append(Case({"kind": "p2p", "class": f"{cls}-coll", "size": size, "xbytes": xbytes}, fn, schedule))
+    return cases
+
+
+def ring_cases(comm, sizes: list[int]) -> list[Case]:
+    """Rank r sends S bytes to r + 1 and receives from r - 1, all at once: with G >= 2 and N >= 2 some
+    ranks send inside their node while receiving from another (the mix flat's steps have)."""
+    P, me = comm.world_size, comm.rank
+    ranks = np.arange(P)
+    cases = []
+    for size in sizes:
+        send = torch.ones(size // ELEM, dtype=torch.float32)
+        recv = torch.empty_like(send)
+        fn = lambda send=send, recv=recv: comm.world.sendrecv(send, (me + 1) % P, recv, (me - 1) % P)
+        schedule = [costmodel._phase("ring", P, ranks, (ranks + 1) % P, np.full(P, size), blocking=True)]
+        cases.append(Case({"kind": "p2p", "class": "ring", "size": size, "xbytes": float(size)}, fn, schedule))
+    return cases
+
+
+def copy_cases(comm, sizes: list[int]) -> list[Case]:
+    """Every rank reorders S bytes in 2P chunks at once (hierarchical's layout transform): one case per size."""
     P = comm.world_size
-    rows = []
+    cases = []
     for size in sizes:
         n = size // ELEM
         x = torch.ones(n, 1, dtype=torch.float32)
-        grid = np.array([[n // P + (i < n % P) for i in range(P)]])  # [1, P] chunks
-        grid = np.concatenate([grid, np.zeros_like(grid)]) if P > 1 else grid  # [2, P]: a real transpose
+        grid = np.array([[n // P + (i < n % P) for i in range(P)], [0] * P])  # [2, P]: a real transpose
         fn = lambda x=x, grid=grid: transpose_chunks(x, grid).contiguous()
-        samples = timing.measure(fn, iters=args.iters, warmup=args.warmup_iters, comm=comm, device=comm.device)
-        rows.append({"kind": "p2p", "class": "copy", "size": size, "xbytes": float(size), **timing.stats(samples)})
-    return rows
+        cases.append(Case({"kind": "p2p", "class": "copy", "size": size, "xbytes": float(size)}, fn))
+    return cases
 
 
-def fit_profile(rows: list[dict], name: str, topo, source: str) -> costmodel.Profile:
-    """Fit alpha-beta per class from the sweep rows; a class not present borrows another's link."""
+def sweep_cases(comm, sizes: list[int]) -> list[Case]:
+    """Everything the fit needs on this topology: pairs and group all-to-alls per class, the ring, copies."""
+    topo = comm.topology
+    cases = []
+    for cls in classes_present(topo):
+        cases += pair_cases(comm, cls, sizes) + group_cases(comm, cls, sizes)
+    if len(classes_present(topo)) == 2:
+        cases += ring_cases(comm, sizes)
+    return cases + copy_cases(comm, sizes)
+
+
+FIT_CLASSES = ("intra", "inter", "intra-coll", "inter-coll", "copy")
+OVERLAPS = np.linspace(0.0, 1.0, 11)
+
+
+def fit_profile(rows: list[dict], name: str, topo, source: str, cases: list[Case]) -> costmodel.Profile:
+    """Fit alpha-beta per class from the sweep rows, then the overlap from the ring; absent classes borrow."""
     links, fits = {}, {}
-    for cls in ("intra", "inter", "copy"):
+    for cls in FIT_CLASSES:
         pts = [r for r in rows if r["class"] == cls]
         if not pts:
             continue
         fit = costmodel.fit_link([r["xbytes"] for r in pts], [r["time_us"] for r in pts])
-        links[cls] = fit.link
+        links[cls.replace("-", "_")] = fit.link
         fits[cls] = {"median_abs_err": fit.median_abs_err, "max_abs_err": fit.max_abs_err, "points": fit.points}
         for r in pts:
             r["fit_us"] = fit.link.time_us(r["xbytes"])
@@ -166,10 +245,32 @@ def fit_profile(rows: list[dict], name: str, topo, source: str) -> costmodel.Pro
     for cls, other in (("intra", "inter"), ("inter", "intra")):
         if cls not in links:
             links[cls] = links[other]
+            links[f"{cls}_coll"] = links.get(f"{other}_coll")
             fits[cls] = {"not_measured": f"this topology has no {cls}-node pair; copied from {other}"}
-    return costmodel.Profile(
+    profile = costmodel.Profile(
         name=name, **links, ranks_per_node=topo.ranks_per_node, nics_per_node=1, source=source, fit=fits
     )
+    ring = [c for c in cases if c.row["class"] == "ring"]
+    if not ring:
+        return profile
+
+    def ring_errors(overlap: float) -> np.ndarray:
+        trial = replace(profile, overlap=float(overlap))
+        return np.array([costmodel.predict(c.schedule, topo, trial) / c.row["time_us"] - 1 for c in ring])
+
+    best = min(OVERLAPS, key=lambda o: float(np.median(np.abs(ring_errors(o)))))
+    profile = replace(profile, overlap=float(best))
+    errors = ring_errors(best)
+    for c, e in zip(ring, errors):
+        c.row["fit_us"] = c.row["time_us"] * (1 + e)
+        c.row["fit_err"] = float(e)
+    fits["ring"] = {
+        "median_abs_err": float(np.median(np.abs(errors))),
+        "max_abs_err": float(np.abs(errors).max()),
+        "points": len(ring),
+        "overlap": float(best),
+    }
+    return profile
 
 
 # ------------------------------------------------------------------------------ validation
@@ -180,26 +281,41 @@ def model_traffic_max(schedule, topo) -> list[int]:
     return [int(v) for v in costmodel.traffic(schedule, topo).max(axis=0)]
 
 
-def validation_rows(comm, args, size: int, profile, skew: float) -> list[dict]:
-    """Every selected exchange and dispatch/combine pair at one size: checked, timed, predicted."""
+def checked_case(comm, row: dict, fn, check, schedule) -> Case:
+    """Run `fn` once (collective: every rank, same order): count wrong elements and the busiest rank's traffic."""
+    comm.traffic.reset()
+    wrong = check(fn())
+    busiest = comm.allreduce_max(comm.traffic.as_array())
+    row.update(
+        wire_intra_bytes=int(busiest[0]),
+        wire_inter_bytes=int(busiest[1]),
+        msgs_intra=int(busiest[2]),
+        msgs_inter=int(busiest[3]),
+        wrong=sum(comm.allgather_object(wrong)),
+    )
+    row["schedule_matches"] = [int(v) for v in busiest] == model_traffic_max(schedule, comm.topology)
+    return Case(row, fn, schedule)
+
+
+def validation_cases(comm, args, size: int, skew: float) -> list[Case]:
+    """Every selected exchange and dispatch/combine pair at one size, each checked once; timed later."""
     from collectives import ALGORITHMS, DISPATCH_COMBINE
 
     topo, P, me = comm.topology, comm.world_size, comm.rank
     N, H = row_shape(size, ELEM, P, args.hidden)
     splits = split_matrix(N, P, skew, args.seed)
     row_bytes = H * ELEM
-    rows = []
+    cases = []
     send = rank_rows(me, N, H, torch.float32, args.seed)
     want = expected_recv(me, splits, H, torch.float32, args.seed)
     for name in [a for a in args.algos if a in EXCHANGES]:
         algo = ALGORITHMS[name]
         fn = lambda algo=algo: algo(comm, send, splits[me])
+        schedule = costmodel.exchange_schedule(name, splits, row_bytes, topo)
         row = {"kind": "validate", "algo": name, "size": size}
-        row.update(measure_case(comm, fn, lambda out: count_wrong(out[0], want), args.iters, args.warmup_iters))
-        rows.append(_with_prediction(row, costmodel.exchange_schedule(name, splits, row_bytes, topo), topo, profile))
+        cases.append(checked_case(comm, row, fn, lambda out: count_wrong(out[0], want), schedule))
     if "coordinated" in args.algos:
-        L = topo.tp
-        leaders = np.arange(P) // L * L
+        leaders = np.arange(P) // topo.tp * topo.tp
         tp_splits = splits[leaders]  # every TP rank holds its group's first rank's rows
         tp_send = rank_rows(int(leaders[me]), N, H, torch.float32, args.seed)
         for inner in [a for a in args.algos if a in EXCHANGES] or ["flat"]:
@@ -210,23 +326,17 @@ def validation_rows(comm, args, size: int, profile, skew: float) -> list[dict]:
                     recv, _, handle = pair.dispatch(comm, tp_send, tp_splits[me], inner=inner)
                     return pair.combine(comm, recv, handle)
 
-                row = {"kind": "validate", "algo": f"{label}:{inner}", "size": size}
-                check = lambda out: count_wrong(out, tp_send)
-                row.update(measure_case(comm, roundtrip, check, args.iters, args.warmup_iters))
                 schedule = costmodel.roundtrip_schedule(pair_name, inner, tp_splits, row_bytes, topo)
-                rows.append(_with_prediction(row, schedule, topo, profile))
-    return rows
+                row = {"kind": "validate", "algo": f"{label}:{inner}", "size": size}
+                cases.append(checked_case(comm, row, roundtrip, lambda out: count_wrong(out, tp_send), schedule))
+    return cases
 
 
-def _with_prediction(row: dict, schedule, topo, profile) -> dict:
-    measured = [row["wire_intra_bytes"], row["wire_inter_bytes"], row["msgs_intra"], row["msgs_inter"]]
-    predicted = costmodel.predict(schedule, topo, profile)
-    row.update(
-        measured_us=row["time_us"],
-        predicted_us=predicted,
-        err=(predicted - row["time_us"]) / row["time_us"],
-        schedule_matches=measured == model_traffic_max(schedule, topo),
-    )
+def add_prediction(case: Case, profile: costmodel.Profile, topo) -> dict:
+    """Fill measured_us, predicted_us and err into the case's row."""
+    row = case.row
+    predicted = costmodel.predict(case.schedule, topo, profile)
+    row.update(measured_us=row["time_us"], predicted_us=predicted, err=(predicted - row["time_us"]) / row["time_us"])
     return row
 
 
@@ -309,9 +419,11 @@ VALIDATE_COLUMNS = [
     "#wrong",
 ]
 SWEEP_CAPTION = (
-    "All pairs of the class exchange S bytes at once (sendrecv); time = slowest rank, median (p20/p80) over "
-    "iterations; eff bytes = the bytes that set the class's time in the model (a node's G ranks share its uplink); "
-    "fit = alpha + eff bytes / bw; copy = a layout transform of S bytes in P chunks on every rank."
+    "intra/inter: all pairs of the class exchange S bytes at once (blocking sendrecv); intra-coll/inter-coll: the "
+    "library all-to-all inside every node / every cross-node group at once, S bytes per peer; ring: r sends S to "
+    "r+1 (mixes the classes; fits the overlap); copy: a layout transform of S bytes on every rank. time = slowest "
+    "rank, median (p20/p80) over iterations; eff bytes = the bytes that set the class's time in the model (a node's "
+    "G ranks share its uplink); fit = alpha + eff bytes / bw."
 )
 VALIDATE_CAPTION = (
     "measured = slowest rank per iteration, median (p20/p80); predicted = bench/costmodel.py on the calibrated "
@@ -357,15 +469,28 @@ def validate_table(rows):
 
 
 def profile_lines(profile: costmodel.Profile) -> list[str]:
-    lines = [f"link profile {profile.name} (G={profile.ranks_per_node}, {profile.nics_per_node} NIC per node):"]
-    for cls in costmodel.CLASSES:
-        link, fit = profile.link(cls), profile.fit.get(cls, {})
+    lines = [
+        f"link profile {profile.name} (G={profile.ranks_per_node}, {profile.nics_per_node} NIC(s) per node, "
+        f"overlap of intra and inter {profile.overlap:g})"
+    ]
+    for cls in FIT_CLASSES:
+        link = getattr(profile, cls.replace("-", "_"))
+        if link is None:
+            continue
+        fit = profile.fit.get(cls, {})
         err = (
             f"fit error median {fit['median_abs_err']:.1%}, max {fit['max_abs_err']:.1%} over {fit['points']} sizes"
             if "median_abs_err" in fit
             else fit.get("not_measured", "")
         )
-        lines.append(f"  {cls:5s}: alpha {link.alpha_us:9.1f} µs, bw {link.bw_gbs:8.4f} GB/s   {err}")
+        gap = f", gap {link.gap_us:g} µs" if link.gap_us else ""
+        lines.append(f"  {cls:10s}: alpha {link.alpha_us:9.1f} µs, bw {link.bw_gbs:9.4f} GB/s{gap}   {err}")
+    if "ring" in profile.fit:
+        fit = profile.fit["ring"]
+        lines.append(
+            f"  ring (mixed intra/inter steps): overlap {fit['overlap']:g} fitted, error median "
+            f"{fit['median_abs_err']:.1%}, max {fit['max_abs_err']:.1%} over {fit['points']} sizes"
+        )
     return lines
 
 
@@ -375,22 +500,26 @@ def run(args) -> int:
     if args.check_schedules:
         return check_schedules(comm, args)
     meta = {**report.base_meta("calibrate", sys.argv), **report.comm_meta(comm), **cluster_meta()}
-    meta.update(iters=args.iters, warmup=args.warmup_iters, skew=args.skew, tag=args.tag)
+    meta.update(iters=args.iters, warmup=args.warmup_iters, rounds=args.rounds, skew=args.skew, tag=args.tag)
     topo, lead = comm.topology, comm.rank == 0
     if lead:
         report.print_header(meta)
         if meta.get("emulated_cluster"):
             report.console.print(meta["emulated_cluster"])
-    rows = []
     profile = cfg["profile"]
+    sweep = []
     if profile is None:
-        sizes = sizes_between(args.minbytes, args.maxbytes, args.stepfactor)
-        for cls in classes_present(topo):
-            rows += pair_points(comm, cls, sizes, args)
-        rows += copy_points(comm, sizes, args)
+        sweep = sweep_cases(comm, sizes_between(args.minbytes, args.maxbytes, args.stepfactor))
+    checks = []
+    if args.validate:
+        for size in cfg["sizes"]:
+            checks += validation_cases(comm, args, size, cfg["skew"])
+    run_interleaved(comm, sweep + checks, args.iters, args.warmup_iters, args.rounds)
+    rows = [c.row for c in sweep]
+    if profile is None:
         name = args.name or f"calibrated-{meta['machine']}-{topo.num_nodes}x{topo.ranks_per_node}-{comm.backend}"
         source = meta.get("emulated_cluster") or f"measured on {meta['host']} ({topo.describe()})"
-        profile = fit_profile(rows, name, topo, source)
+        profile = fit_profile(rows, name, topo, source, sweep)
     meta["profile"] = profile.to_dict()
     if lead and rows:
         report.print_table("point-to-point sweep per link class", SWEEP_COLUMNS, sweep_table(rows), SWEEP_CAPTION)
@@ -399,10 +528,7 @@ def run(args) -> int:
         if args.profile_out:
             report.atomic_write(Path(args.profile_out), json.dumps(profile.to_dict(), indent=1) + "\n")
             report.console.print(f"wrote {args.profile_out}")
-    vrows = []
-    if args.validate:
-        for size in cfg["sizes"]:
-            vrows += validation_rows(comm, args, size, profile, cfg["skew"])
+    vrows = [add_prediction(c, profile, topo) for c in checks]
     summary = []
     if vrows:
         errors = np.abs([r["err"] for r in vrows])

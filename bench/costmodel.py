@@ -17,16 +17,20 @@ Time of a phase = its busiest rank (routing skew shows up here). For rank r and 
     inter: X = max(bytes r sends, bytes r receives, node uplink bytes / NICs, node downlink bytes / NICs)
            -- the G ranks of a node share its NICs (one NIC per node in the emulated cluster)
     copy:  t_copy(r) = alpha_copy + (chunks - 1) * gap_copy + copied bytes / bw_copy
-    t(r) = max(t_intra(r), t_inter(r)) + t_copy(r)     (NVLink/loopback and NIC run at once)
+    t(r) = max(t_intra, t_inter) + (1 - overlap) * min(t_intra, t_inter) + t_copy(r)
 
 m_c = messages r sends or receives in class c (max of the two); alpha = latency of a phase's
 first message, gap = LogGP's g, the cost of each further message issued at once; bw in GB/s
 (1e9 B/s). Times are in µs. A blocking pairwise step with nothing to send still costs alpha.
+Each class has two links: the point-to-point path (blocking sendrecv: flat's steps) and the
+library collective path (all-to-all-v, all-gather: native, hierarchical's levels, the count
+exchanges), whose per-call overhead differs (LogGP's o); a profile may give only the first.
+overlap = 1 where intra- and inter-node transfers run at once (NVLink and NIC), 0 where one CPU
+drives both (TCP on an emulated cluster); calibration fits it where a phase mixes the classes.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -63,6 +67,9 @@ class Profile:
     copy: Link
     ranks_per_node: int
     nics_per_node: int = 1
+    intra_coll: Link | None = None  # library collective path (None: same as intra)
+    inter_coll: Link | None = None
+    overlap: float = 1.0
     source: str = ""
     fit: dict = field(default_factory=dict)  # calibration fit errors, per class
 
@@ -73,19 +80,23 @@ class Profile:
     def from_dict(cls, d: dict) -> Profile:
         try:
             links = {c: Link(**d[c]) for c in CLASSES}
+            colls = {c: Link(**d[c]) if d.get(c) else None for c in ("intra_coll", "inter_coll")}
             return cls(
                 name=d["name"],
                 **links,
+                **colls,
                 ranks_per_node=int(d["ranks_per_node"]),
                 nics_per_node=int(d.get("nics_per_node", 1)),
+                overlap=float(d.get("overlap", 1.0)),
                 source=d.get("source", ""),
                 fit=d.get("fit", {}),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a link profile (missing or bad field: {exc})") from None
 
-    def link(self, cls: str) -> Link:
-        return getattr(self, cls)
+    def link(self, cls: str, coll: bool = False) -> Link:
+        """The link of class `cls` ("intra", "inter", "copy"); its library-collective path when `coll`."""
+        return (getattr(self, f"{cls}_coll", None) if coll else None) or getattr(self, cls)
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -95,8 +106,9 @@ class Profile:
 class Phase:
     """Messages sent at once (src[M] -> dst[M], nbytes[M], global ranks) and per-rank copies ([P] each).
 
-    blocking: a pairwise sendrecv step — a zero-byte message still costs alpha (it is still a
-    round trip); elsewhere the library skips empty messages.
+    blocking: a pairwise sendrecv step (the point-to-point path) — a zero-byte message still
+    costs alpha (it is still a round trip); otherwise a library collective, which skips empty
+    messages.
     """
 
     name: str
@@ -106,6 +118,7 @@ class Phase:
     copy_bytes: np.ndarray | None = None
     copy_chunks: np.ndarray | None = None
     blocking: bool = False
+    matrix: np.ndarray | None = None  # [P, P] bytes s -> d instead of src/dst/nbytes (world phases)
 
 
 def _phase(name, P, src=(), dst=(), nbytes=(), copy_bytes=None, copy_chunks=None, blocking=False) -> Phase:
@@ -115,24 +128,32 @@ def _phase(name, P, src=(), dst=(), nbytes=(), copy_bytes=None, copy_chunks=None
     return Phase(name, src[keep], dst[keep], nbytes[keep], copy_bytes, copy_chunks, blocking)
 
 
+def group_exchange(name: str, groups: list[list[int]], nbytes: float, P: int) -> Phase:
+    """Calibration: a library all-to-all inside each group, nbytes from every member to every other."""
+    return _group_exchange(name, groups, lambda a, b: nbytes, P)
+
+
 def _group_exchange(name: str, groups: list[list[int]], bytes_fn, P: int, blocking=False) -> Phase:
-    """One all-to-all inside each group: member a sends bytes_fn(a, b) to member b (global ranks)."""
-    src, dst, nb = [], [], []
-    for members in groups:
-        for a in members:
-            for b in members:
-                if a != b:
-                    src.append(a)
-                    dst.append(b)
-                    nb.append(bytes_fn(a, b))
-    return _phase(name, P, src, dst, nb, blocking=blocking)
+    """One all-to-all inside each group (equal sizes): member a sends bytes_fn(a, b) to member b.
+
+    bytes_fn takes arrays of global ranks a[M], b[M] and returns bytes[M]."""
+    members = np.asarray(groups, dtype=np.int64)  # [groups, k]
+    k = members.shape[1]
+    a = np.repeat(members, k, axis=1).ravel()  # every (a, b) pair of each group
+    b = np.tile(members, (1, k)).ravel()
+    off = a != b
+    a, b = a[off], b[off]
+    return _phase(
+        name, P, a, b, np.broadcast_to(np.asarray(bytes_fn(a, b), dtype=np.float64), a.shape), blocking=blocking
+    )
 
 
 def _dense_exchange(name: str, matrix: np.ndarray) -> Phase:
-    """All-to-all over the world: rank s sends matrix[s, d] bytes to d (vectorised for large P)."""
-    P = matrix.shape[0]
-    s, d = np.meshgrid(np.arange(P), np.arange(P), indexing="ij")
-    return _phase(name, P, s.ravel(), d.ravel(), matrix.ravel())
+    """All-to-all over the world: rank s sends matrix[s, d] bytes to d (the diagonal stays local)."""
+    m = np.array(matrix, dtype=np.float64)
+    np.fill_diagonal(m, 0.0)
+    empty = np.zeros(0, dtype=np.int64)
+    return Phase(name, empty, empty, np.zeros(0), matrix=m)
 
 
 def _counts_phase(name: str, groups: list[list[int]], per_peer: int, P: int) -> Phase:
@@ -176,15 +197,9 @@ def _grids(splits: np.ndarray, topo: Topology):
     S = np.asarray(splits, dtype=np.int64)
     mine = S.reshape(P, N, G)  # mine[r, n', g'] = rows r sends rank (n', g')
     # intra[(n, g), g_src, n'] = rows local peer (n, g_src) sends me in step 2, bound for (n', g)
-    intra = np.empty((P, G, N), dtype=np.int64)
-    inter = np.empty((P, N, G), dtype=np.int64)
-    for r in range(P):
-        n, g = divmod(r, G)
-        intra[r] = mine[n * G : n * G + G, :, g]  # [g_src, n']
-    for r in range(P):
-        n, g = divmod(r, G)
-        # inter[(n, g), n_src, g_src] = rows rank (n_src, g_src) finally sends me = splits[(n_src, g_src), r]
-        inter[r] = S[:, r].reshape(N, G)
+    intra = S.reshape(N, G, N, G).transpose(0, 3, 1, 2).reshape(P, G, N)
+    # inter[(n, g), n_src, g_src] = rows rank (n_src, g_src) finally sends me = splits[(n_src, g_src), r]
+    inter = S.T.reshape(P, N, G)
     return mine, intra, inter
 
 
@@ -217,9 +232,11 @@ def hierarchical_schedule(
         return _phase("transform 2", P, copy_bytes=rows * row_bytes, copy_chunks=np.full(P, N * G))
 
     # step 2: (n, g) -> local peer (n, g'): every row bound for local index g' on any node
-    intra_bytes = lambda a, b: float(mine[a, :, b % G].sum()) * row_bytes
+    to_local = mine.sum(axis=1).astype(np.float64) * row_bytes  # [P, G]
+    intra_bytes = lambda a, b: to_local[a, b % G]
     # step 4: (n, g) -> (n', g): rows from every local source bound for (n', g)
-    inter_bytes = lambda a, b: float(intra[a, :, b // G].sum()) * row_bytes
+    to_node = intra.sum(axis=1).astype(np.float64) * row_bytes  # [P, N]
+    inter_bytes = lambda a, b: to_node[a, b // G]
     if not backward:
         if transform:
             phases.append(t1())
@@ -282,7 +299,8 @@ def roundtrip_schedule(pair: str, inner: str, splits: np.ndarray, row_bytes: int
         ]
     if pair != "coordinated":
         raise ValueError(f"unknown dispatch/combine pair {pair!r}")
-    part = np.stack([split_parts(splits[r], L)[:, r % L] for r in range(P)])  # [P, P]: rows r moves to d
+    t = (np.arange(P) % L)[:, None]  # my TP rank
+    part = splits // L + (t < splits % L)  # [P, P]: rows r moves to d (split_parts' column t, per rank)
     part_rows = part.sum(axis=1).astype(np.float64)
     full_rows = splits.sum(axis=1).astype(np.float64)
     tp_groups = [topo.tp_ranks(t) for t in range(P // L)]
@@ -322,7 +340,15 @@ def traffic(schedule: list[Phase], topo: Topology) -> np.ndarray:
     the same quantities (and convention) as collectives.comm.Traffic."""
     P = topo.world_size
     out = np.zeros((P, 4))
+    inter_mask = _inter_mask(topo)
     for ph in schedule:
+        if ph.matrix is not None:
+            m = ph.matrix
+            out[:, 0] += np.where(inter_mask, 0, m).sum(axis=1)
+            out[:, 1] += np.where(inter_mask, m, 0).sum(axis=1)
+            out[:, 2] += ((m > 0) & ~inter_mask).sum(axis=1)
+            out[:, 3] += ((m > 0) & inter_mask).sum(axis=1)
+            continue
         keep = ph.nbytes > 0
         src, dst, nb = ph.src[keep], ph.dst[keep], ph.nbytes[keep]
         inter = (src // topo.ranks_per_node) != (dst // topo.ranks_per_node)
@@ -344,9 +370,40 @@ class PhaseLoad:
     xbytes: dict  # cls -> [P] bytes that set the class's time (sharing included)
     copy_bytes: np.ndarray
     copy_chunks: np.ndarray
+    coll: bool  # a library collective (else blocking point-to-point)
+
+
+def _inter_mask(topo: Topology) -> np.ndarray:
+    """[P, P] True where s and d sit on different nodes."""
+    node = np.arange(topo.world_size) // topo.ranks_per_node
+    return node[:, None] != node[None, :]
+
+
+def _dense_load(ph: Phase, topo: Topology, nics_per_node: int) -> PhaseLoad:
+    """phase_load for a world phase given as a [P, P] byte matrix."""
+    P, G = topo.world_size, topo.ranks_per_node
+    m, inter = ph.matrix, _inter_mask(topo)
+    msgs, xbytes = {}, {}
+    for cls, mask in (("intra", ~inter), ("inter", inter)):
+        b = np.where(mask, m, 0.0)
+        sent, recvd = b.sum(axis=1), b.sum(axis=0)
+        msgs[cls] = np.maximum((b > 0).sum(axis=1), (b > 0).sum(axis=0))
+        x = np.maximum(sent, recvd)
+        if cls == "inter":
+            up = sent.reshape(-1, G).sum(axis=1) / nics_per_node
+            down = recvd.reshape(-1, G).sum(axis=1) / nics_per_node
+            x = np.maximum(x, np.repeat(np.maximum(up, down), G))
+        xbytes[cls] = x
+    zeros = np.zeros(P)
+    copy_bytes = ph.copy_bytes if ph.copy_bytes is not None else zeros
+    copy_chunks = ph.copy_chunks if ph.copy_chunks is not None else zeros
+    return PhaseLoad(msgs, xbytes, np.asarray(copy_bytes, float), np.asarray(copy_chunks, float), not ph.blocking)
 
 
 def phase_load(ph: Phase, topo: Topology, nics_per_node: int) -> PhaseLoad:
+    """Messages and effective bytes per rank and class, and copies, of one phase (see the module docstring)."""
+    if ph.matrix is not None:
+        return _dense_load(ph, topo, nics_per_node)
     P, G = topo.world_size, topo.ranks_per_node
     N = P // G
     counted = np.ones_like(ph.nbytes, dtype=bool) if ph.blocking else ph.nbytes > 0
@@ -366,14 +423,14 @@ def phase_load(ph: Phase, topo: Topology, nics_per_node: int) -> PhaseLoad:
     zeros = np.zeros(P)
     copy_bytes = ph.copy_bytes if ph.copy_bytes is not None else zeros
     copy_chunks = ph.copy_chunks if ph.copy_chunks is not None else zeros
-    return PhaseLoad(msgs, xbytes, np.asarray(copy_bytes, float), np.asarray(copy_chunks, float))
+    return PhaseLoad(msgs, xbytes, np.asarray(copy_bytes, float), np.asarray(copy_chunks, float), not ph.blocking)
 
 
 def rank_times(load: PhaseLoad, profile: Profile) -> np.ndarray:
     """[P] µs each rank spends in the phase (see the module docstring)."""
     comm = []
     for cls in ("intra", "inter"):
-        link, m = profile.link(cls), load.msgs[cls]
+        link, m = profile.link(cls, coll=load.coll), load.msgs[cls]
         t = link.alpha_us + np.maximum(m - 1, 0) * link.gap_us + load.xbytes[cls] / (link.bw_gbs * 1e3)
         comm.append(np.where(m > 0, t, 0.0))
     c = profile.copy
@@ -382,7 +439,8 @@ def rank_times(load: PhaseLoad, profile: Profile) -> np.ndarray:
         c.alpha_us + np.maximum(load.copy_chunks - 1, 0) * c.gap_us + load.copy_bytes / (c.bw_gbs * 1e3),
         0.0,
     )
-    return np.maximum(comm[0], comm[1]) + copy
+    both = np.maximum(comm[0], comm[1]) + (1 - profile.overlap) * np.minimum(comm[0], comm[1])
+    return both + copy
 
 
 def predict(schedule: list[Phase], topo: Topology, profile: Profile) -> float:
@@ -407,48 +465,31 @@ class Fit:
     points: int
 
 
-def fit_link(xbytes, t_us, extra_msgs=None, gap_us: float | None = None) -> Fit:
-    """Fit alpha (µs) and bw (GB/s) to t = alpha + (m - 1) * gap + x / bw by least squares on relative error.
+def fit_link(xbytes, t_us) -> Fit:
+    """Fit t = alpha + x / bw: bw from the large half of the sizes, alpha from the latency-bound ones.
 
-    xbytes[i]: effective bytes of point i (sharing included); t_us[i]: its measured time;
-    extra_msgs[i]: m - 1 further messages (fits gap too when they vary and gap_us is None).
-    Raises ValueError with fewer than 2 points or no spread in size.
+    xbytes[i]: effective bytes of point i (sharing included); t_us[i]: its measured time (µs).
+    The slope comes from a least-squares line through the points at or above the median size
+    (where bytes dominate); alpha is the median of t - x / bw over the points whose byte term is
+    under half their time (falling back to the smallest point), so a shaper's initial burst or a
+    noisy large point does not bend one into the other. Raises ValueError with fewer than two
+    distinct sizes.
     """
     x = np.asarray(xbytes, dtype=np.float64)
     t = np.asarray(t_us, dtype=np.float64)
-    m = np.zeros_like(x) if extra_msgs is None else np.asarray(extra_msgs, dtype=np.float64)
     if len(x) < 2 or np.ptp(x) == 0:
         raise ValueError("a fit needs at least two distinct sizes")
-    w = 1.0 / np.maximum(t, 1e-9)  # relative error: small sizes count as much as large ones
-    fit_gap = gap_us is None and np.ptp(m) > 0
-    cols = [np.ones_like(x), x] + ([m] if fit_gap else [])
-    A = np.stack(cols, axis=1)
-    rhs = t - (0 if fit_gap else m * (gap_us or 0.0))
-    coef = _nonneg_lstsq(A * w[:, None], rhs * w)
-    alpha, inv_bw = coef[0], coef[1]
-    gap = coef[2] if fit_gap else (gap_us or 0.0)
-    bw = 1.0 / (inv_bw * 1e9) * 1e6 if inv_bw > 0 else math.inf  # inv_bw in µs/B -> GB/s
-    link = Link(alpha_us=float(alpha), bw_gbs=float(bw), gap_us=float(gap))
-    pred = alpha + inv_bw * x + gap * m
-    err = np.abs(pred - t) / t
+    large = x >= np.median(x)
+    if large.sum() < 2 or np.ptp(x[large]) == 0:
+        large = x >= np.sort(x)[-2]
+    slope = float(np.polyfit(x[large], t[large], 1)[0])
+    slope = max(slope, 1e-12)  # µs per byte
+    bound = slope * x < 0.5 * t
+    residual = t - slope * x
+    alpha = float(max(np.median(residual[bound]) if bound.any() else residual[np.argmin(x)], 0.0))
+    link = Link(alpha_us=alpha, bw_gbs=1e-3 / slope)
+    err = np.abs(alpha + slope * x - t) / t
     return Fit(link, float(np.median(err)), float(err.max()), len(x))
-
-
-def _nonneg_lstsq(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Least squares with every coefficient >= 0 (active-set over the few columns)."""
-    n = A.shape[1]
-    best, best_res = np.zeros(n), float(b @ b)
-    for mask in range(1, 1 << n):
-        cols = [i for i in range(n) if mask >> i & 1]
-        coef, *_ = np.linalg.lstsq(A[:, cols], b, rcond=None)
-        if (coef < 0).any():
-            continue
-        full = np.zeros(n)
-        full[cols] = coef
-        res = float(np.sum((A @ full - b) ** 2))
-        if res < best_res:
-            best, best_res = full, res
-    return best
 
 
 def effective_bytes(schedule: list[Phase], topo: Topology, cls: str, nics_per_node: int = 1) -> float:
