@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "collectives": "bench.collectives_bench",
     "cluster": "bench.cluster",
     "calibrate": "bench.calibrate_bench",
+    "project": "bench.project_bench",
     "kernels": "bench.kernels_bench",
     "moe": "bench.moe_bench",
     "report": "bench.report_cli",
