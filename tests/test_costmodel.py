@@ -1,0 +1,186 @@
+"""Cost model: schedules equal what the algorithms send, the fit recovers known links, the timing rules hold.
+
+P = world size, G = ranks per node, N = nodes, L = TP degree, S = bytes a rank sends.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, mpirun
+
+from bench import costmodel
+from bench.calibrate_bench import load_profile
+from bench.costmodel import Link, Profile
+from bench.project_bench import BUILTIN, crossovers, exchange_time
+from collectives.topology import Topology
+
+PROFILE = Profile("test", Link(10, 100), Link(20, 10, gap_us=1.0), Link(1, 1000), ranks_per_node=2, nics_per_node=1)
+
+
+# ------------------------------------------------------------------ schedules vs real traffic
+
+
+@pytest.mark.parametrize(("backend", "G", "L"), [("mpi", 2, 2), ("torch", 1, 4)])
+def test_schedules_match_counted_traffic(mpiexec_available, backend, G, L):
+    """Every exchange and dispatch/combine pair, skewed splits with empty chunks: model == comm.traffic per rank."""
+    args = ["-m", "bench", "calibrate", "--check-schedules", "--backend", backend, "--ranks-per-node", str(G)]
+    result = mpirun(4, [*args, "--tp", str(L)], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"schedules checked P=4 G={G} L={L} {backend}: 9 cases, 0 mismatches" in result.stdout
+
+
+def test_message_counts_follow_the_structure():
+    """flat: P - 1 messages per rank; hierarchical: (G - 1) + (N - 1); both move every off-rank byte."""
+    P, G = 16, 4
+    topo = Topology(P, G)
+    splits = costmodel.uniform_splits(P, P * 10)
+    flat = costmodel.traffic(costmodel.exchange_schedule("flat", splits, 1, topo, plan=False), topo)
+    hier = costmodel.traffic(costmodel.exchange_schedule("hierarchical", splits, 1, topo, plan=False), topo)
+    assert (flat[:, 2] + flat[:, 3] == P - 1).all()
+    assert (hier[:, 2] == G - 1).all() and (hier[:, 3] == P // G - 1).all()
+    assert (flat[:, 1] == hier[:, 1]).all()  # the same inter-node bytes, in fewer, larger messages
+    assert (hier[:, 0] == 10 * (G - 1) * (P // G)).all()  # intra-node carries N x more (the forwarding)
+
+
+def test_coordinated_sends_one_lth_of_the_exchange():
+    P, G, L = 8, 4, 4
+    topo = Topology(P, G, L)
+    splits = costmodel.uniform_splits(P, P * 40)
+    data = lambda schedule: [ph for ph in schedule if ph.name == "alltoallv"]  # no counts, no TP all-gather
+    plain = costmodel.traffic(data(costmodel.roundtrip_schedule("plain", "native", splits, 1, topo)), topo)
+    coord = costmodel.traffic(data(costmodel.roundtrip_schedule("coordinated", "native", splits, 1, topo)), topo)
+    assert coord[:, :2].sum() * L == plain[:, :2].sum()
+
+
+# ------------------------------------------------------------------ fit
+
+
+@pytest.mark.parametrize(("alpha", "bw"), [(25.0, 12.5), (3.0, 370.0), (2000.0, 0.125)])
+def test_fit_recovers_known_alpha_beta(alpha, bw):
+    x = np.array([2.0**k for k in range(10, 24, 2)])
+    rng = np.random.default_rng(0)
+    t = (alpha + x / (bw * 1e3)) * rng.uniform(0.97, 1.03, len(x))  # 3% measurement noise
+    fit = costmodel.fit_link(x, t)
+    assert fit.link.alpha_us == pytest.approx(alpha, rel=0.1)
+    assert fit.link.bw_gbs == pytest.approx(bw, rel=0.06)
+    assert fit.median_abs_err < 0.05
+
+
+def test_fit_through_uplink_sharing_recovers_nic_bandwidth():
+    """Inter-node pairs of a G=2 node share one NIC: effective bytes are 2S, so the fit returns the NIC rate."""
+    topo = Topology(4, 2)
+    nic = Link(alpha_us=50.0, bw_gbs=0.125)
+    sizes = [1 << k for k in range(10, 23, 2)]
+    xs = [costmodel.effective_bytes(costmodel.pair_schedule(topo, "inter", s)[0], topo, "inter") for s in sizes]
+    assert xs == [2.0 * s for s in sizes]
+    fit = costmodel.fit_link(xs, [nic.time_us(x) for x in xs])
+    assert fit.link.bw_gbs == pytest.approx(0.125, rel=1e-6)
+    assert fit.link.alpha_us == pytest.approx(50.0, rel=1e-6)
+
+
+def test_fit_needs_two_sizes():
+    with pytest.raises(ValueError, match="two distinct sizes"):
+        costmodel.fit_link([1024, 1024], [1.0, 2.0])
+
+
+# ------------------------------------------------------------------ timing rules
+
+
+def test_uplink_sharing_and_nics():
+    """Two ranks of a node sending inter-node at once take twice as long on one NIC as on one NIC each."""
+    topo = Topology(4, 2)
+    sched = costmodel.pair_schedule(topo, "inter", 1 << 20)[0]
+    one_nic = costmodel.predict(sched, topo, PROFILE)
+    two_nics = costmodel.predict(sched, topo, Profile(**{**PROFILE.__dict__, "nics_per_node": 2}))
+    assert one_nic - PROFILE.inter.alpha_us == pytest.approx(2 * (two_nics - PROFILE.inter.alpha_us))
+
+
+def test_skew_busiest_rank_decides():
+    """The same total bytes, all bound for one rank, take longer than spread evenly."""
+    topo = Topology(4, 2)
+    even = np.full((4, 4), 250_000)
+    hot = np.zeros((4, 4), dtype=int)
+    hot[:, 3] = 1_000_000
+    t_even = costmodel.predict(costmodel.exchange_schedule("native", even, 4, topo), topo, PROFILE)
+    t_hot = costmodel.predict(costmodel.exchange_schedule("native", hot, 4, topo), topo, PROFILE)
+    assert t_hot > 1.8 * t_even  # node 1 receives 8 MB inter-node instead of 4 MB
+
+
+def test_layout_copies_and_gap_enter_hierarchical():
+    topo = Topology(8, 2)
+    splits = costmodel.uniform_splits(8, 1 << 20)
+    names = [ph.name for ph in costmodel.exchange_schedule("hierarchical", splits, 1, topo)]
+    assert names == ["counts intra", "counts inter", "transform 1", "intra a2a", "transform 2", "inter a2a"]
+    slow_copy = Profile(**{**PROFILE.__dict__, "copy": Link(1, 1.0)})
+    base = costmodel.predict(costmodel.exchange_schedule("hierarchical", splits, 1, topo), topo, PROFILE)
+    assert costmodel.predict(costmodel.exchange_schedule("hierarchical", splits, 1, topo), topo, slow_copy) > base
+    no_gap = Profile(**{**PROFILE.__dict__, "inter": Link(20, 10)})
+    native = costmodel.exchange_schedule("native", splits, 1, topo)
+    assert costmodel.predict(native, topo, PROFILE) > costmodel.predict(native, topo, no_gap)
+
+
+def test_overlap_sums_or_overlaps_link_classes():
+    topo = Topology(4, 2)
+    ring = [costmodel._phase("ring", 4, np.arange(4), (np.arange(4) + 1) % 4, np.full(4, 1e6), blocking=True)]
+    both = costmodel.predict(ring, topo, PROFILE)
+    serial = costmodel.predict(ring, topo, Profile(**{**PROFILE.__dict__, "overlap": 0.0}))
+    assert serial == pytest.approx(both + PROFILE.intra.time_us(1e6))
+
+
+# ------------------------------------------------------------------ profiles and projection
+
+
+def test_profile_json_round_trip(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(BUILTIN["h100-8gpu"].to_dict()))
+    assert load_profile(str(path)) == BUILTIN["h100-8gpu"]
+    path.write_text(json.dumps({"meta": {"benchmark": "calibrate", "profile": PROFILE.to_dict()}, "rows": []}))
+    assert load_profile(str(path)) == PROFILE
+    path.write_text('{"name": "x"}')
+    with pytest.raises(ValueError, match="not a link profile"):
+        load_profile(str(path))
+
+
+def test_projection_matches_nccl_plateau_and_names_a_crossover():
+    h100 = BUILTIN["h100-8gpu"]
+    t = exchange_time(h100, "native", 1, 1 << 28)
+    assert 330 <= costmodel.busbw_gbs(1 << 28, t, 8) <= 372
+    times = lambda N: {f"{a}_us": exchange_time(h100, a, N, 1 << 24) for a in ("hierarchical", "native")}
+    rows = [{"nodes": N, "gpus": 8 * N, "size": 1 << 24, **times(N)} for N in (1, 2, 4, 8, 16, 32, 64)]
+    assert crossovers(rows, "native")[0]["from_gpus"] == 256
+
+
+def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
+    out = tmp_path / "p.json"
+    cmd = [sys.executable, "-m", "bench", "project", "--nodes", "1,2", "--sizes", "1M", "--json", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["kind"] for r in rows} >= {"exchange", "coordinated", "crossover", "field"}
+    assert all(r["native_us"] > 0 for r in rows if r["kind"] == "exchange")
+    bad = subprocess.run([*cmd[:4], "--profile", "tpu-v9"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "moebench: error: unknown profile 'tpu-v9': use a built-in (h100-8gpu, h200-8gpu, a100-8gpu) or a calibrated "
+        "JSON file"
+    ]
+
+
+def test_calibrate_on_one_host_writes_predicted_and_measured(mpiexec_available, tmp_path):
+    out, prof = tmp_path / "cal.json", tmp_path / "profile.json"
+    args = ["-m", "bench", "calibrate", "--ranks-per-node", "1", "-b", "4K", "-e", "64K", "-n", "3", "--rounds", "1"]
+    args += ["--validate", "--sizes", "4K,32K", "--algos", "flat,hierarchical,native", "--json", str(out)]
+    result = mpirun(2, [*args, "--profile-out", str(prof)], timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "median |error|" in result.stdout
+    data = json.loads(out.read_text())
+    rows = [r for r in data["rows"] if r["kind"] == "validate"]
+    assert {r["algo"] for r in rows} == {"flat", "hierarchical", "native"}
+    assert all(r["predicted_us"] > 0 and r["measured_us"] > 0 and r["wrong"] == 0 for r in rows)
+    assert all(r["schedule_matches"] for r in rows)
+    assert load_profile(str(prof)).inter.bw_gbs > 0
