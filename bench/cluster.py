@@ -329,7 +329,7 @@ def mpiexec_path() -> str:
     return found
 
 
-def rank_env(description: str, latency_us: float) -> dict[str, str]:
+def rank_env(description: str, latency_us: float, rid: str = "") -> dict[str, str]:
     """Environment of every rank: MPICH/UCX over TCP only, gloo on eth0, the emulated latency."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -339,6 +339,7 @@ def rank_env(description: str, latency_us: float) -> dict[str, str]:
         GLOO_SOCKET_IFNAME="eth0",
         PYTHONUNBUFFERED="1",
         MOEBENCH_CLUSTER=description,
+        MOEBENCH_CLUSTER_ID=rid,
         MOEBENCH_INTER_LATENCY_US=f"{latency_us:g}",
     )
     return env
@@ -397,7 +398,7 @@ def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None
             flush=True,
         )
         cmd = launch_command(layout, G, bench_args)
-        proc = subprocess.Popen(cmd, env=rank_env(description, latency_us), start_new_session=True,
+        proc = subprocess.Popen(cmd, env=rank_env(description, latency_us, layout.rid), start_new_session=True,
                                 preexec_fn=_die_with_parent)  # fmt: skip
         try:
             status = proc.wait(timeout=timeout_s)
@@ -454,4 +455,4 @@ def run(args) -> int:
 def cluster_meta() -> dict:
     """For benchmarks running inside a cluster: the emulated topology line (empty dict elsewhere)."""
     line = os.environ.get("MOEBENCH_CLUSTER")
-    return {"emulated_cluster": line} if line else {}
+    return {"emulated_cluster": line, "emulated_cluster_id": os.environ.get("MOEBENCH_CLUSTER_ID", "")} if line else {}

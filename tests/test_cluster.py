@@ -1,0 +1,218 @@
+"""Emulated cluster (root only; CI runs as root): 2 nodes x 2 ranks over namespaces, a shaped uplink, cleanup.
+
+P = 4 ranks, G = 2 ranks per node, N = 2 nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import REPO
+
+from bench import cli, cluster
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
+    reason="the emulated cluster needs root and iproute2 (CI runs as root)",
+)
+CLUSTER = [sys.executable, "-m", "bench", "cluster", "--nodes", "2", "--ranks-per-node", "2"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# A benchmark that runs far longer than any test waits: something to kill.
+LONG_RUN = ["collectives", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0", "--algos", "native"]
+
+
+def run_cluster(args: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLUSTER, *args], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def leftovers(rid: str) -> list[str]:
+    """Namespaces, links and /etc/netns entries run `rid` still owns."""
+    names = cluster._list_netns() + cluster._list_links()
+    names += os.listdir(cluster.NETNS_ETC) if cluster.NETNS_ETC.is_dir() else []
+    return [n for n in names if cluster._run_of(n) == rid]
+
+
+class LongRun:
+    """A cluster run of LONG_RUN in the background, its output collected line by line."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen(
+            [*CLUSTER, "--timeout", "120", *LONG_RUN],
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.rid = cluster.run_id(self.proc.pid)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_measuring(self, timeout: float = 90) -> list[int]:
+        """Wait until the ranks have joined and the benchmark printed its header (timing has begun); rank pids."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.output
+            if "moebench collectives" in self.output:
+                pids = [p for ns in cluster._list_netns() if cluster._run_of(ns) == self.rid
+                        for p in cluster.netns_pids(ns) if b"bench" in _cmdline(p)]  # fmt: skip
+                assert len(pids) == 4, (pids, self.output)
+                return pids
+            time.sleep(0.3)
+        self.proc.kill()
+        raise AssertionError(f"the benchmark did not start: {self.output}")
+
+    def finish(self, timeout: float = 60) -> str:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.output
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def assert_gone(pids: list[int]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{p}") and b"bench" in _cmdline(p) for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}") and b"bench" in _cmdline(p)]
+
+
+# ------------------------------------------------------------------------------ across the cluster
+
+
+@needs_root
+def test_every_algorithm_correct_and_shaped_link_slower(tmp_path):
+    """mpi over TCP across 2 namespaces: every exchange and pair checked; the 200 Mbit uplink is slower."""
+    out = tmp_path / "cal.json"
+    args = ["--inter-bw", "200mbit", "--timeout", "140", "calibrate", "--tp", "2", "-b", "16K", "-e", "256K"]
+    args += ["-f", "16", "-n", "3", "--rounds", "1", "--validate", "--sizes", "64K", "--json", str(out)]
+    result = run_cluster(args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EMULATED cluster: 2 nodes x 2 ranks" in result.stdout
+    data = json.loads(out.read_text())
+    assert len(data["meta"]["hosts"]) == 2 and data["meta"]["G"] == 2  # nodes found from per-namespace hostnames
+    checked = [r for r in data["rows"] if r["kind"] == "validate"]
+    assert {r["algo"] for r in checked} == {
+        "flat",
+        "hierarchical",
+        "native",
+        *(f"{pair}:{inner}" for pair in ("plain-rt", "coordinated") for inner in ("flat", "hierarchical", "native")),
+    }
+    assert all(r["wrong"] == 0 and r["schedule_matches"] for r in checked)
+    assert all(r["wire_inter_bytes"] > 0 for r in checked)
+    pairs = {(r["class"], r["size"]): r["time_us"] for r in data["rows"] if r["kind"] == "p2p"}
+    # 256 KiB both ways over a 25 MB/s uplink shared by 2 ranks: ~21 ms; over the namespace's loopback: ~1 ms
+    assert pairs[("inter", 256 << 10)] > 3 * pairs[("intra", 256 << 10)]
+    assert data["meta"]["profile"]["inter"]["bw_gbs"] < 0.05  # 200 Mbit/s = 0.025 GB/s, plus the burst
+    assert not leftovers(data["meta"]["emulated_cluster_id"])
+
+
+# ------------------------------------------------------------------------------ cleanup
+
+
+@needs_root
+def test_killed_rank_ends_the_run_and_cleans_up():
+    run = LongRun()
+    pids = run.wait_measuring()
+    os.kill(pids[-1], signal.SIGKILL)  # one rank dies mid-all-to-all; the other three are blocked in it
+    output = run.finish()
+    assert run.proc.returncode != 0, output
+    assert not leftovers(run.rid), output
+    assert_gone(pids)
+
+
+@needs_root
+def test_ctrl_c_stops_every_rank_and_cleans_up():
+    run = LongRun()
+    pids = run.wait_measuring()
+    run.proc.send_signal(signal.SIGINT)
+    output = run.finish()
+    assert run.proc.returncode == 130, output
+    assert "cluster: interrupted; stopping every rank" in output
+    assert not leftovers(run.rid), output
+    assert_gone(pids)
+
+
+@needs_root
+def test_run_after_a_killed_run_starts_clean_with_gloo(tmp_path):
+    """SIGKILL the cluster process itself: mpiexec follows it (PDEATHSIG); the next run removes what is left.
+
+    That next run is the torch backend: gloo over TCP (GLOO_SOCKET_IFNAME=eth0) across the namespaces,
+    every algorithm checked."""
+    run = LongRun()
+    pids = run.wait_measuring()
+    run.proc.kill()
+    run.finish(timeout=30)
+    assert leftovers(run.rid)  # nothing could clean up after SIGKILL
+    out = tmp_path / "coll.json"
+    args = ["--timeout", "140", "collectives", "--backend", "torch", "-b", "16K", "-e", "16K", "-n", "2", "-w", "1"]
+    result = run_cluster([*args, "--tp", "2", "--json", str(out)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"removed what earlier killed runs left behind ({cluster.PREFIX}{run.rid})" in result.stdout
+    assert not leftovers(run.rid)
+    assert_gone(pids)
+    data = json.loads(out.read_text())
+    assert data["meta"]["backend"].startswith("torch") and len(data["meta"]["hosts"]) == 2
+    assert all(r["wrong"] == 0 for r in data["rows"])
+    assert {r["algo"] for r in data["rows"]} >= {"flat", "hierarchical", "native", "coordinated:hierarchical"}
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+def test_without_root_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    assert cli.main(["cluster", "collectives"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["moebench: error: the emulated cluster needs root (network namespaces, veth, tc); run it as root"]
+
+
+def test_without_iproute2_one_clear_line(monkeypatch, capsys):
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool in ("ip", "tc") else f"/usr/bin/{tool}")
+    assert cli.main(["cluster", "collectives"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs ip, tc (iproute2" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--inter-bw", "fast", "collectives"], "not a rate: 'fast'"),
+        (["--inter-latency", "3 parsecs", "collectives"], "not a latency"),
+        (["--nodes", "0", "collectives"], "need --nodes >= 1"),
+        ([], "name the benchmark to run"),
+        (["cluster"], "cannot run a cluster inside a cluster"),
+    ],
+)
+def test_bad_cluster_arguments(capsys, args, expected):
+    assert cli.main(["cluster", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_rates_and_latencies_parse():
+    assert cluster.parse_rate("2gbit") == 2_000_000_000
+    assert cluster.parse_rate("100mbps") == 800_000_000
+    assert cluster.parse_latency("20us") == 20.0
+    assert cluster.parse_latency("1.5ms") == 1500.0
+    assert cluster.run_id(int("zz", 36)) == "zz"
