@@ -119,6 +119,7 @@ def _fail(message: str, status: int, rank: int, print_here: bool) -> int:
     if print_here:
         print(f"moebench: error: {message}", file=sys.stderr, flush=True)
     if multi_rank:
+        time.sleep(0.5)  # the launcher forwards output asynchronously: let the line out before the teardown
         _active_comm.abort(status)
     return status
 
