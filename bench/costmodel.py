@@ -465,30 +465,33 @@ class Fit:
     points: int
 
 
-def fit_link(xbytes, t_us) -> Fit:
-    """Fit t = alpha + x / bw: bw from the large half of the sizes, alpha from the latency-bound ones.
+def fit_link(xbytes, t_us, rounds: int = 3) -> Fit:
+    """Fit t = alpha + x / bw: alpha from the latency-bound sizes, bw from the large half, each a median.
 
     xbytes[i]: effective bytes of point i (sharing included); t_us[i]: its measured time (µs).
-    The slope comes from a least-squares line through the points at or above the median size
-    (where bytes dominate); alpha is the median of t - x / bw over the points whose byte term is
-    under half their time (falling back to the smallest point), so a shaper's initial burst or a
-    noisy large point does not bend one into the other. Raises ValueError with fewer than two
-    distinct sizes.
+    bw is the median over the sizes at or above the median size of x / (t - alpha); alpha is the
+    median of t - x / bw over the sizes whose byte term is under half their time (else the
+    smallest size); the two are refined in turn a few `rounds`. Medians, not least squares, so a
+    shaper's initial burst or one noisy point on a shared host does not tilt the line. Exact on
+    exact data. Raises ValueError with fewer than two distinct sizes.
     """
     x = np.asarray(xbytes, dtype=np.float64)
     t = np.asarray(t_us, dtype=np.float64)
     if len(x) < 2 or np.ptp(x) == 0:
         raise ValueError("a fit needs at least two distinct sizes")
     large = x >= np.median(x)
-    if large.sum() < 2 or np.ptp(x[large]) == 0:
+    if large.sum() < 2:
         large = x >= np.sort(x)[-2]
-    slope = float(np.polyfit(x[large], t[large], 1)[0])
-    slope = max(slope, 1e-12)  # µs per byte
-    bound = slope * x < 0.5 * t
-    residual = t - slope * x
-    alpha = float(max(np.median(residual[bound]) if bound.any() else residual[np.argmin(x)], 0.0))
-    link = Link(alpha_us=alpha, bw_gbs=1e-3 / slope)
-    err = np.abs(alpha + slope * x - t) / t
+    alpha = 0.0
+    for _ in range(rounds):
+        spare = t[large] - alpha
+        ok = spare > 0
+        per_byte = float(np.median(spare[ok] / x[large][ok])) if ok.any() else 1e-12  # µs per byte
+        bound = per_byte * x < 0.5 * t
+        residual = t - per_byte * x
+        alpha = float(max(np.median(residual[bound]) if bound.any() else residual[np.argmin(x)], 0.0))
+    link = Link(alpha_us=alpha, bw_gbs=1e-3 / per_byte)
+    err = np.abs(alpha + per_byte * x - t) / t
     return Fit(link, float(np.median(err)), float(err.max()), len(x))
 
 
