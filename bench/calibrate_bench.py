@@ -214,18 +214,76 @@ def copy_cases(comm, sizes: list[int]) -> list[Case]:
     return cases
 
 
+def fan_messages(topo, cls: str) -> int:
+    """Messages each rank sends in a world all-to-all restricted to class `cls` (G - 1 or P - G)."""
+    return topo.ranks_per_node - 1 if cls == "intra" else topo.world_size - topo.ranks_per_node
+
+
+def fan_cases(comm, cls: str, sizes: list[int]) -> list[Case]:
+    """The library all-to-all over the world, S bytes to every class-`cls` peer and none to the others:
+    several messages per rank in one call, which fits the class's per-message gap (LogGP g)."""
+    topo, P, me = comm.topology, comm.world_size, comm.rank
+    node = np.arange(P) // topo.ranks_per_node
+    peers = (node == node[me]) if cls == "intra" else (node != node[me])
+    peers[me] = False
+    mask = (node[:, None] == node[None, :]) if cls == "intra" else (node[:, None] != node[None, :])
+    np.fill_diagonal(mask, False)
+    cases = []
+    for size in sizes:
+        rows = size // ELEM
+        splits = [rows if p else 0 for p in peers]
+        send = torch.ones(sum(splits), 1, dtype=torch.float32)
+        fn = lambda send=send, splits=splits: comm.world.alltoallv(send, splits, splits)
+        schedule = [costmodel._dense_exchange(f"{cls} fan", mask * float(size))]
+        xbytes = costmodel.effective_bytes(schedule, topo, cls)
+        row = {"kind": "p2p", "class": f"{cls}-fan", "size": size, "xbytes": xbytes, "msgs": fan_messages(topo, cls)}
+        cases.append(Case(row, fn, schedule))
+    return cases
+
+
 def sweep_cases(comm, sizes: list[int]) -> list[Case]:
-    """Everything the fit needs on this topology: pairs and group all-to-alls per class, the ring, copies."""
+    """Everything the fit needs on this topology: pairs, group and fan-out all-to-alls per class, the ring, copies."""
     topo = comm.topology
     cases = []
     for cls in classes_present(topo):
         cases += pair_cases(comm, cls, sizes) + group_cases(comm, cls, sizes)
+        if fan_messages(topo, cls) >= 2:
+            cases += fan_cases(comm, cls, sizes)
     if len(classes_present(topo)) == 2:
         cases += ring_cases(comm, sizes)
     return cases + copy_cases(comm, sizes)
 
 
 FIT_CLASSES = ("intra", "inter", "intra-coll", "inter-coll", "copy")
+
+
+def fit_gap(profile: costmodel.Profile, cls: str, fan: list[Case], topo) -> costmodel.Profile:
+    """The per-message gap of class `cls`'s collective path: the median over sizes of the fan-out's
+    time beyond the gap-free model, per further message (>= 0). Applies to both of the class's paths."""
+    if not fan:
+        return profile
+    m = fan[0].row["msgs"]
+    extra = [(c.row["time_us"] - costmodel.predict(c.schedule, topo, profile)) / (m - 1) for c in fan]
+    gap = max(float(np.median(extra)), 0.0)
+    coll = profile.link(cls, coll=True)
+    profile = replace(
+        profile, **{cls: replace(profile.link(cls), gap_us=gap), f"{cls}_coll": replace(coll, gap_us=gap)}
+    )
+    errors = []
+    for c in fan:
+        c.row["fit_us"] = costmodel.predict(c.schedule, topo, profile)
+        c.row["fit_err"] = (c.row["fit_us"] - c.row["time_us"]) / c.row["time_us"]
+        errors.append(abs(c.row["fit_err"]))
+    profile.fit[f"{cls}-fan"] = {
+        "median_abs_err": float(np.median(errors)),
+        "max_abs_err": float(max(errors)),
+        "points": len(fan),
+        "gap_us": gap,
+        "messages": m,
+    }
+    return profile
+
+
 OVERLAPS = np.linspace(0.0, 1.0, 11)
 
 
@@ -250,6 +308,8 @@ def fit_profile(rows: list[dict], name: str, topo, source: str, cases: list[Case
     profile = costmodel.Profile(
         name=name, **links, ranks_per_node=topo.ranks_per_node, nics_per_node=1, source=source, fit=fits
     )
+    for cls in ("intra", "inter"):
+        profile = fit_gap(profile, cls, [c for c in cases if c.row["class"] == f"{cls}-fan"], topo)
     ring = [c for c in cases if c.row["class"] == "ring"]
     if not ring:
         return profile
@@ -420,7 +480,8 @@ VALIDATE_COLUMNS = [
 ]
 SWEEP_CAPTION = (
     "intra/inter: all pairs of the class exchange S bytes at once (blocking sendrecv); intra-coll/inter-coll: the "
-    "library all-to-all inside every node / every cross-node group at once, S bytes per peer; ring: r sends S to "
+    "library all-to-all inside every node / every cross-node group at once, S bytes per peer; intra-fan/inter-fan: "
+    "one world all-to-all with S bytes to every peer of the class (fits the per-message gap); ring: r sends S to "
     "r+1 (mixes the classes; fits the overlap); copy: a layout transform of S bytes on every rank. time = slowest "
     "rank, median (p20/p80) over iterations; eff bytes = the bytes that set the class's time in the model (a node's "
     "G ranks share its uplink); fit = alpha + eff bytes / bw."
@@ -485,6 +546,13 @@ def profile_lines(profile: costmodel.Profile) -> list[str]:
         )
         gap = f", gap {link.gap_us:g} µs" if link.gap_us else ""
         lines.append(f"  {cls:10s}: alpha {link.alpha_us:9.1f} µs, bw {link.bw_gbs:9.4f} GB/s{gap}   {err}")
+    for cls in ("intra", "inter"):
+        fit = profile.fit.get(f"{cls}-fan")
+        if fit:
+            lines.append(
+                f"  {cls}-fan ({fit['messages']} messages per rank in one call): gap {fit['gap_us']:.1f} µs per "
+                f"further message fitted, error median {fit['median_abs_err']:.1%}, max {fit['max_abs_err']:.1%}"
+            )
     if "ring" in profile.fit:
         fit = profile.fit["ring"]
         lines.append(

@@ -201,11 +201,12 @@ def in_ns(ns: str, *cmd: str, check: bool = True) -> subprocess.CompletedProcess
 def shape(dev: str, rate_bits: int, shaper: str, ns: str | None = None) -> None:
     """Limit `dev`'s egress to rate_bits/s with tbf or htb (in namespace `ns`, or on the host)."""
     run = (lambda *c: in_ns(ns, *c)) if ns else sh
-    # Burst: at least 64 KiB (a GSO segment) and ~1 ms at the rate; queue up to 50 ms.
+    # Burst: at least 64 KiB (a GSO segment) and ~1 ms at the rate. Queue: up to 1 s at the rate, so that a
+    # node's flows (several MB each) wait in the shaper instead of being dropped into TCP retransmissions.
     burst = max(65536, rate_bits // 8 // 1000)
     if shaper == "tbf":
         run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{rate_bits}bit", "burst", str(burst),
-            "latency", "50ms")  # fmt: skip
+            "latency", "1s")  # fmt: skip
     else:
         run("tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
         run(
