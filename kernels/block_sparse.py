@@ -21,11 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.common import KernelStats, MemoryMeter, check_inputs, combine
+from kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
 from kernels.routing import Routing
 from kernels.triton_utils import require_triton, triton_flags
 
@@ -141,13 +140,8 @@ def _dsd_down_kernel(
 
 def _ffn_torch(x_PH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
     """The topology's nonzero blocks, expert by expert, as grouped GEMMs over the block-aligned segments."""
-    offs_E = routing.block_offsets_E1[1:].to(torch.int32)
-    h_PI = meter.alloc(F.grouped_mm(x_PH, w_gate_EHI, offs=offs_E))
-    up_PI = meter.alloc(F.grouped_mm(x_PH, w_up_EHI, offs=offs_E))
-    F.silu(h_PI, inplace=True).mul_(up_PI)
-    meter.free(up_PI)
-    out_PH = meter.alloc(F.grouped_mm(h_PI, w_down_EIH, offs=offs_E))
-    meter.free(h_PI)
+    out_PH = meter.alloc(torch.empty_like(x_PH))
+    grouped_swiglu(x_PH, None, routing.block_offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, out_PH, meter)
     return out_PH
 
 

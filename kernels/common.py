@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from kernels.routing import IMPLS, Routing
 
@@ -167,3 +168,47 @@ def combine(
         return y_TH
     meter.free(y_TH)
     return y_TH.to(dtype)
+
+
+CPU_CHUNK_BYTES = 4 << 20
+
+
+def chunk_rows(num_rows: int, ffn: int, x: torch.Tensor) -> int:
+    """Rows per chunk of a grouped FFN. All rows at once on GPU. On CPU, a bounded workspace (as vLLM's
+    fused_moe chunks tokens): one [rows, I] intermediate stays within CPU_CHUNK_BYTES, so intermediates are
+    reused from the heap and stay cache-sized instead of being freshly mapped (page-faulted) every call."""
+    if x.device.type != "cpu":
+        return max(num_rows, 1)
+    return max(64, CPU_CHUNK_BYTES // (ffn * x.element_size()) // 64 * 64)
+
+
+def grouped_swiglu(
+    x_XH: torch.Tensor,
+    index_R: torch.Tensor | None,
+    seg_ends_E: torch.Tensor,
+    w_gate_EHI: torch.Tensor,
+    w_up_EHI: torch.Tensor,
+    w_down_EIH: torch.Tensor,
+    out_RH: torch.Tensor,
+    meter: MemoryMeter,
+) -> None:
+    """out[r] = SwiGLU of expert e on row r, for rows sorted by expert (segment e ends at seg_ends_E[e]).
+
+    Rows are x_XH[index_R] (gathered chunk by chunk) or, without index_R, x_XH itself. F.grouped_mm over
+    the segments, chunk_rows() rows at a time; rows past seg_ends_E[-1] are left as they are.
+    """
+    R = out_RH.shape[0]
+    chunk = chunk_rows(R, w_gate_EHI.shape[2], x_XH)
+    for r0 in range(0, R, chunk):
+        r1 = min(R, r0 + chunk)
+        offs_E = (seg_ends_E - r0).clamp(0, r1 - r0).to(torch.int32)
+        x_CH = x_XH[r0:r1] if index_R is None else meter.alloc(x_XH[index_R[r0:r1]])
+        h_CI = meter.alloc(F.grouped_mm(x_CH, w_gate_EHI, offs=offs_E))
+        up_CI = meter.alloc(F.grouped_mm(x_CH, w_up_EHI, offs=offs_E))
+        F.silu(h_CI, inplace=True).mul_(up_CI)
+        meter.free(up_CI)
+        out_CH = meter.alloc(F.grouped_mm(h_CI, w_down_EIH, offs=offs_E))
+        out_RH[r0:r1] = out_CH
+        meter.free(h_CI, out_CH)
+        if index_R is not None:
+            meter.free(x_CH)

@@ -11,18 +11,18 @@ grouped GEMM over those variable segments:
   block_size rows, so a segment's last tile computes masked rows: executed rows = tiles * block_size.
 - torch: F.grouped_mm over rows gathered in expert order; executed rows = assigned rows exactly. It runs on
   CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on sm_90/sm_100 and
-  otherwise the same loop, which reads the offsets on the host (one sync).
+  otherwise the same loop, which reads the offsets on the host (one sync). On CPU the rows go through in
+  chunks of a bounded workspace (common.chunk_rows), gathered chunk by chunk.
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.common import KernelStats, MemoryMeter, check_inputs, combine
+from kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
 from kernels.routing import Routing
 from kernels.triton_utils import require_triton, triton_flags
 
@@ -119,16 +119,10 @@ def _dynamic_down_kernel(
 
 
 def _experts_torch(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
-    """Rows gathered in expert order, three grouped GEMMs over the exact segments, weighted combine."""
-    offs_E = routing.offsets_E1[1:].to(torch.int32)
-    x_AH = meter.alloc(x_TH[routing.sort_idx_A // routing.top_k])
-    h_AI = meter.alloc(F.grouped_mm(x_AH, w_gate_EHI, offs=offs_E))
-    up_AI = meter.alloc(F.grouped_mm(x_AH, w_up_EHI, offs=offs_E))
-    meter.free(x_AH)
-    F.silu(h_AI, inplace=True).mul_(up_AI)
-    meter.free(up_AI)
-    out_AH = meter.alloc(F.grouped_mm(h_AI, w_down_EIH, offs=offs_E))
-    meter.free(h_AI)
+    """Rows gathered in expert order (chunk by chunk), grouped GEMMs over the exact segments, weighted combine."""
+    out_AH = meter.alloc(x_TH.new_empty(routing.num_assignments, x_TH.shape[1]))
+    token_A = routing.sort_idx_A // routing.top_k
+    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, out_AH, meter)
     return combine(out_AH, routing.sorted_pos_Tk, routing, x_TH.dtype, meter)
 
 
