@@ -2,8 +2,8 @@
 """`python -m bench kernels`: the expert kernels side by side on one device, with reference rows.
 
 For each token count: one forced routing (--skew), then
-- `dense`: one GEMM chain (gate, up, SwiGLU, down) on T*k rows with a single expert's weights — the same
-  useful FLOPs with no routing at all, the ceiling on this machine;
+- `dense`: one GEMM chain (gate, up, SwiGLU, down) on T*k rows with a single expert's weights, into
+  preallocated buffers — the same useful FLOPs with no routing and no allocation, the ceiling here;
 - `loop`: the per-expert Python loop most model code ships (kernels.reference.loop_experts);
 - every kernel in --kernels; `padded` once per --capacity-factor ("none" = pad to the busiest expert),
   `dynamic` and `block_sparse` dropless, as those designs run.
@@ -185,15 +185,19 @@ def _row(config: Config, kernel: str, impl: str, T: int, cf, timing: dict, usefu
 
 
 def _dense_row(config: Config, problem: Problem) -> dict:
-    """One GEMM chain on T*k rows with expert 0's weights: the same useful FLOPs, no routing."""
+    """One GEMM chain on T*k rows with expert 0's weights into preallocated buffers: the same useful FLOPs,
+    no routing and no allocation — the ceiling."""
     T, k = problem.ids_Tk.shape
     x_RH = problem.x_TH.repeat_interleave(k, dim=0)
     w_gate_HI, w_up_HI, w_down_IH = (w[0].contiguous() for w in problem.weights)
+    h_RI, up_RI = x_RH.new_empty(T * k, config.preset.I), x_RH.new_empty(T * k, config.preset.I)
+    out_RH = torch.empty_like(x_RH)
 
     def dense():
-        h_RI = x_RH @ w_gate_HI
-        torch.nn.functional.silu(h_RI, inplace=True).mul_(x_RH @ w_up_HI)
-        return h_RI @ w_down_IH
+        torch.mm(x_RH, w_gate_HI, out=h_RI)
+        torch.mm(x_RH, w_up_HI, out=up_RI)
+        torch.nn.functional.silu(h_RI, inplace=True).mul_(up_RI)
+        return torch.mm(h_RI, w_down_IH, out=out_RH)
 
     p = config.preset
     weight_bytes = 3 * p.H * p.I * problem.x_TH.element_size()
@@ -336,7 +340,8 @@ def _caption(config: Config) -> str:
     return (
         f"{CONVENTIONS}; {threads}. Experts are SwiGLU{act}: 6*H*I FLOPs per kept (token, expert) pair. "
         "TFLOP/s = useful FLOPs / median; x dense = that / dense row's; waste = executed / useful FLOPs; "
-        "dense = one GEMM chain on T*k rows with one expert's weights (ceiling); loop = per-expert Python loop. "
+        "dense = one GEMM chain on T*k rows with one expert's weights into preallocated buffers (the ceiling); "
+        "loop = per-expert Python loop. "
         "cf: capacity factor of padded (none = pad to the busiest expert); dynamic and block_sparse are dropless. "
         "routing µs: building the routing metadata from the top-k ids, not in the kernel's time. "
         "weights MB: experts that received >= 1 token; GB/s = that / median. peak MB: extra memory the kernel "
