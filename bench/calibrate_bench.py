@@ -177,8 +177,8 @@ def group_cases(comm, cls: str, sizes: list[int]) -> list[Case]:
     cases = []
     for size in sizes:
         rows = size // ELEM
-        send = torch.ones(rows * group.size, 1, dtype=torch.float32)
-        splits = [rows] * group.size
+        splits = [0 if i == group.rank else rows for i in range(group.size)]  # nothing to itself: links only
+        send = torch.ones(sum(splits), 1, dtype=torch.float32)
         fn = lambda send=send, splits=splits: group.alltoallv(send, splits, splits)
         schedule = [costmodel.group_exchange(f"{cls} a2a", groups, size, topo.world_size)]
         xbytes = costmodel.effective_bytes(schedule, topo, cls)

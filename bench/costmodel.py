@@ -17,6 +17,7 @@ Time of a phase = its busiest rank (routing skew shows up here). For rank r and 
     inter: X = max(bytes r sends, bytes r receives, node uplink bytes / NICs, node downlink bytes / NICs)
            -- the G ranks of a node share its NICs (one NIC per node in the emulated cluster)
     copy:  t_copy(r) = alpha_copy + (chunks - 1) * gap_copy + copied bytes / bw_copy
+           (+ own chunk / bw_copy where a library all-to-all / all-gather copies it locally)
     t(r) = max(t_intra, t_inter) + (1 - overlap) * min(t_intra, t_inter) + t_copy(r)
 
 m_c = messages r sends or receives in class c (max of the two); alpha = latency of a phase's
@@ -119,6 +120,7 @@ class Phase:
     copy_chunks: np.ndarray | None = None
     blocking: bool = False
     matrix: np.ndarray | None = None  # [P, P] bytes s -> d instead of src/dst/nbytes (world phases)
+    self_bytes: np.ndarray | None = None  # [P] each rank's own chunk, copied locally by the library (no alpha)
 
 
 def _phase(name, P, src=(), dst=(), nbytes=(), copy_bytes=None, copy_chunks=None, blocking=False) -> Phase:
@@ -148,12 +150,21 @@ def _group_exchange(name: str, groups: list[list[int]], bytes_fn, P: int, blocki
     )
 
 
+def _no_messages() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    empty = np.zeros(0, dtype=np.int64)
+    return empty, empty, np.zeros(0)
+
+
 def _dense_exchange(name: str, matrix: np.ndarray) -> Phase:
     """All-to-all over the world: rank s sends matrix[s, d] bytes to d (the diagonal stays local)."""
     m = np.array(matrix, dtype=np.float64)
     np.fill_diagonal(m, 0.0)
-    empty = np.zeros(0, dtype=np.int64)
-    return Phase(name, empty, empty, np.zeros(0), matrix=m)
+    return Phase(name, *_no_messages(), matrix=m)
+
+
+def _with_self(phase: Phase, self_bytes: np.ndarray) -> Phase:
+    phase.self_bytes = np.asarray(self_bytes, dtype=np.float64)
+    return phase
 
 
 def _counts_phase(name: str, groups: list[list[int]], per_peer: int, P: int) -> Phase:
@@ -170,7 +181,7 @@ def flat_schedule(splits: np.ndarray, row_bytes: int, topo: Topology, plan: bool
     B = np.asarray(splits, dtype=np.float64) * row_bytes
     ranks = np.arange(P)
     phases = [_world_counts(P)] if plan and P > 1 else []
-    phases.append(_phase("self copy", P, copy_bytes=np.diag(B).copy(), copy_chunks=np.ones(P)))
+    phases.append(Phase("self copy", *_no_messages(), self_bytes=np.diag(B).copy()))
     for step in range(1, P):
         dst = (ranks + step) % P
         phases.append(_phase(f"step {step}", P, ranks, dst, B[ranks, dst], blocking=True))
@@ -183,7 +194,7 @@ def native_schedule(splits: np.ndarray, row_bytes: int, topo: Topology, plan: bo
     B = np.asarray(splits, dtype=np.float64) * row_bytes
     phases = [_world_counts(P)] if plan and P > 1 else []
     a2a = _dense_exchange("alltoallv", B)
-    a2a.copy_bytes, a2a.copy_chunks = np.diag(B).copy(), np.ones(P)
+    a2a.self_bytes = np.diag(B).copy()
     return [*phases, a2a]
 
 
@@ -237,23 +248,27 @@ def hierarchical_schedule(
     # step 4: (n, g) -> (n', g): rows from every local source bound for (n', g)
     to_node = intra.sum(axis=1).astype(np.float64) * row_bytes  # [P, N]
     inter_bytes = lambda a, b: to_node[a, b // G]
+    ranks = np.arange(P)
+    keep_intra, keep_inter = intra_bytes(ranks, ranks), inter_bytes(ranks, ranks)  # own chunks, copied locally
     if not backward:
         if transform:
             phases.append(t1())
         if G > 1:
-            phases.append(_group_exchange("intra a2a", node_groups, intra_bytes, P))
+            phases.append(_with_self(_group_exchange("intra a2a", node_groups, intra_bytes, P), keep_intra))
         if transform:
             phases.append(t2(rows_arrived))
         if N > 1:
-            phases.append(_group_exchange("inter a2a", cross_groups, inter_bytes, P))
+            phases.append(_with_self(_group_exchange("inter a2a", cross_groups, inter_bytes, P), keep_inter))
         return phases
     # backward: the same routes in reverse, so a -> b carries what b sent a going forward
     if N > 1:
-        phases.append(_group_exchange("inter a2a back", cross_groups, lambda a, b: inter_bytes(b, a), P))
+        back = _group_exchange("inter a2a back", cross_groups, lambda a, b: inter_bytes(b, a), P)
+        phases.append(_with_self(back, keep_inter))
     if transform:
         phases.append(t2(rows_arrived))
     if G > 1:
-        phases.append(_group_exchange("intra a2a back", node_groups, lambda a, b: intra_bytes(b, a), P))
+        back = _group_exchange("intra a2a back", node_groups, lambda a, b: intra_bytes(b, a), P)
+        phases.append(_with_self(back, keep_intra))
     if transform:
         phases.append(t1())
     return phases
@@ -308,7 +323,9 @@ def roundtrip_schedule(pair: str, inner: str, splits: np.ndarray, row_bytes: int
         _phase("slice", P, copy_bytes=part_rows * row_bytes, copy_chunks=np.full(P, P)),
         *exchange_schedule(inner, part, row_bytes, topo),
         *exchange_schedule(inner, part, row_bytes, topo, backward=True),
-        _group_exchange("tp allgather", tp_groups, lambda a, b: part_rows[a] * row_bytes, P),
+        _with_self(
+            _group_exchange("tp allgather", tp_groups, lambda a, b: part_rows[a] * row_bytes, P), part_rows * row_bytes
+        ),
         _phase("unslice", P, copy_bytes=full_rows * row_bytes, copy_chunks=np.full(P, L * P)),
     ]
 
@@ -371,6 +388,7 @@ class PhaseLoad:
     copy_bytes: np.ndarray
     copy_chunks: np.ndarray
     coll: bool  # a library collective (else blocking point-to-point)
+    self_bytes: np.ndarray  # the library's local copy of each rank's own chunk
 
 
 def _inter_mask(topo: Topology) -> np.ndarray:
@@ -394,10 +412,15 @@ def _dense_load(ph: Phase, topo: Topology, nics_per_node: int) -> PhaseLoad:
             down = recvd.reshape(-1, G).sum(axis=1) / nics_per_node
             x = np.maximum(x, np.repeat(np.maximum(up, down), G))
         xbytes[cls] = x
+    return _load(ph, msgs, xbytes, P)
+
+
+def _load(ph: Phase, msgs: dict, xbytes: dict, P: int) -> PhaseLoad:
     zeros = np.zeros(P)
-    copy_bytes = ph.copy_bytes if ph.copy_bytes is not None else zeros
-    copy_chunks = ph.copy_chunks if ph.copy_chunks is not None else zeros
-    return PhaseLoad(msgs, xbytes, np.asarray(copy_bytes, float), np.asarray(copy_chunks, float), not ph.blocking)
+    as_array = lambda v: zeros if v is None else np.asarray(v, dtype=np.float64)
+    return PhaseLoad(
+        msgs, xbytes, as_array(ph.copy_bytes), as_array(ph.copy_chunks), not ph.blocking, as_array(ph.self_bytes)
+    )
 
 
 def phase_load(ph: Phase, topo: Topology, nics_per_node: int) -> PhaseLoad:
@@ -420,10 +443,7 @@ def phase_load(ph: Phase, topo: Topology, nics_per_node: int) -> PhaseLoad:
             down = np.bincount(d // G, b, minlength=N) / nics_per_node
             x = np.maximum(x, np.repeat(np.maximum(up, down), G))
         xbytes[cls] = x
-    zeros = np.zeros(P)
-    copy_bytes = ph.copy_bytes if ph.copy_bytes is not None else zeros
-    copy_chunks = ph.copy_chunks if ph.copy_chunks is not None else zeros
-    return PhaseLoad(msgs, xbytes, np.asarray(copy_bytes, float), np.asarray(copy_chunks, float), not ph.blocking)
+    return _load(ph, msgs, xbytes, P)
 
 
 def rank_times(load: PhaseLoad, profile: Profile) -> np.ndarray:
@@ -439,6 +459,7 @@ def rank_times(load: PhaseLoad, profile: Profile) -> np.ndarray:
         c.alpha_us + np.maximum(load.copy_chunks - 1, 0) * c.gap_us + load.copy_bytes / (c.bw_gbs * 1e3),
         0.0,
     )
+    copy = copy + load.self_bytes / (c.bw_gbs * 1e3)
     both = np.maximum(comm[0], comm[1]) + (1 - profile.overlap) * np.minimum(comm[0], comm[1])
     return both + copy
 
