@@ -58,3 +58,26 @@ gpu-check: install
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Topologies (root: network namespaces + tc): an emulated cluster with a shaped 1 Gbit/s uplink per node,
+# calibration and predicted-vs-measured validation of every algorithm (2x2, 2x2 with +1 ms per inter-node
+# message, 4x1, and plain one-host runs), then projections to 1..256 nodes of 8-GPU nodes; results under
+# $(TOPO_DIR). One rank busy-polls per core: timings move with other load, so each point is spread over rounds.
+TOPO_DIR ?= results/cpu-$(shell nproc)core
+CLUSTER := $(PY) -m bench cluster --timeout 1500
+VALIDATE := --validate -n 30 --rounds 10
+.PHONY: bench-topology
+bench-topology: install
+	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit calibrate --tp 2 $(VALIDATE) \
+		--save --tag cluster-2x2 --profile-out $(TOPO_DIR)/profile-cluster-2x2.json
+	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit --inter-latency 1ms calibrate --tp 2 $(VALIDATE) \
+		--save --tag cluster-2x2-lat1ms --profile-out $(TOPO_DIR)/profile-cluster-2x2-lat1ms.json
+	$(CLUSTER) --nodes 4 --ranks-per-node 1 --inter-bw 1gbit calibrate --tp 2 $(VALIDATE) --save --tag cluster-4x1
+	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit collectives -b 4K -e 4M -f 8 -n 20 -w 3 --tp 2 \
+		--save --tag cluster-2x2
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench calibrate --ranks-per-node 1 $(VALIDATE) --save --tag host-p2
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench calibrate --ranks-per-node 2 --tp 2 $(VALIDATE) --save --tag host-p4-g2
+	$(PY) -m bench project --profile h100-8gpu,h200-8gpu,a100-8gpu --nodes 1,2,4,8,16,32,64,128,256 \
+		--save --tag gpu-8x
+	$(PY) -m bench project --profile $(TOPO_DIR)/profile-cluster-2x2-lat1ms.json --nodes 1,2,4,8,16,32,64 \
+		--sizes 4K,32K,256K,1M,4M --tp 2 --save --tag emulated-lat1ms
