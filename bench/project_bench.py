@@ -406,7 +406,7 @@ FIELD_EXPLANATION = (
 
 EXCHANGE_COLUMNS = [
     "nodes",
-    "GPUs",
+    "P (GPUs)",
     "size",
     "flat µs",
     "hier µs",
@@ -557,7 +557,7 @@ def run(args) -> int:
         title = f"projected all-to-all, {profile.name}"
         report.print_table(title, EXCHANGE_COLUMNS, exchange_table(rows), EXCHANGE_CAPTION)
         report.console.print("\n".join(lines))
-        coord_cols = ["nodes", "GPUs", "size", "inner", "plain-rt µs", *(f"TP{L} saving" for L in args.tp)]
+        coord_cols = ["nodes", "P (GPUs)", "size", "inner", "plain-rt µs", *(f"TP{L} saving" for L in args.tp)]
         report.print_table(
             f"coordinated saving, {profile.name}", coord_cols, coordinated_table(crows, args.tp), COORD_CAPTION
         )
