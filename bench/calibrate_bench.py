@@ -585,7 +585,11 @@ def run(args) -> int:
     run_interleaved(comm, sweep + checks, args.iters, args.warmup_iters, args.rounds)
     rows = [c.row for c in sweep]
     if profile is None:
-        name = args.name or f"calibrated-{meta['machine']}-{topo.num_nodes}x{topo.ranks_per_node}-{comm.backend}"
+        lat = meta.get("emulated_inter_latency_us") or 0
+        name = args.name or (
+            f"calibrated-{meta['machine']}-{topo.num_nodes}x{topo.ranks_per_node}-{comm.backend}"
+            + (f"-lat{lat:g}us" if lat else "")
+        )
         source = meta.get("emulated_cluster") or f"measured on {meta['host']} ({topo.describe()})"
         profile = fit_profile(rows, name, topo, source, sweep)
     meta["profile"] = profile.to_dict()

@@ -231,6 +231,7 @@ def crossovers(rows: list[dict], rival: str) -> list[dict]:
 
 def crossover_lines(profile: Profile, cross: list[dict], nodes: list[int]) -> list[str]:
     names = {"native": "native (the library's flat all-to-all)", "flat": "flat (pairwise, P - 1 steps)"}
+    unit = "GPUs" if profile.name in BUILTIN else "ranks"
     lines = []
     for rival in ("native", "flat"):
         for c in [c for c in cross if c["rival"] == rival]:
@@ -248,7 +249,7 @@ def crossover_lines(profile: Profile, cross: list[dict], nodes: list[int]) -> li
             else:
                 lines.append(
                     f"{profile.name} S={_size(c['size'])}: CROSSOVER - hierarchical overtakes {names[rival]} from "
-                    f"{c['from_nodes']} nodes ({c['from_gpus']} GPUs) on"
+                    f"{c['from_nodes']} nodes ({c['from_gpus']} {unit}) on"
                 )
     return lines
 
@@ -393,8 +394,8 @@ FIELD_EXPLANATION = (
     "Why it agrees or not: NCCL's intra-node busbw and per-NIC rate are inputs of the profile, so agreeing there "
     "only shows the schedules add little on top. Tutel's ~256-GPU crossover is also an input (it sets the NIC "
     "gap); the sensitivity row shows that this gap alone can move the crossover from 64 to 256 GPUs, so it is "
-    "the least certain output. DeepEP is an independent check: from EP16 the model is within ~1.2-1.6x, slower "
-    "than DeepEP, and within ~15% with no per-message gap - DeepEP's low-latency kernels write tokens from GPU "
+    "the least certain output. DeepEP is an independent check: from EP16 the model is 1.2-1.7x slower than "
+    "DeepEP, and 8-18% slower with no per-message NIC gap - DeepEP's low-latency kernels write tokens from GPU "
     "threads straight into remote buffers (IBGDA), with no per-peer proxy work, which a library all-to-all pays. "
     "At EP8 DeepEP ran on H800 (NVLink ~160 GB/s) and its low-latency path still used RDMA, so the model's 370 "
     "GB/s NVLink makes it faster there. The model ignores fabric congestion and adaptive routing (which hurt flat "
