@@ -141,7 +141,12 @@ def _dsd_down_kernel(
 def _ffn_torch(x_PH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
     """The topology's nonzero blocks, expert by expert, as grouped GEMMs over the block-aligned segments."""
     out_PH = meter.alloc(torch.empty_like(x_PH))
-    grouped_swiglu(x_PH, None, routing.block_offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, out_PH, meter)
+
+    def store(r0: int, r1: int, out_CH: torch.Tensor) -> None:
+        out_PH[r0:r1] = out_CH
+
+    seg_ends_E = routing.block_offsets_E1[1:]
+    grouped_swiglu(x_PH, None, seg_ends_E, w_gate_EHI, w_up_EHI, w_down_EIH, x_PH.shape[0], store, meter)
     return out_PH
 
 

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -173,13 +175,36 @@ def combine(
 CPU_CHUNK_BYTES = 4 << 20
 
 
-def chunk_rows(num_rows: int, ffn: int, x: torch.Tensor) -> int:
-    """Rows per chunk of a grouped FFN. All rows at once on GPU. On CPU, a bounded workspace (as vLLM's
-    fused_moe chunks tokens): one [rows, I] intermediate stays within CPU_CHUNK_BYTES, so intermediates are
-    reused from the heap and stay cache-sized instead of being freshly mapped (page-faulted) every call."""
+def plan_chunks(seg_ends: list[int], budget: int) -> list[tuple[int, int]]:
+    """Row ranges that follow segment boundaries: whole segments merged while a range holds <= budget rows,
+    a segment larger than budget split into equal parts. Covers rows 0 .. seg_ends[-1]."""
+    chunks, r0, start = [], 0, 0
+    for end in seg_ends:
+        if end - start > budget:  # a big segment: close the open range, then split this one
+            if start > r0:
+                chunks.append((r0, start))
+            parts = -(-(end - start) // budget)
+            cuts = [start + (end - start) * i // parts for i in range(parts + 1)]
+            chunks += list(itertools.pairwise(cuts))
+            r0 = end
+        elif end - r0 > budget:
+            chunks.append((r0, start))
+            r0 = start
+        start = end
+    if start > r0:
+        chunks.append((r0, start))
+    return chunks
+
+
+def row_chunks(seg_ends_E: torch.Tensor, num_rows: int, ffn: int, x: torch.Tensor) -> list[tuple[int, int]]:
+    """Row ranges a grouped FFN runs in. GPU: all rows at once (no sync). CPU: a bounded workspace (as
+    vLLM's fused_moe chunks tokens) — one [rows, I] intermediate within CPU_CHUNK_BYTES, ranges aligned
+    to segments — so intermediates come back from the heap cache-sized instead of being freshly mapped
+    (page-faulted) on every call, and every GEMM sees whole segments."""
     if x.device.type != "cpu":
-        return max(num_rows, 1)
-    return max(64, CPU_CHUNK_BYTES // (ffn * x.element_size()) // 64 * 64)
+        return [(0, num_rows)] if num_rows else []
+    budget = max(64, CPU_CHUNK_BYTES // (ffn * x.element_size()))
+    return plan_chunks(seg_ends_E.tolist(), budget)
 
 
 def grouped_swiglu(
@@ -189,18 +214,17 @@ def grouped_swiglu(
     w_gate_EHI: torch.Tensor,
     w_up_EHI: torch.Tensor,
     w_down_EIH: torch.Tensor,
-    out_RH: torch.Tensor,
+    num_rows: int,
+    emit: Callable[[int, int, torch.Tensor], None],
     meter: MemoryMeter,
 ) -> None:
-    """out[r] = SwiGLU of expert e on row r, for rows sorted by expert (segment e ends at seg_ends_E[e]).
+    """SwiGLU of expert e on each row of segment e, rows sorted by expert (segment e ends at seg_ends_E[e]).
 
-    Rows are x_XH[index_R] (gathered chunk by chunk) or, without index_R, x_XH itself. F.grouped_mm over
-    the segments, chunk_rows() rows at a time; rows past seg_ends_E[-1] are left as they are.
+    Rows are x_XH[index_R] (gathered range by range) or, without index_R, x_XH itself. F.grouped_mm over
+    the segments, one row range (row_chunks) at a time; emit(r0, r1, out_CH) takes each range's output.
+    On GPU the range may run past seg_ends_E[-1]; those rows of out_CH are not computed (garbage).
     """
-    R = out_RH.shape[0]
-    chunk = chunk_rows(R, w_gate_EHI.shape[2], x_XH)
-    for r0 in range(0, R, chunk):
-        r1 = min(R, r0 + chunk)
+    for r0, r1 in row_chunks(seg_ends_E, num_rows, w_gate_EHI.shape[2], x_XH):
         offs_E = (seg_ends_E - r0).clamp(0, r1 - r0).to(torch.int32)
         x_CH = x_XH[r0:r1] if index_R is None else meter.alloc(x_XH[index_R[r0:r1]])
         h_CI = meter.alloc(F.grouped_mm(x_CH, w_gate_EHI, offs=offs_E))
@@ -208,7 +232,6 @@ def grouped_swiglu(
         F.silu(h_CI, inplace=True).mul_(up_CI)
         meter.free(up_CI)
         out_CH = meter.alloc(F.grouped_mm(h_CI, w_down_EIH, offs=offs_E))
-        out_RH[r0:r1] = out_CH
-        meter.free(h_CI, out_CH)
-        if index_R is not None:
-            meter.free(x_CH)
+        meter.free(h_CI, *([] if index_R is None else [x_CH]))
+        emit(r0, r1, out_CH)
+        meter.free(out_CH)

@@ -12,7 +12,7 @@ grouped GEMM over those variable segments:
 - torch: F.grouped_mm over rows gathered in expert order; executed rows = assigned rows exactly. It runs on
   CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on sm_90/sm_100 and
   otherwise the same loop, which reads the offsets on the host (one sync). On CPU the rows go through in
-  chunks of a bounded workspace (common.chunk_rows), gathered chunk by chunk.
+  segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range.
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
@@ -119,10 +119,32 @@ def _dynamic_down_kernel(
 
 
 def _experts_torch(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
-    """Rows gathered in expert order (chunk by chunk), grouped GEMMs over the exact segments, weighted combine."""
-    out_AH = meter.alloc(x_TH.new_empty(routing.num_assignments, x_TH.shape[1]))
+    """Rows gathered in expert order range by range, grouped GEMMs over the exact segments, weighted sum.
+
+    CPU: each range's weighted output is index_add-ed straight into y (deterministic on CPU).
+    GPU: one range into an [A, H] buffer, then the gather-based combine (no atomics).
+    """
+    T, H = x_TH.shape
     token_A = routing.sort_idx_A // routing.top_k
-    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, out_AH, meter)
+    seg_ends_E = routing.offsets_E1[1:]
+    A = routing.num_assignments
+    if x_TH.device.type == "cpu":
+        weights_A = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0).view(A)[routing.sort_idx_A]
+        y_TH = torch.zeros(T, H, dtype=torch.float32)
+
+        def add_to_y(r0: int, r1: int, out_CH: torch.Tensor) -> None:
+            y_TH.index_add_(0, token_A[r0:r1], out_CH.float().mul_(weights_A[r0:r1, None]))
+
+        if x_TH.dtype != torch.float32:
+            meter.alloc(y_TH)
+        grouped_swiglu(x_TH, token_A, seg_ends_E, w_gate_EHI, w_up_EHI, w_down_EIH, A, add_to_y, meter)
+        return y_TH.to(x_TH.dtype)
+    out_AH = meter.alloc(x_TH.new_empty(A, H))
+
+    def store(r0: int, r1: int, out_CH: torch.Tensor) -> None:
+        out_AH[r0:r1] = out_CH
+
+    grouped_swiglu(x_TH, token_A, seg_ends_E, w_gate_EHI, w_up_EHI, w_down_EIH, A, store, meter)
     return combine(out_AH, routing.sorted_pos_Tk, routing, x_TH.dtype, meter)
 
 

@@ -125,10 +125,28 @@ def test_drops_are_dropped():
     assert rel_err(y_TH, reference.moe_experts(x_TH, dropless, *weights)) > 1e-2
 
 
+@pytest.mark.parametrize(
+    "seg_ends,budget",
+    [([10, 20, 30], 25), ([100, 100, 130, 300], 64), ([0, 0, 5], 64), ([64, 128], 64), ([], 8), ([7], 3)],
+)
+def test_plan_chunks(seg_ends, budget):
+    """Ranges tile 0..end, follow segment boundaries unless a segment is split, and hold <= budget rows."""
+    from kernels.common import plan_chunks
+
+    chunks = plan_chunks(seg_ends, budget)
+    assert [c[0] for c in chunks[1:]] == [c[1] for c in chunks[:-1]]
+    assert (chunks[0][0], chunks[-1][1]) == (0, seg_ends[-1]) if seg_ends and seg_ends[-1] else chunks == []
+    segments = list(zip([0, *seg_ends], seg_ends))
+    for r0, r1 in chunks:
+        assert 0 < r1 - r0 <= budget
+        if r0 not in (0, *seg_ends):  # a cut inside a segment: only one too big for a range
+            assert any(s0 < r0 < s1 and s1 - s0 > budget for s0, s1 in segments)
+
+
 @pytest.mark.parametrize("cf", [None, 0.75])
 @pytest.mark.parametrize("name", ["dynamic", "block_sparse"])
 def test_torch_path_in_chunks(monkeypatch, name, cf):
-    """The CPU torch path runs rows in bounded chunks; force 64-row chunks so segments straddle them."""
+    """The CPU torch path runs rows in bounded ranges; force 64-row ranges so segments are split."""
     from kernels import common
 
     monkeypatch.setattr(common, "CPU_CHUNK_BYTES", 1)
