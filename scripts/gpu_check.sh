@@ -26,7 +26,7 @@ bench() { timeout 150 "$PY" -m bench kernels -n 20 -w 5 --save "$@"; }
 for impl in triton torch; do
     bench --model mixtral-8x7b --impl "$impl" --skew uniform --tag "mixtral-8x7b-uniform-$impl"
     bench --model mixtral-8x7b --impl "$impl" --skew zipf:1.2 --tokens 128,4096 --capacity-factor 2.0,none \
-        --tag "mixtral-8x7b-zipf1.2-$impl"
+        --tag "mixtral-8x7b-zipf1p2-$impl"
 done
 bench --model deepseek-v3 --impl triton --tokens 128 --capacity-factor 1.0,2.0,none --tag deepseek-v3-t128
 bench --model qwen3-30b-a3b --impl triton --tokens 1,128,4096 --tag qwen3-30b-a3b
