@@ -56,10 +56,6 @@ def check_inputs(
     return T, H, FFN, E
 
 
-def as_int(value: int | torch.Tensor) -> int:
-    return int(value)
-
-
 @dataclass(frozen=True)
 class KernelStats:
     """What an expert kernel did. Counts may be 0-d device tensors so the kernel never syncs;
@@ -80,11 +76,11 @@ class KernelStats:
 
     @property
     def useful_flops(self) -> int:
-        return FLOPS_PER_ROW * self.hidden * self.ffn * as_int(self.num_useful_rows)
+        return FLOPS_PER_ROW * self.hidden * self.ffn * int(self.num_useful_rows)
 
     @property
     def executed_flops(self) -> int:
-        return FLOPS_PER_ROW * self.hidden * self.ffn * as_int(self.num_executed_rows)
+        return FLOPS_PER_ROW * self.hidden * self.ffn * int(self.num_executed_rows)
 
     @property
     def padding_waste(self) -> float:
@@ -96,12 +92,12 @@ class KernelStats:
 
     @property
     def dropped(self) -> int:
-        return as_int(self.num_dropped)
+        return int(self.num_dropped)
 
     @property
     def padded_rows(self) -> int:
         """Rows of padding the kernel held in memory (and computed)."""
-        return as_int(self.num_padded_rows)
+        return int(self.num_padded_rows)
 
     def to_dict(self) -> dict:
         return {
@@ -119,8 +115,8 @@ class MemoryMeter:
 
     CPU: a ledger. The kernel passes every buffer it allocates to `alloc` and every buffer it is done
     with to `free`; the peak of the running sum of their sizes is the answer. Buffers are written with
-    in-place ops so no untracked temporaries of their size exist (library-internal scratch, e.g. inside
-    a GEMM, is not seen).
+    in-place ops so no untracked temporaries of their size exist. Not seen: library-internal scratch
+    (e.g. inside a GEMM) and index / weight vectors of O(T*k) elements.
     CUDA: the caching allocator's own count: torch.cuda.max_memory_allocated() over the call minus
     what was allocated at its start (the peak counter is reset at the start), minus y.
     """

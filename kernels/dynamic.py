@@ -118,33 +118,37 @@ def _dynamic_down_kernel(
     tl.store(out_ptr + assignment[:, None] * H + cols[None, :], acc * weight[:, None], mask=out_mask)
 
 
-def _experts_torch(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
-    """Rows gathered in expert order range by range, grouped GEMMs over the exact segments, weighted sum.
-
-    CPU: each range's weighted output is index_add-ed straight into y (deterministic on CPU).
-    GPU: one range into an [A, H] buffer, then the gather-based combine (no atomics).
-    """
+def _experts_torch_cpu(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter):
+    """Rows gathered in expert order range by range; each range's weighted output is index_add-ed straight
+    into an fp32 y (deterministic on CPU)."""
     T, H = x_TH.shape
-    token_A = routing.sort_idx_A // routing.top_k
-    seg_ends_E = routing.offsets_E1[1:]
     A = routing.num_assignments
-    if x_TH.device.type == "cpu":
-        weights_A = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0).view(A)[routing.sort_idx_A]
-        y_TH = torch.zeros(T, H, dtype=torch.float32)
+    token_A = routing.sort_idx_A // routing.top_k
+    weights_A = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0).view(A)[routing.sort_idx_A]
+    y_TH = torch.zeros(T, H, dtype=torch.float32)
+    if x_TH.dtype != torch.float32:
+        meter.alloc(y_TH)
 
-        def add_to_y(r0: int, r1: int, out_CH: torch.Tensor) -> None:
-            y_TH.index_add_(0, token_A[r0:r1], out_CH.float().mul_(weights_A[r0:r1, None]))
+    def add_to_y(r0: int, r1: int, out_CH: torch.Tensor) -> None:
+        rows_CH = out_CH if out_CH.dtype == torch.float32 else meter.alloc(out_CH.float())
+        y_TH.index_add_(0, token_A[r0:r1], rows_CH.mul_(weights_A[r0:r1, None]))
+        if rows_CH is not out_CH:
+            meter.free(rows_CH)
 
-        if x_TH.dtype != torch.float32:
-            meter.alloc(y_TH)
-        grouped_swiglu(x_TH, token_A, seg_ends_E, w_gate_EHI, w_up_EHI, w_down_EIH, A, add_to_y, meter)
-        return y_TH.to(x_TH.dtype)
-    out_AH = meter.alloc(x_TH.new_empty(A, H))
+    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, A, add_to_y, meter)
+    return y_TH.to(x_TH.dtype)
+
+
+def _experts_torch_gpu(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter):
+    """All rows in one range into an [A, H] buffer, then the gather-based combine (no atomics)."""
+    A = routing.num_assignments
+    token_A = routing.sort_idx_A // routing.top_k
+    out_AH = meter.alloc(x_TH.new_empty(A, x_TH.shape[1]))
 
     def store(r0: int, r1: int, out_CH: torch.Tensor) -> None:
         out_AH[r0:r1] = out_CH
 
-    grouped_swiglu(x_TH, token_A, seg_ends_E, w_gate_EHI, w_up_EHI, w_down_EIH, A, store, meter)
+    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, A, store, meter)
     return combine(out_AH, routing.sorted_pos_Tk, routing, x_TH.dtype, meter)
 
 
@@ -191,7 +195,8 @@ def dynamic_experts(
         y_TH = _experts_triton(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
         executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
     else:
-        y_TH = _experts_torch(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
+        experts = _experts_torch_cpu if x_TH.device.type == "cpu" else _experts_torch_gpu
+        y_TH = experts(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
         executed = routing.num_kept
     stats = KernelStats(
         hidden=H,

@@ -158,6 +158,20 @@ def test_torch_path_in_chunks(monkeypatch, name, cf):
     assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5
 
 
+@pytest.mark.parametrize("cf", [None, 0.75])
+def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
+    """The GPU variant of dynamic's torch path (buffer + gather combine) computes the same y."""
+    from kernels import dynamic
+    from kernels.common import MemoryMeter
+
+    H, FFN, E = 32, 48, 4
+    routing = random_routing(37, E, 2, cf=cf)
+    weights = make_weights(E, H, FFN)
+    x_TH = make_x(37, H)
+    y_TH = dynamic._experts_torch_gpu(x_TH, routing, *weights, MemoryMeter(x_TH.device))
+    assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_padding_accounting(impl):
     """padded computes E * C rows; dynamic (torch) exactly the kept rows; block_sparse whole blocks."""
