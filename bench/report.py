@@ -185,6 +185,7 @@ def load_json(path: Path) -> dict:
 
 def comm_meta(comm) -> dict:
     """The run's topology facts: backend, P, G, L, nodes, device, ranks per host vs cores, GPUs."""
+    from bench.cluster import cluster_meta
     from collectives.topology import gpu_info
 
     hosts = comm.allgather_object(socket.gethostname())
@@ -205,6 +206,7 @@ def comm_meta(comm) -> dict:
         "device": str(comm.device),
         "emulated_inter_latency_us": comm.traffic.inter_latency_s * 1e6,
         "gpus": gpu_info(),
+        **cluster_meta(),
     }
 
 
@@ -221,6 +223,8 @@ def print_header(meta: dict) -> None:
             f"backend {meta['backend']}  P={meta['P']}  G={meta['G']}  L={meta['L']}  "
             f"nodes={meta['nodes']}{emu}  device {meta['device']}"
         )
+        if meta.get("emulated_cluster"):
+            lines.append(f"EMULATED cluster: {meta['emulated_cluster']}")
         if meta.get("emulated_inter_latency_us"):
             lat = meta["emulated_inter_latency_us"]
             lines.append(f"EMULATED inter-node latency: +{lat:g} µs per inter-node message")
@@ -249,6 +253,8 @@ def header_markdown(meta: dict) -> str:
             f"- backend {meta['backend']}, P={meta['P']}, G={meta['G']}, L={meta['L']}, "
             f"nodes={meta['nodes']}{emu}, device {meta['device']}"
         )
+        if meta.get("emulated_cluster"):
+            items.append(f"- EMULATED cluster: {meta['emulated_cluster']}")
         if meta.get("oversubscribed"):
             items.append(f"- **WARNING**: {meta['ranks_per_host']} ranks on {meta['cores']} cores (busy-polling MPI)")
     items.append("- " + ", ".join(f"{k} {val}" for k, val in v.items()))

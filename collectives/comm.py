@@ -253,7 +253,7 @@ class TorchGroup(Group):
         gathered = x.new_empty((self.size * most, *x.shape[1:]))
         gather = getattr(self._dist, "all_gather_single", None) or self._dist.all_gather_into_tensor
         gather(_torch_view(gathered), _torch_view(padded), group=self.pg)
-        self._record_allgather(x.numel() * x.element_size())
+        self._record_allgather(x.numel() * x.element_size())  # real rows; gloo also moves the padding
         return torch.cat([gathered[i * most : i * most + int(c)] for i, c in enumerate(counts)])
 
     def barrier(self):
