@@ -128,7 +128,7 @@ def _import_kernels(config: Config):
     """Import kernels (and so triton), in interpreter mode for Triton kernels on CPU tensors."""
     if config.impl == "triton" and config.device.type == "cpu":
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("--impl triton on CPU needs TRITON_INTERPRET=1 set before triton is imported")
+            raise ValueError("--impl triton on CPU runs in the Triton interpreter: set TRITON_INTERPRET=1 in the env")
         os.environ["TRITON_INTERPRET"] = "1"
     import kernels
 
