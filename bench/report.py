@@ -153,13 +153,8 @@ def save_run(meta: dict, rows: Sequence[dict], markdown: str, out_dir: Path | No
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / meta["machine"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = meta["benchmark"] + (f"-{meta['tag']}" if meta.get("tag") else "")
-    base = out_dir / f"{name}-{stamp}"
-    paths = [
-        base.with_suffix(".json"),
-        base.with_suffix(".csv"),
-        base.with_suffix(".md"),
-        out_dir / f"{name}-latest.md",
-    ]
+    base = f"{name}-{stamp}"  # not Path.with_suffix: a tag may hold a dot ("zipf1.2")
+    paths = [out_dir / f"{base}.{ext}" for ext in ("json", "csv", "md")] + [out_dir / f"{name}-latest.md"]
     write_json(paths[0], meta, rows)
     atomic_write(paths[1], rows_to_csv(rows))
     atomic_write(paths[2], markdown)
