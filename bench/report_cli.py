@@ -23,9 +23,11 @@ def add_arguments(p) -> None:
 
 
 def newest_per_benchmark(folder: Path) -> list[Path]:
-    """The newest `<name>-<timestamp>.json` for each name under `folder` (recursively)."""
+    """The newest `<name>-<timestamp>.json` for each name under `folder` (recursively); other JSON is skipped."""
     newest: dict[tuple[Path, str], Path] = {}
     for path in sorted(folder.rglob("*.json")):
+        if not STAMP.search(path.stem):
+            continue  # not a stored run (a link profile, say); name it explicitly to render it
         name = STAMP.sub("", path.stem)
         key = (path.parent, name)
         if key not in newest or path.stem > newest[key].stem:
