@@ -323,11 +323,24 @@ class Communicator:
         os._exit(code)
 
     def close(self) -> None:
-        if self.backend == "torch":
-            import torch.distributed as dist
+        """Leave the job cleanly. Under mpiexec the torch backend's TCPStore lives on rank 0: every rank
+        drops its process group first, clients drop the store next, rank 0's server goes last."""
+        if self.backend != "torch":
+            return
+        import torch.distributed as dist
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        mpi = _mpi_module_if_initialized()
+        store = self.info.pop("store", None)
+        if mpi is not None:
+            mpi.COMM_WORLD.Barrier()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        if mpi is not None:
+            mpi.COMM_WORLD.Barrier()
+            if self.rank != 0:
+                store = None
+            mpi.COMM_WORLD.Barrier()
+        del store
 
 
 def _mpi_module_if_initialized():
@@ -414,7 +427,8 @@ def _init_torch(ranks_per_node, tp, device):
         return TorchGroup(pgs[mine], groups[mine], rank, topology, traffic, device)
 
     world = TorchGroup(dist.group.WORLD, list(range(P)), rank, topology, traffic, device)
-    return world, make_group, topology, {"launcher": launcher, "process_group": backend}, device
+    info = {"launcher": launcher, "process_group": backend, "store": store}
+    return world, make_group, topology, info, device
 
 
 def init_comm(
