@@ -238,14 +238,13 @@ def measure_dense(comm, cfg: Config, args, work: Workload) -> dict:
 
 # ---------------------------------------------------------------------------------------------- output
 
-PHASE_COLUMNS = [p for p in moe.PHASES]
 COLUMNS = [
     "batch",
     "algo",
     "kernel",
     "skew",
     "cf",
-    *PHASE_COLUMNS,
+    *moe.PHASES,
     "total",
     "p99",
     "tok/s",

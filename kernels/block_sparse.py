@@ -26,7 +26,7 @@ import triton.language as tl
 
 from kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
 from kernels.routing import Routing
-from kernels.triton_utils import require_triton, triton_flags
+from kernels.triton_utils import triton_flags
 
 
 @dataclass(frozen=True)
@@ -179,8 +179,6 @@ def block_sparse_experts(
 ) -> tuple[torch.Tensor, KernelStats]:
     """MegaBlocks-style experts with block size routing.block_size. Returns (y_TH in x's dtype, stats)."""
     T, H, FFN, _ = check_inputs(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl)
-    if impl == "triton":
-        require_triton(x_TH)
     meter = MemoryMeter(x_TH.device)
     P = routing.max_tiles * routing.block_size
     pos_Tk = routing.block_pos_Tk

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.routing import IMPLS, Routing
+from kernels.triton_utils import require_triton
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLOPS_PER_ROW = 6  # SwiGLU: 2*H*I each for gate, up and down (DESIGN.md §3)
@@ -25,7 +26,8 @@ def check_inputs(
     w_down_EIH: torch.Tensor,
     impl: str,
 ) -> tuple[int, int, int, int]:
-    """ValueError naming the problem unless the inputs fit together; returns (T, H, I, E)."""
+    """ValueError naming the problem unless the inputs fit together (and Triton can run them, for
+    impl="triton"); returns (T, H, I, E)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
     if x_TH.dim() != 2:
@@ -53,6 +55,8 @@ def check_inputs(
             raise ValueError(f"{name} is on {w.device} but x is on {x_TH.device}")
     if routing.topk_ids_Tk.device != x_TH.device:
         raise ValueError(f"routing is on {routing.topk_ids_Tk.device} but x is on {x_TH.device}")
+    if impl == "triton":
+        require_triton(x_TH)
     return T, H, FFN, E
 
 

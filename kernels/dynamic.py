@@ -24,7 +24,7 @@ import triton.language as tl
 
 from kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
 from kernels.routing import Routing
-from kernels.triton_utils import require_triton, triton_flags
+from kernels.triton_utils import triton_flags
 
 
 @triton.jit
@@ -191,7 +191,6 @@ def dynamic_experts(
     _, H, FFN, _ = check_inputs(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl)
     meter = MemoryMeter(x_TH.device)
     if impl == "triton":
-        require_triton(x_TH)
         y_TH = _experts_triton(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
         executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
     else:

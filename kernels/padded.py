@@ -18,7 +18,7 @@ import triton.language as tl
 
 from kernels.common import KernelStats, MemoryMeter, check_inputs, combine
 from kernels.routing import Routing
-from kernels.triton_utils import require_triton, triton_flags
+from kernels.triton_utils import triton_flags
 
 BLOCK_M = 64
 
@@ -137,8 +137,6 @@ def padded_experts(
 ) -> tuple[torch.Tensor, KernelStats]:
     """Static-capacity experts. Returns (y_TH in x's dtype, stats); executed rows = E * C."""
     T, H, FFN, E = check_inputs(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl)
-    if impl == "triton":
-        require_triton(x_TH)
     C = routing.capacity if routing.capacity is not None else int(routing.counts_E.max()) if T else 0
     meter = MemoryMeter(x_TH.device)
     slot_Tk = routing.topk_ids_Tk * C + routing.rank_Tk
