@@ -214,6 +214,20 @@ def copy_cases(comm, sizes: list[int]) -> list[Case]:
     return cases
 
 
+def self_cases(comm, sizes: list[int]) -> list[Case]:
+    """The library all-to-all over the world with only the rank's own chunk (S bytes to itself), every rank
+    at once: how fast the library copies the chunk a rank keeps (native, hierarchical's levels, all-gathers)."""
+    P, me = comm.world_size, comm.rank
+    cases = []
+    for size in sizes:
+        rows = size // ELEM
+        splits = [rows if p == me else 0 for p in range(P)]
+        send = torch.ones(rows, 1, dtype=torch.float32)
+        fn = lambda send=send, splits=splits: comm.world.alltoallv(send, splits, splits)
+        cases.append(Case({"kind": "p2p", "class": "self-coll", "size": size, "xbytes": float(size)}, fn))
+    return cases
+
+
 def fan_messages(topo, cls: str) -> int:
     """Messages each rank sends in a world all-to-all restricted to class `cls` (G - 1 or P - G)."""
     return topo.ranks_per_node - 1 if cls == "intra" else topo.world_size - topo.ranks_per_node
@@ -251,10 +265,10 @@ def sweep_cases(comm, sizes: list[int]) -> list[Case]:
             cases += fan_cases(comm, cls, sizes)
     if len(classes_present(topo)) == 2:
         cases += ring_cases(comm, sizes)
-    return cases + copy_cases(comm, sizes)
+    return cases + copy_cases(comm, sizes) + self_cases(comm, sizes)
 
 
-FIT_CLASSES = ("intra", "inter", "intra-coll", "inter-coll", "copy")
+FIT_CLASSES = ("intra", "inter", "intra-coll", "inter-coll", "copy", "self-coll")
 
 
 def fit_gap(profile: costmodel.Profile, cls: str, fan: list[Case], topo, single: list[dict]) -> costmodel.Profile:
@@ -492,7 +506,8 @@ SWEEP_CAPTION = (
     "intra/inter: all pairs of the class exchange S bytes at once (blocking sendrecv); intra-coll/inter-coll: the "
     "library all-to-all inside every node / every cross-node group at once, S bytes per peer; intra-fan/inter-fan: "
     "one world all-to-all with S bytes to every peer of the class (fits the per-message gap); ring: r sends S to "
-    "r+1 (mixes the classes; fits the overlap); copy: a layout transform of S bytes on every rank. time = slowest "
+    "r+1 (mixes the classes; fits the overlap); copy: a layout transform of S bytes on every rank; self-coll: the "
+    "library all-to-all with only the rank's own S bytes (its local copy, bandwidth only). time = slowest "
     "rank, median (p20/p80) over iterations; eff bytes = the bytes that set the class's time in the model (a node's "
     "G ranks share its uplink); fit = alpha + eff bytes / bw."
 )

@@ -17,7 +17,9 @@ Time of a phase = its busiest rank (routing skew shows up here). For rank r and 
     inter: X = max(bytes r sends, bytes r receives, node uplink bytes / NICs, node downlink bytes / NICs)
            -- the G ranks of a node share its NICs (one NIC per node in the emulated cluster)
     copy:  t_copy(r) = alpha_copy + (chunks - 1) * gap_copy + copied bytes / bw_copy
-           (+ own chunk / bw_copy where a library all-to-all / all-gather copies it locally)
+           (+ own chunk / bw_self where a library all-to-all / all-gather copies it locally: the
+           library's own local copy, calibrated apart - MPICH moves it through its messaging
+           path at a fraction of a memcpy's speed; a profile without it uses bw_copy)
     t(r) = max(t_intra, t_inter) + (1 - overlap) * min(t_intra, t_inter) + t_copy(r)
 
 m_c = messages r sends or receives in class c (max of the two); alpha = latency of a phase's
@@ -70,6 +72,7 @@ class Profile:
     nics_per_node: int = 1
     intra_coll: Link | None = None  # library collective path (None: same as intra)
     inter_coll: Link | None = None
+    self_coll: Link | None = None  # the library collective's copy of a rank's own chunk (None: same as copy)
     overlap: float = 1.0
     source: str = ""
     fit: dict = field(default_factory=dict)  # calibration fit errors, per class
@@ -81,7 +84,7 @@ class Profile:
     def from_dict(cls, d: dict) -> Profile:
         try:
             links = {c: Link(**d[c]) for c in CLASSES}
-            colls = {c: Link(**d[c]) if d.get(c) else None for c in ("intra_coll", "inter_coll")}
+            colls = {c: Link(**d[c]) if d.get(c) else None for c in ("intra_coll", "inter_coll", "self_coll")}
             return cls(
                 name=d["name"],
                 **links,
@@ -98,6 +101,11 @@ class Profile:
     def link(self, cls: str, coll: bool = False) -> Link:
         """The link of class `cls` ("intra", "inter", "copy"); its library-collective path when `coll`."""
         return (getattr(self, f"{cls}_coll", None) if coll else None) or getattr(self, cls)
+
+    @property
+    def self_copy(self) -> Link:
+        """The library collective's local copy of a rank's own chunk (the copy link where not calibrated)."""
+        return self.self_coll or self.copy
 
 
 # ------------------------------------------------------------------------------ schedules
@@ -181,7 +189,8 @@ def flat_schedule(splits: np.ndarray, row_bytes: int, topo: Topology, plan: bool
     B = np.asarray(splits, dtype=np.float64) * row_bytes
     ranks = np.arange(P)
     phases = [_world_counts(P)] if plan and P > 1 else []
-    phases.append(Phase("self copy", *_no_messages(), self_bytes=np.diag(B).copy()))
+    # step 0: the rank's own chunk, copied by torch (not the library): the copy link's bandwidth
+    phases.append(Phase("self copy", *_no_messages(), self_bytes=np.diag(B).copy(), blocking=True))
     for step in range(1, P):
         dst = (ranks + step) % P
         phases.append(_phase(f"step {step}", P, ranks, dst, B[ranks, dst], blocking=True))
@@ -459,7 +468,8 @@ def rank_times(load: PhaseLoad, profile: Profile) -> np.ndarray:
         c.alpha_us + np.maximum(load.copy_chunks - 1, 0) * c.gap_us + load.copy_bytes / (c.bw_gbs * 1e3),
         0.0,
     )
-    copy = copy + load.self_bytes / (c.bw_gbs * 1e3)
+    own = profile.self_copy if load.coll else c  # the library's local copy, or torch's (flat's step 0)
+    copy = copy + load.self_bytes / (own.bw_gbs * 1e3)
     both = np.maximum(comm[0], comm[1]) + (1 - profile.overlap) * np.minimum(comm[0], comm[1])
     return both + copy
 

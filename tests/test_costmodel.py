@@ -124,6 +124,21 @@ def test_layout_copies_and_gap_enter_hierarchical():
     assert costmodel.predict(native, topo, PROFILE) > costmodel.predict(native, topo, no_gap)
 
 
+def test_library_self_copy_prices_own_chunks_of_library_phases_only():
+    """native's own chunk is copied by the library (self_coll link); flat's step 0 by torch (copy link)."""
+    topo = Topology(2, 1)
+    splits = np.array([[1 << 20, 0], [0, 1 << 20]])  # every row stays on its rank
+    slow_self = Profile(**{**PROFILE.__dict__, "self_coll": Link(5, 0.5)})
+    for algo, changes in (("native", True), ("flat", False)):
+        sched = costmodel.exchange_schedule(algo, splits, 1, topo, plan=False)
+        base, slow = costmodel.predict(sched, topo, PROFILE), costmodel.predict(sched, topo, slow_self)
+        if changes:  # bandwidth only: the call's latency is the collective's alpha
+            assert slow - base == pytest.approx((1 << 20) / 0.5e3 - (1 << 20) / 1000e3)
+        else:
+            assert slow == base == pytest.approx((1 << 20) / 1000e3 + PROFILE.inter.alpha_us)  # + empty step 1
+    assert PROFILE.self_copy == PROFILE.copy and slow_self.self_copy == Link(5, 0.5)
+
+
 def test_overlap_sums_or_overlaps_link_classes():
     topo = Topology(4, 2)
     ring = [costmodel._phase("ring", 4, np.arange(4), (np.arange(4) + 1) % 4, np.full(4, 1e6), blocking=True)]
@@ -183,4 +198,6 @@ def test_calibrate_on_one_host_writes_predicted_and_measured(mpiexec_available, 
     assert {r["algo"] for r in rows} == {"flat", "hierarchical", "native"}
     assert all(r["predicted_us"] > 0 and r["measured_us"] > 0 and r["wrong"] == 0 for r in rows)
     assert all(r["schedule_matches"] for r in rows)
-    assert load_profile(str(prof)).inter.bw_gbs > 0
+    profile = load_profile(str(prof))
+    assert profile.inter.bw_gbs > 0 and profile.self_coll.bw_gbs > 0
+    assert {r["class"] for r in data["rows"] if r["kind"] == "p2p"} >= {"inter", "inter-coll", "copy", "self-coll"}
