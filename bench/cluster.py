@@ -19,7 +19,10 @@ The kernel here has no netem, so --inter-latency is added in user space by the c
 
 MPI: the pip MPICH (UCX) would use shared memory between namespaces, so ranks run with
 MPIR_CVAR_NOLOCAL=1 UCX_TLS=tcp,self, and each node has its own UTS hostname so the communicator
-groups ranks by node from hostnames. torch backend: gloo over TCP with GLOO_SOCKET_IFNAME=eth0;
+groups ranks by node from hostnames. Before the benchmark a probe sends 1 MiB from every rank to
+the next node and reads the links' byte counters: an MPI that cannot start across the namespaces,
+or (for the mpi backend) whose bytes do not cross the shaped links, stops the run with one line
+saying so. torch backend: gloo over TCP with GLOO_SOCKET_IFNAME=eth0;
 each namespace's /etc/hosts (ip netns exec bind-mounts /etc/netns/<ns>/hosts) names every node.
 
 Cleanup: namespaces, links, /etc/netns entries and every process inside the namespaces are removed
@@ -111,6 +114,9 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--timeout", type=float, default=None, help="end the run (and clean up) after this many seconds")
     p.add_argument("--keep-env", action="store_true", help=argparse.SUPPRESS)
+    # library-default: leave MPICH/UCX to pick their transports (on one host: shared memory, which the
+    # probe refuses for the mpi backend); only to test that refusal
+    p.add_argument("--mpi-transport", choices=("tcp", "library-default"), default="tcp", help=argparse.SUPPRESS)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark to run: e.g. collectives -b 1K -e 4M")
 
 
@@ -332,13 +338,16 @@ def mpiexec_path() -> str:
     return found
 
 
-def rank_env(description: str, latency_us: float, rid: str = "") -> dict[str, str]:
+def rank_env(description: str, latency_us: float, rid: str = "", mpi_transport: str = "tcp") -> dict[str, str]:
     """Environment of every rank: MPICH/UCX over TCP only, gloo on eth0, the emulated latency."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    if mpi_transport == "tcp":
+        env.update(MPIR_CVAR_NOLOCAL="1", UCX_TLS="tcp,self")  # never shared memory: ranks sit in different "nodes"
+    else:
+        for key in ("MPIR_CVAR_NOLOCAL", "UCX_TLS"):
+            env.pop(key, None)
     env.update(
-        MPIR_CVAR_NOLOCAL="1",  # never shared memory between ranks: they sit in different "nodes"
-        UCX_TLS="tcp,self",
         GLOO_SOCKET_IFNAME="eth0",
         PYTHONUNBUFFERED="1",
         MOEBENCH_CLUSTER=description,
@@ -348,16 +357,101 @@ def rank_env(description: str, latency_us: float, rid: str = "") -> dict[str, st
     return env
 
 
-def launch_command(layout: Layout, G: int, bench_args: list[str]) -> list[str]:
-    """mpiexec with one MPMD section per node: `-n G ip netns exec NS unshare --uts sh -c ...`."""
+def launch_command(layout: Layout, G: int, bench_args: list[str], python_args: list[str] | None = None) -> list[str]:
+    """mpiexec with one MPMD section per node: `-n G ip netns exec NS unshare --uts sh -c ...`.
+
+    Each rank runs `python -m bench <bench_args>` (or `python <python_args>` where given: the probe)."""
     cmd = [mpiexec_path()]
     for i in range(layout.nodes):
         if i:
             cmd.append(":")
         enter = f'hostname {layout.hostname(i)} && exec "$@"'
         cmd += ["-n", str(G), "ip", "netns", "exec", layout.netns(i), "unshare", "--uts", "sh", "-c", enter, "sh"]
-        cmd += [sys.executable, "-m", "bench", *bench_args]
+        cmd += [sys.executable, *(python_args or ["-m", "bench", *bench_args])]
     return cmd
+
+
+# ------------------------------------------------------------------------------ MPI probe
+
+PROBE_BYTES = 1 << 20  # each rank sends this much to the next node before the benchmark starts
+PROBE_TIMEOUT_S = 90.0
+
+
+def probe_rank(nbytes: int, G: int) -> None:
+    """One rank of the probe (under mpiexec): send `nbytes` to the rank with the same local index on the
+    next node, receive from the previous node's, and check what arrived. Ranks are node-major (MPMD order)."""
+    import numpy as np
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    r, P = world.Get_rank(), world.Get_size()
+    N = P // G
+    n, g = divmod(r, G)
+    send = np.full(nbytes, r % 251, dtype=np.uint8)
+    recv = np.empty(nbytes, dtype=np.uint8)
+    source = (n - 1) % N * G + g
+    world.Sendrecv(send, (n + 1) % N * G + g, 7, recv, source, 7)
+    if not (recv == source % 251).all():
+        raise SystemExit(f"probe: rank {r} received wrong bytes from rank {source}")
+    world.Barrier()
+
+
+def uplink_bytes(layout: Layout) -> list[int]:
+    """Bytes each node has sent into the bridge so far (its host-side veth's receive counter)."""
+    return [int(Path(f"/sys/class/net/{layout.host_veth(i)}/statistics/rx_bytes").read_text())
+            for i in range(layout.nodes)]  # fmt: skip
+
+
+def benchmark_backend(bench_args: list[str]) -> str:
+    """The --backend the benchmark arguments select (mpi when absent)."""
+    for i, arg in enumerate(bench_args):
+        if arg == "--backend" and i + 1 < len(bench_args):
+            return bench_args[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return "mpi"
+
+
+def mpi_version_line() -> str:
+    try:
+        from mpi4py import MPI
+
+        return " ".join(MPI.Get_library_version().splitlines()[0].split())
+    except Exception:  # only a label for the error message
+        return "MPI"
+
+
+def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str) -> None:
+    """Before the benchmark: MPI must start across the namespaces and, for the mpi backend, carry the
+    inter-node messages over TCP through the shaped links. ClusterError (one line) where it cannot."""
+    if layout.nodes < 2:
+        return
+    code = "import sys; from bench.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
+    python_args = ["-c", code, str(PROBE_BYTES), str(G)]
+    before = uplink_bytes(layout)
+    proc = subprocess.Popen(launch_command(layout, G, [], python_args), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=_die_with_parent)  # fmt: skip
+    try:
+        out, _ = proc.communicate(timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise ClusterError(
+            f"{mpi_version_line()} did not finish a {PROBE_BYTES >> 20} MiB exchange between the namespaces "
+            f"in {PROBE_TIMEOUT_S:g} s: it cannot use TCP between them here"
+        ) from None
+    if proc.returncode != 0:
+        last = next((line.strip() for line in reversed(out.splitlines()) if line.strip()), f"exit {proc.returncode}")
+        raise ClusterError(
+            f"{mpi_version_line()} could not run across the namespaces (it cannot use TCP between them here): {last}"
+        )
+    crossed = [a - b for a, b in zip(uplink_bytes(layout), before)]
+    if backend == "mpi" and min(crossed) < G * PROBE_BYTES:
+        raise ClusterError(
+            f"{mpi_version_line()} sent {min(crossed):,} of its {G * PROBE_BYTES:,} probe bytes per node over "
+            "the shaped links: it does not use TCP between the namespaces (shared memory?), so the mpi backend "
+            "cannot measure this cluster; run the benchmark with --backend torch (gloo over TCP)"
+        )
 
 
 class _Terminated(Exception):
@@ -382,7 +476,7 @@ def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 
 def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None, shaper: str, latency_us: float,
-                timeout_s: float | None) -> int:  # fmt: skip
+                timeout_s: float | None, mpi_transport: str = "tcp") -> int:  # fmt: skip
     """Build the cluster, run `python -m bench <bench_args>` across it, tear it down. Returns mpiexec's status."""
     check_host()
     stale = remove_stale()
@@ -400,8 +494,9 @@ def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None
             + ", ".join(f"{layout.hostname(i)} = {layout.netns(i)} {layout.address(i)}" for i in range(nodes)),
             flush=True,
         )
-        cmd = launch_command(layout, G, bench_args)
-        proc = subprocess.Popen(cmd, env=rank_env(description, latency_us, layout.rid), start_new_session=True,
+        env = rank_env(description, latency_us, layout.rid, mpi_transport)
+        probe_mpi(layout, G, env, benchmark_backend(bench_args))
+        proc = subprocess.Popen(launch_command(layout, G, bench_args), env=env, start_new_session=True,
                                 preexec_fn=_die_with_parent)  # fmt: skip
         try:
             status = proc.wait(timeout=timeout_s)
@@ -452,7 +547,8 @@ def validate(args) -> list[str]:
 def run(args) -> int:
     bench_args = validate(args)
     rate = None if args.no_shaping else args.inter_bw
-    return run_cluster(args.nodes, args.ranks_per_node, bench_args, rate, args.shaper, args.inter_latency, args.timeout)
+    return run_cluster(args.nodes, args.ranks_per_node, bench_args, rate, args.shaper, args.inter_latency, args.timeout,
+                       args.mpi_transport)  # fmt: skip
 
 
 def cluster_meta() -> dict:

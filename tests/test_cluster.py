@@ -179,6 +179,40 @@ def test_run_after_a_killed_run_starts_clean_with_gloo(tmp_path):
 # ------------------------------------------------------------------------------ refusals
 
 
+@needs_root
+def test_mpi_that_bypasses_the_links_is_refused_in_one_line():
+    """Left to its defaults, MPICH/UCX uses shared memory between namespaces: the probe sees no bytes on the
+    shaped links and stops the mpi backend with one line (exit 2), the cluster removed; gloo is unaffected."""
+    args = ["--mpi-transport", "library-default", "--timeout", "60", "collectives", "-b", "4K", "-e", "4K", "-n", "1"]
+    proc = subprocess.Popen([*CLUSTER, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("moebench: error: MPICH") and "does not use TCP between the namespaces" in lines[0]
+    assert "--backend torch" in lines[0]
+    assert "moebench collectives" not in out  # the benchmark never started
+    assert not leftovers(cluster.run_id(proc.pid))
+
+
+@needs_root
+def test_mpi_that_cannot_start_across_namespaces_says_so(monkeypatch):
+    """An MPI with no transport between the namespaces (UCX limited to `self`) fails the probe: one clear line."""
+    monkeypatch.setattr(cluster, "PROBE_TIMEOUT_S", 30.0)
+    layout = cluster.Layout(cluster.run_id(), 2)
+    cluster.create(layout, None, "tbf")
+    try:
+        env = {**cluster.rank_env("probe test", 0.0, layout.rid), "UCX_TLS": "self"}
+        with pytest.raises(cluster.ClusterError) as err:
+            cluster.probe_mpi(layout, 1, env, "torch")
+    finally:
+        cluster.destroy(layout.rid)
+    message = str(err.value)
+    assert "\n" not in message and "it cannot use TCP between them" in message and message.startswith("MPICH")
+    assert not leftovers(layout.rid)
+
+
 def test_without_root_one_clear_line(monkeypatch, capsys):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(shutil, "which", lambda tool: f"/usr/sbin/{tool}")
