@@ -72,11 +72,17 @@ bench-topology: install
 		--save --tag cluster-2x2 --profile-out $(TOPO_DIR)/profile-cluster-2x2.json
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit --inter-latency 1ms calibrate --tp 2 $(VALIDATE) \
 		--save --tag cluster-2x2-lat1ms --profile-out $(TOPO_DIR)/profile-cluster-2x2-lat1ms.json
+	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit calibrate --backend torch --tp 2 $(VALIDATE) \
+		--save --tag cluster-2x2-torch
 	$(CLUSTER) --nodes 4 --ranks-per-node 1 --inter-bw 1gbit calibrate --tp 2 $(VALIDATE) --save --tag cluster-4x1
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit collectives -b 4K -e 4M -f 8 -n 20 -w 3 --tp 2 \
 		--save --tag cluster-2x2
+	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1,8,128,1024 \
+		--tp 2 -n 5 -w 2 --save --tag cluster-2x2
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench calibrate --ranks-per-node 1 $(VALIDATE) --save --tag host-p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench calibrate --ranks-per-node 2 --tp 2 $(VALIDATE) --save --tag host-p4-g2
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench calibrate --backend torch --ranks-per-node 1 $(VALIDATE) \
+		--save --tag host-p2-torch
 	$(PY) -m bench project --profile h100-8gpu,h200-8gpu,a100-8gpu --nodes 1,2,4,8,16,32,64,128,256 \
 		--save --tag gpu-8x
 	$(PY) -m bench project --profile $(TOPO_DIR)/profile-cluster-2x2-lat1ms.json --nodes 1,2,4,8,16,32,64 \

@@ -597,9 +597,7 @@ def run(args) -> int:
     meta.update(iters=args.iters, warmup=args.warmup_iters, rounds=args.rounds, skew=args.skew, tag=args.tag)
     topo, lead = comm.topology, comm.rank == 0
     if lead:
-        report.print_header(meta)
-        if meta.get("emulated_cluster"):
-            report.console.print(meta["emulated_cluster"])
+        report.print_header(meta)  # names the emulated cluster, where there is one
     profile = cfg["profile"]
     sweep = []
     if profile is None:
@@ -653,8 +651,6 @@ def run(args) -> int:
 
 def markdown(meta, rows, vrows, profile, summary) -> str:
     parts = [f"# calibrate: {profile.name}\n", report.header_markdown(meta)]
-    if meta.get("emulated_cluster"):
-        parts.append(f"- {meta['emulated_cluster']}\n")
     parts.append("\n```\n" + "\n".join(profile_lines(profile)) + "\n```\n")
     if rows:
         parts.append(

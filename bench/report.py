@@ -219,7 +219,7 @@ def print_header(meta: dict) -> None:
             f"nodes={meta['nodes']}{emu}  device {meta['device']}"
         )
         if meta.get("emulated_cluster"):
-            lines.append(f"EMULATED cluster: {meta['emulated_cluster']}")
+            lines.append(meta["emulated_cluster"])  # "EMULATED cluster: N nodes x G ranks, ..."
         if meta.get("emulated_inter_latency_us"):
             lat = meta["emulated_inter_latency_us"]
             lines.append(f"EMULATED inter-node latency: +{lat:g} µs per inter-node message")
@@ -249,7 +249,7 @@ def header_markdown(meta: dict) -> str:
             f"nodes={meta['nodes']}{emu}, device {meta['device']}"
         )
         if meta.get("emulated_cluster"):
-            items.append(f"- EMULATED cluster: {meta['emulated_cluster']}")
+            items.append(f"- {meta['emulated_cluster']}")
         if meta.get("oversubscribed"):
             items.append(f"- **WARNING**: {meta['ranks_per_host']} ranks on {meta['cores']} cores (busy-polling MPI)")
     items.append("- " + ", ".join(f"{k} {val}" for k, val in v.items()))

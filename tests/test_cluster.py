@@ -107,7 +107,7 @@ def test_every_algorithm_correct_and_shaped_link_slower(tmp_path):
     args += ["-f", "4", "-n", "3", "--rounds", "1", "--validate", "--sizes", "64K", "--json", str(out)]
     result = run_cluster(args)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "EMULATED cluster: 2 nodes x 2 ranks" in result.stdout
+    assert "EMULATED cluster: 2 nodes x 2 ranks" in result.stdout and "EMULATED cluster: EMULATED" not in result.stdout
     data = json.loads(out.read_text())
     assert len(data["meta"]["hosts"]) == 2 and data["meta"]["G"] == 2  # nodes found from per-namespace hostnames
     checked = [r for r in data["rows"] if r["kind"] == "validate"]
@@ -124,6 +124,20 @@ def test_every_algorithm_correct_and_shaped_link_slower(tmp_path):
     assert pairs[("inter", 1 << 20)] > 3 * pairs[("intra", 1 << 20)]
     assert data["meta"]["profile"]["inter"]["bw_gbs"] < 0.04  # 200 Mbit/s = 0.025 GB/s
     assert not leftovers(data["meta"]["emulated_cluster_id"])
+
+
+@needs_root
+def test_moe_layer_runs_unchanged_across_the_cluster(tmp_path):
+    """The full MoE forward (gate, dispatch, experts, combine) across 2 namespaces: every row checked."""
+    out = tmp_path / "moe.json"
+    args = ["--timeout", "140", "moe", "--model", "mixtral-8x7b-tiny", "--batch", "8", "--tp", "2", "-n", "1"]
+    result = run_cluster([*args, "-w", "0", "--algos", "flat,hierarchical,coordinated", "--json", str(out)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["emulated_cluster"].startswith("EMULATED cluster: 2 nodes x 2 ranks")
+    checked = [r for r in data["rows"] if r["correct"] is not None]
+    assert {r["algo"] for r in checked} >= {"flat", "hierarchical", "coordinated"}
+    assert all(r["correct"] for r in checked)
 
 
 # ------------------------------------------------------------------------------ cleanup
