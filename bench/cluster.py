@@ -19,11 +19,12 @@ The kernel here has no netem, so --inter-latency is added in user space by the c
 
 MPI: the pip MPICH (UCX) would use shared memory between namespaces, so ranks run with
 MPIR_CVAR_NOLOCAL=1 UCX_TLS=tcp,self, and each node has its own UTS hostname so the communicator
-groups ranks by node from hostnames. Before the benchmark a probe sends 1 MiB from every rank to
-the next node and reads the links' byte counters: an MPI that cannot start across the namespaces,
-or (for the mpi backend) whose bytes do not cross the shaped links, stops the run with one line
-saying so. torch backend: gloo over TCP with GLOO_SOCKET_IFNAME=eth0;
-each namespace's /etc/hosts (ip netns exec bind-mounts /etc/netns/<ns>/hosts) names every node.
+groups ranks by node from hostnames. Before the benchmark a probe sends 1 MiB (less on uplinks
+slower than ~8 Mbit/s) from every rank to the next node and reads the links' byte counters: an
+MPI that cannot start across the namespaces, or (for the mpi backend) whose bytes do not cross the
+shaped links, stops the run with one line saying so. torch backend: gloo over TCP with
+GLOO_SOCKET_IFNAME=eth0; each namespace's /etc/hosts (ip netns exec bind-mounts
+/etc/netns/<ns>/hosts) names every node.
 
 Cleanup: namespaces, links, /etc/netns entries and every process inside the namespaces are removed
 on exit, on Ctrl-C / SIGTERM / SIGHUP, after a failed rank and after --timeout. mpiexec gets
@@ -373,8 +374,16 @@ def launch_command(layout: Layout, G: int, bench_args: list[str], python_args: l
 
 # ------------------------------------------------------------------------------ MPI probe
 
-PROBE_BYTES = 1 << 20  # each rank sends this much to the next node before the benchmark starts
-PROBE_TIMEOUT_S = 90.0
+PROBE_BYTES = 1 << 20  # each rank sends up to this much to the next node before the benchmark starts
+PROBE_SECONDS = 2.0  # ... or what the node's shaped uplink carries in this time, if less (at least 4 KiB)
+PROBE_TIMEOUT_S = 90.0  # a probe still unfinished after this: MPI cannot talk across the namespaces
+
+
+def probe_bytes(rate_bits: int | None, G: int) -> int:
+    """Bytes each rank sends in the probe: 1 MiB, less on slow uplinks so the probe stays ~2 s."""
+    if not rate_bits:
+        return PROBE_BYTES
+    return int(min(PROBE_BYTES, max(4096, rate_bits / 8 * PROBE_SECONDS / G)))
 
 
 def probe_rank(nbytes: int, G: int) -> None:
@@ -421,13 +430,13 @@ def mpi_version_line() -> str:
         return "MPI"
 
 
-def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str) -> None:
+def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str, nbytes: int = PROBE_BYTES) -> None:
     """Before the benchmark: MPI must start across the namespaces and, for the mpi backend, carry the
     inter-node messages over TCP through the shaped links. ClusterError (one line) where it cannot."""
     if layout.nodes < 2:
         return
     code = "import sys; from bench.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
-    python_args = ["-c", code, str(PROBE_BYTES), str(G)]
+    python_args = ["-c", code, str(nbytes), str(G)]
     before = uplink_bytes(layout)
     proc = subprocess.Popen(launch_command(layout, G, [], python_args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
@@ -437,7 +446,7 @@ def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str) -> None
     except subprocess.TimeoutExpired:
         _stop(proc)
         raise ClusterError(
-            f"{mpi_version_line()} did not finish a {PROBE_BYTES >> 20} MiB exchange between the namespaces "
+            f"{mpi_version_line()} did not finish a {nbytes:,}-byte exchange between the namespaces "
             f"in {PROBE_TIMEOUT_S:g} s: it cannot use TCP between them here"
         ) from None
     if proc.returncode != 0:
@@ -446,9 +455,9 @@ def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str) -> None
             f"{mpi_version_line()} could not run across the namespaces (it cannot use TCP between them here): {last}"
         )
     crossed = [a - b for a, b in zip(uplink_bytes(layout), before)]
-    if backend == "mpi" and min(crossed) < G * PROBE_BYTES:
+    if backend == "mpi" and min(crossed) < G * nbytes:
         raise ClusterError(
-            f"{mpi_version_line()} sent {min(crossed):,} of its {G * PROBE_BYTES:,} probe bytes per node over "
+            f"{mpi_version_line()} sent {min(crossed):,} of its {G * nbytes:,} probe bytes per node over "
             "the shaped links: it does not use TCP between the namespaces (shared memory?), so the mpi backend "
             "cannot measure this cluster; run the benchmark with --backend torch (gloo over TCP)"
         )
@@ -495,7 +504,7 @@ def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None
             flush=True,
         )
         env = rank_env(description, latency_us, layout.rid, mpi_transport)
-        probe_mpi(layout, G, env, benchmark_backend(bench_args))
+        probe_mpi(layout, G, env, benchmark_backend(bench_args), probe_bytes(rate_bits, G))
         proc = subprocess.Popen(launch_command(layout, G, bench_args), env=env, start_new_session=True,
                                 preexec_fn=_die_with_parent)  # fmt: skip
         try:

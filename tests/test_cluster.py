@@ -258,6 +258,14 @@ def test_bad_cluster_arguments(capsys, args, expected):
     assert len(err) == 1 and expected in err[0], err
 
 
+def test_probe_shrinks_on_slow_uplinks():
+    """1 MiB per rank at 1 Gbit/s; on a 1 Mbit/s uplink shared by 2 ranks what it carries in ~2 s; never < 4 KiB."""
+    assert cluster.probe_bytes(cluster.parse_rate("1gbit"), 2) == 1 << 20
+    assert cluster.probe_bytes(None, 2) == 1 << 20
+    assert cluster.probe_bytes(cluster.parse_rate("1mbit"), 2) == 125_000
+    assert cluster.probe_bytes(cluster.parse_rate("8kbit"), 4) == 4096
+
+
 def test_rates_and_latencies_parse():
     assert cluster.parse_rate("2gbit") == 2_000_000_000
     assert cluster.parse_rate("100mbps") == 800_000_000
