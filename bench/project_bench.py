@@ -468,12 +468,14 @@ COORD_CAPTION = (
 
 def profile_text(profile: Profile) -> list[str]:
     lines = [f"profile {profile.name}: G={profile.ranks_per_node}, {profile.nics_per_node} NIC(s) per node"]
-    for cls in ("intra", "intra_coll", "inter", "inter_coll", "copy"):
+    for cls in ("intra", "intra_coll", "inter", "inter_coll", "copy", "self_coll"):
         link = getattr(profile, cls)
         if link is not None:
             lines.append(
                 f"  {cls:10s} alpha {link.alpha_us:8.1f} µs  bw {link.bw_gbs:9.3f} GB/s  gap {link.gap_us:5.2f} µs"
             )
+    if profile.self_coll is None:
+        lines.append("  self_coll  (the library's copy of a rank's own chunk) priced as copy")
     lines.append(f"  source: {profile.source}")
     return lines
 
