@@ -30,7 +30,6 @@ import torch
 
 from bench import costmodel, report, timing
 from bench.cli import add_launch_arguments, check_launch_arguments, open_comm, size_arg, str_list
-from bench.cluster import cluster_meta
 from bench.collectives_bench import (
     count_wrong,
     expected_recv,
@@ -593,7 +592,7 @@ def run(args) -> int:
     comm = open_comm(args.backend, args.ranks_per_node, args.tp)
     if args.check_schedules:
         return check_schedules(comm, args)
-    meta = {**report.base_meta("calibrate", sys.argv), **report.comm_meta(comm), **cluster_meta()}
+    meta = {**report.base_meta("calibrate", sys.argv), **report.comm_meta(comm)}  # comm_meta names the cluster
     meta.update(iters=args.iters, warmup=args.warmup_iters, rounds=args.rounds, skew=args.skew, tag=args.tag)
     topo, lead = comm.topology, comm.rank == 0
     if lead:

@@ -423,6 +423,9 @@ def benchmark_backend(bench_args: list[str]) -> str:
 
 def mpi_version_line() -> str:
     try:
+        import mpi4py
+
+        mpi4py.rc.initialize = mpi4py.rc.finalize = False  # this process is no rank: read the version only
         from mpi4py import MPI
 
         return " ".join(MPI.Get_library_version().splitlines()[0].split())
