@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 MPIEXEC := $(VENV)/bin/mpiexec
+MOEBENCH := $(VENV)/bin/moebench
 STAMP := $(VENV)/.installed
 # One thread per MPI rank (ranks busy-poll on 2 cores); the single-process kernel benchmark keeps torch's default.
 RANK_ENV := env OMP_NUM_THREADS=1
@@ -28,29 +29,29 @@ test: install lint
 # The main job: every benchmark, quick, at 2 ranks (one per core: honest timing) and at 4 ranks
 # (2 per node, TP=2: the topology shapes and large-size ratios); results under results/<machine>/.
 bench: bench-collectives bench-kernels bench-moe
-	$(PY) -m bench report
+	$(MOEBENCH) report
 
 bench-collectives: install
-	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench collectives -b 1K -e 16M -f 4 -n 20 -w 5 --save --tag p2
-	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench collectives -b 16K -e 16M -f 4 -n 10 -w 3 \
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) collectives -b 1K -e 16M -f 4 -n 20 -w 5 --save --tag p2
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) collectives -b 16K -e 16M -f 4 -n 10 -w 3 \
 		--ranks-per-node 2 --tp 2 --save --tag p4-g2-tp2
 
 bench-kernels: install
-	$(PY) -m bench kernels --model mixtral-8x7b-tiny --tokens 1,16,128,1024,4096 --skew uniform \
+	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --tokens 1,16,128,1024,4096 --skew uniform \
 		--capacity-factor none,2.0 -n 10 -w 2 --save --tag mixtral-uniform
-	$(PY) -m bench kernels --model mixtral-8x7b-tiny --tokens 4096 --skew zipf:1.2 --capacity-factor none,2.0 \
+	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --tokens 4096 --skew zipf:1.2 --capacity-factor none,2.0 \
 		-n 10 -w 2 --save --tag mixtral-zipf1.2
-	$(PY) -m bench kernels --model deepseek-v3-tiny --tokens 128 --skew uniform --capacity-factor 1.0,2.0 \
+	$(MOEBENCH) kernels --model deepseek-v3-tiny --tokens 128 --skew uniform --capacity-factor 1.0,2.0 \
 		-n 10 -w 2 --save --tag deepseek-t128
 
 bench-moe: install
-	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
 		-n 10 -w 3 --save --tag p2
-	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
 		--ranks-per-node 2 --tp 2 -n 5 -w 2 --save --tag p4-g2-tp2
 
 report: install
-	$(PY) -m bench report
+	$(MOEBENCH) report
 
 gpu-check: install
 	bash scripts/gpu_check.sh
@@ -64,7 +65,7 @@ clean:
 # message, 4x1, and plain one-host runs), then projections to 1..256 nodes of 8-GPU nodes; results under
 # $(TOPO_DIR). One rank busy-polls per core: timings move with other load, so each point is spread over rounds.
 TOPO_DIR ?= results/cpu-$(shell nproc)core
-CLUSTER := $(PY) -m bench cluster --timeout 1500
+CLUSTER := $(MOEBENCH) cluster --timeout 1500
 VALIDATE := --validate -n 30 --rounds 10
 .PHONY: bench-topology
 bench-topology: install
@@ -79,11 +80,11 @@ bench-topology: install
 		--save --tag cluster-2x2
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1,8,128,1024 \
 		--tp 2 -n 5 -w 2 --save --tag cluster-2x2
-	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench calibrate --ranks-per-node 1 $(VALIDATE) --save --tag host-p2
-	$(RANK_ENV) $(MPIEXEC) -n 4 $(PY) -m bench calibrate --ranks-per-node 2 --tp 2 $(VALIDATE) --save --tag host-p4-g2
-	$(RANK_ENV) $(MPIEXEC) -n 2 $(PY) -m bench calibrate --backend torch --ranks-per-node 1 $(VALIDATE) \
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) calibrate --ranks-per-node 1 $(VALIDATE) --save --tag host-p2
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) calibrate --ranks-per-node 2 --tp 2 $(VALIDATE) --save --tag host-p4-g2
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) calibrate --backend torch --ranks-per-node 1 $(VALIDATE) \
 		--save --tag host-p2-torch
-	$(PY) -m bench project --profile h100-8gpu,h200-8gpu,a100-8gpu --nodes 1,2,4,8,16,32,64,128,256 \
+	$(MOEBENCH) project --profile h100-8gpu,h200-8gpu,a100-8gpu --nodes 1,2,4,8,16,32,64,128,256 \
 		--save --tag gpu-8x
-	$(PY) -m bench project --profile $(TOPO_DIR)/profile-cluster-2x2-lat1ms.json --nodes 1,2,4,8,16,32,64 \
+	$(MOEBENCH) project --profile $(TOPO_DIR)/profile-cluster-2x2-lat1ms.json --nodes 1,2,4,8,16,32,64 \
 		--sizes 4K,32K,256K,1M,4M --tp 2 --save --tag emulated-lat1ms

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from bench import costmodel, report, timing
-from bench.cli import add_launch_arguments, check_launch_arguments, open_comm, size_arg, str_list
-from bench.collectives_bench import (
+from moebench.bench import costmodel, report, timing
+from moebench.bench.cli import add_launch_arguments, check_launch_arguments, open_comm, size_arg, str_list
+from moebench.bench.collectives_bench import (
     count_wrong,
     expected_recv,
     parse_skew,
@@ -39,7 +38,7 @@ from bench.collectives_bench import (
     sizes_between,
     split_matrix,
 )
-from collectives.exchange import transpose_chunks
+from moebench.collectives.exchange import transpose_chunks
 
 EXCHANGES = ("flat", "hierarchical", "native")
 ALGO_CHOICES = (*EXCHANGES, "coordinated")
@@ -382,7 +381,7 @@ def checked_case(comm, row: dict, fn, check, schedule) -> Case:
 
 def validation_cases(comm, args, size: int, skew: float) -> list[Case]:
     """Every selected exchange and dispatch/combine pair at one size, each checked once; timed later."""
-    from collectives import ALGORITHMS, DISPATCH_COMBINE
+    from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 
     topo, P, me = comm.topology, comm.world_size, comm.rank
     N, H = row_shape(size, ELEM, P, args.hidden)
@@ -445,7 +444,7 @@ def hierarchical_verdicts(rows: list[dict]) -> list[str]:
 
 def check_schedules(comm, args) -> int:
     """Every algorithm on a skewed split matrix with empty chunks: model traffic per rank == counted traffic."""
-    from collectives import ALGORITHMS, DISPATCH_COMBINE
+    from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 
     topo, P, me, L = comm.topology, comm.world_size, comm.rank, comm.tp.size
     rng = np.random.default_rng(args.seed)

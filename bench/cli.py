@@ -15,13 +15,13 @@ import sys
 import time
 
 SUBCOMMANDS = {
-    "collectives": "bench.collectives_bench",
-    "cluster": "bench.cluster",
-    "calibrate": "bench.calibrate_bench",
-    "project": "bench.project_bench",
-    "kernels": "bench.kernels_bench",
-    "moe": "bench.moe_bench",
-    "report": "bench.report_cli",
+    "collectives": "moebench.bench.collectives_bench",
+    "cluster": "moebench.bench.cluster",
+    "calibrate": "moebench.bench.calibrate_bench",
+    "project": "moebench.bench.project_bench",
+    "kernels": "moebench.bench.kernels_bench",
+    "moe": "moebench.bench.moe_bench",
+    "report": "moebench.bench.report_cli",
 }
 
 _active_comm = None
@@ -64,7 +64,7 @@ def check_launch_arguments(args) -> None:
 def open_comm(backend: str, ranks_per_node: int | None, tp: int):
     """init_comm, remembered so a failure anywhere can abort the whole job."""
     global _active_comm
-    from collectives import init_comm
+    from moebench.collectives import init_comm
 
     _active_comm = init_comm(backend, ranks_per_node=ranks_per_node, tp=tp)
     return _active_comm
@@ -101,7 +101,7 @@ def str_list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m bench", description="moebench: MoE communication and kernel benchmarks")
+    parser = _Parser(prog="moebench", description="moebench: MoE communication and kernel benchmarks")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
@@ -125,7 +125,7 @@ def _fail(message: str, status: int, rank: int, print_here: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m bench ...: parse, run the subcommand, apply the error policy."""
+    """python -m moebench ...: parse, run the subcommand, apply the error policy."""
 
     def body() -> int:
         args = build_parser().parse_args(argv)

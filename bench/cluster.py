@@ -2,10 +2,10 @@
 
 N = nodes, G = ranks per node, P = N * G ranks.
 
-    python -m bench cluster --nodes 2 --ranks-per-node 2 --inter-bw 1gbit [--inter-latency 20us] \\
+    python -m moebench cluster --nodes 2 --ranks-per-node 2 --inter-bw 1gbit [--inter-latency 20us] \\
         collectives -b 64K -e 4M --tp 2
 
-builds N virtual nodes and runs `python -m bench <benchmark args>` across them under the venv's
+builds N virtual nodes and runs `python -m moebench <benchmark args>` across them under the venv's
 mpiexec, node i's G ranks inside namespace i:
 
     node i = namespace <prefix>-n<i>, hostname <prefix>-node<i>, eth0 = 10.77.x.y/16
@@ -276,7 +276,7 @@ def run_alive(rid: str) -> bool:
         cmdline = Path(f"/proc/{owner_pid(rid)}/cmdline").read_bytes().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, ValueError):
         return False
-    return b"cluster" in cmdline and any(b"bench" in arg for arg in cmdline)
+    return b"cluster" in cmdline and any(b"moebench" in arg for arg in cmdline)
 
 
 def netns_pids(ns: str) -> list[int]:
@@ -361,14 +361,14 @@ def rank_env(description: str, latency_us: float, rid: str = "", mpi_transport: 
 def launch_command(layout: Layout, G: int, bench_args: list[str], python_args: list[str] | None = None) -> list[str]:
     """mpiexec with one MPMD section per node: `-n G ip netns exec NS unshare --uts sh -c ...`.
 
-    Each rank runs `python -m bench <bench_args>` (or `python <python_args>` where given: the probe)."""
+    Each rank runs `python -m moebench <bench_args>` (or `python <python_args>` where given: the probe)."""
     cmd = [mpiexec_path()]
     for i in range(layout.nodes):
         if i:
             cmd.append(":")
         enter = f'hostname {layout.hostname(i)} && exec "$@"'
         cmd += ["-n", str(G), "ip", "netns", "exec", layout.netns(i), "unshare", "--uts", "sh", "-c", enter, "sh"]
-        cmd += [sys.executable, *(python_args or ["-m", "bench", *bench_args])]
+        cmd += [sys.executable, *(python_args or ["-m", "moebench", *bench_args])]
     return cmd
 
 
@@ -438,7 +438,7 @@ def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str, nbytes:
     inter-node messages over TCP through the shaped links. ClusterError (one line) where it cannot."""
     if layout.nodes < 2:
         return
-    code = "import sys; from bench.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
+    code = "import sys; from moebench.bench.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
     python_args = ["-c", code, str(nbytes), str(G)]
     before = uplink_bytes(layout)
     proc = subprocess.Popen(launch_command(layout, G, [], python_args), env=env, stdout=subprocess.PIPE,
@@ -489,7 +489,7 @@ def _stop(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
 
 def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None, shaper: str, latency_us: float,
                 timeout_s: float | None, mpi_transport: str = "tcp") -> int:  # fmt: skip
-    """Build the cluster, run `python -m bench <bench_args>` across it, tear it down. Returns mpiexec's status."""
+    """Build the cluster, run `python -m moebench <bench_args>` across it, tear it down. Returns mpiexec's status."""
     check_host()
     stale = remove_stale()
     if stale:

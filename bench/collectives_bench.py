@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from bench import report, timing
-from bench.cli import add_launch_arguments, check_launch_arguments, launch_size, open_comm, size_arg, str_list
+from moebench.bench import report, timing
+from moebench.bench.cli import add_launch_arguments, check_launch_arguments, launch_size, open_comm, size_arg, str_list
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXCHANGES = ("flat", "hierarchical", "native")
@@ -190,7 +189,7 @@ def bandwidth(logical_bytes: int, time_us: float, P: int) -> dict:
 
 
 def exchange_rows(comm, cfg: Config, args, size: int) -> list[dict]:
-    from collectives import ALGORITHMS
+    from moebench.collectives import ALGORITHMS
 
     P, me, dt = comm.world_size, comm.rank, cfg.dtype
     N, H = row_shape(size, torch.finfo(dt).bits // 8, P, args.hidden)
@@ -235,7 +234,7 @@ def host_copy_row(comm, send: torch.Tensor, args, size: int) -> dict:
 
 def roundtrip_rows(comm, cfg: Config, args, size: int) -> list[dict]:
     """plain-rt:<inner> vs coordinated:<inner> on rows duplicated across each TP group."""
-    from collectives import DISPATCH_COMBINE
+    from moebench.collectives import DISPATCH_COMBINE
 
     P, me, dt, L = comm.world_size, comm.rank, cfg.dtype, comm.tp.size
     N, H = row_shape(size, torch.finfo(dt).bits // 8, P, args.hidden)

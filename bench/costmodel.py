@@ -37,8 +37,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-
-from collectives.topology import Topology
+from moebench.collectives.topology import Topology
 
 COUNT_BYTES = 8  # one int64 split count
 CLASSES = ("intra", "inter", "copy")

@@ -1,5 +1,5 @@
 # T = tokens, E = experts, H = hidden, I = expert FFN, k = active
-"""`python -m bench kernels`: the expert kernels side by side on one device, with reference rows.
+"""`python -m moebench kernels`: the expert kernels side by side on one device, with reference rows.
 
 For each token count: one forced routing (--skew), then
 - `dense`: one GEMM chain (gate, up, SwiGLU, down) on T*k rows with a single expert's weights, into
@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
-from bench import workloads
-from bench.timing import measure, stats
+from moebench.bench import workloads
+from moebench.bench.timing import measure, stats
 
 KERNEL_NAMES = ("padded", "dynamic", "block_sparse")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,7 +34,7 @@ COLUMNS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `python -m bench kernels`."""
+    """Flags of `python -m moebench kernels`."""
     parser.add_argument("--model", default="mixtral-8x7b-tiny", help="preset (DESIGN.md §4) or its -tiny variant")
     parser.add_argument("--tokens", default="1,16,128,1024,4096", help="comma-separated token counts T")
     parser.add_argument("--kernels", default=",".join(KERNEL_NAMES), help="comma-separated expert kernels")
@@ -130,7 +129,7 @@ def _import_kernels(config: Config):
         if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("--impl triton on CPU runs in the Triton interpreter: set TRITON_INTERPRET=1 in the env")
         os.environ["TRITON_INTERPRET"] = "1"
-    import kernels
+    from moebench import kernels
 
     return kernels
 
@@ -333,7 +332,7 @@ def _title(config: Config) -> str:
 
 
 def _caption(config: Config) -> str:
-    from bench.report import CONVENTIONS
+    from moebench.bench.report import CONVENTIONS
 
     threads = f"{torch.get_num_threads()} torch threads" if config.device.type == "cpu" else "CUDA events"
     act = "" if config.preset.act == "swiglu" else f" (this preset's original expert is {config.preset.act})"
@@ -353,7 +352,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and summary, write --json / --save; returns the exit code."""
     config = parse_config(args)
     kernels = _import_kernels(config)
-    from bench import report
+    from moebench.bench import report
 
     rows = []
     for T in config.tokens:

@@ -25,11 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from bench.workloads import Preset, make_expert_weights, sample_topk
-from collectives import DISPATCH_COMBINE
-from kernels import EXPERT_KERNELS, reference, route, routing_from_topk
-from kernels.common import KernelStats
+from moebench.bench.workloads import Preset, make_expert_weights, sample_topk
+from moebench.collectives import DISPATCH_COMBINE
+from moebench.kernels import EXPERT_KERNELS, reference, route, routing_from_topk
+from moebench.kernels.common import KernelStats
 
 PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
 ID_BYTES = 8  # a local expert id (int64) travels at the end of each packed row

@@ -1,7 +1,7 @@
 # T = tokens per rank, E = experts, H = hidden, k = active, P = ranks, L = TP degree
 """MoE layer benchmark: every algorithm x kernel x batch, phase by phase, each checked against a reference.
 
-Run under `mpiexec -n P python -m bench moe ...` or `torchrun --nproc_per_node P -m bench moe --backend torch`.
+Run under `mpiexec -n P python -m moebench moe ...` or `torchrun --nproc_per_node P -m moebench moe --backend torch`.
 Per configuration: median time per phase (gate, permute, dispatch, experts, combine, unpermute; each
 the slowest rank's), total median and p99, tokens/s, load imbalance (max/mean rows per rank and per
 expert), padding waste, dropped %, peak memory, and the relative error against a single-process
@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from moebench.bench import moe, report, timing
+from moebench.bench.cli import add_launch_arguments, check_launch_arguments, int_list, launch_size, open_comm, str_list
+from moebench.bench.workloads import get_preset, make_tokens, parse_skew
+from moebench.kernels import EXPERT_KERNELS
 from rich.progress import Progress
-
-from bench import moe, report, timing
-from bench.cli import add_launch_arguments, check_launch_arguments, int_list, launch_size, open_comm, str_list
-from bench.workloads import get_preset, make_tokens, parse_skew
-from kernels import EXPERT_KERNELS
 
 ALGOS = ("flat", "hierarchical", "native", "coordinated")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -2,14 +2,14 @@
 
 P = GPUs (ranks), G = GPUs per node, N = nodes, L = TP degree, S = bytes each rank sends (own chunk included).
 
-    python -m bench project --profile h100-8gpu --nodes 1,2,4,8,16,32,64,128,256
+    python -m moebench project --profile h100-8gpu --nodes 1,2,4,8,16,32,64,128,256
 
 For each profile, node count and S (uniform all-to-all, bench/costmodel.py schedules): predicted
 time and busbw of flat (our pairwise exchange: P - 1 blocking steps), hierarchical and native
 (the library's all-to-all, i.e. NCCL's flat all-to-all on GPUs); the crossover where hierarchical
 overtakes each; the saving of coordinated dispatch+combine over the plain round trip for TP
 2/4/8; and the model beside the field's numbers (DESIGN.md §5), saying where they agree and not.
-A profile is a built-in name (`--list-profiles`) or a JSON file from `python -m bench calibrate`.
+A profile is a built-in name (`--list-profiles`) or a JSON file from `python -m moebench calibrate`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from bench import costmodel, report
-from bench.calibrate_bench import load_profile
-from bench.cli import int_list, size_arg, str_list
-from bench.costmodel import Link, Profile
-from collectives.topology import Topology
+from moebench.bench import costmodel, report
+from moebench.bench.calibrate_bench import load_profile
+from moebench.bench.cli import int_list, size_arg, str_list
+from moebench.bench.costmodel import Link, Profile
+from moebench.collectives.topology import Topology
 
 ALGOS = ("flat", "hierarchical", "native")
 INNERS = ("native", "hierarchical")  # the exchanges a coordinated dispatch would run over at scale

@@ -180,8 +180,8 @@ def load_json(path: Path) -> dict:
 
 def comm_meta(comm) -> dict:
     """The run's topology facts: backend, P, G, L, nodes, device, ranks per host vs cores, GPUs."""
-    from bench.cluster import cluster_meta
-    from collectives.topology import gpu_info
+    from moebench.bench.cluster import cluster_meta
+    from moebench.collectives.topology import gpu_info
 
     hosts = comm.allgather_object(socket.gethostname())
     ranks_here = hosts.count(socket.gethostname())

@@ -1,6 +1,6 @@
 """Render stored results: tables and plots from result JSON files, without rerunning anything.
 
-python -m bench report [PATH ...]: each PATH a result JSON or a folder (default: results/). From a
+python -m moebench report [PATH ...]: each PATH a result JSON or a folder (default: results/). From a
 folder the newest JSON of each benchmark and tag is taken. Plots (PNG) are written beside each JSON:
 collectives -> busbw vs size per algorithm; kernels -> time vs tokens per kernel; moe -> latency vs
 batch per configuration and stacked phase bars at the smallest and largest batch.
@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from bench import report
+from moebench.bench import report
 
 STAMP = re.compile(r"-\d{8}-\d{6}$")
 
@@ -51,7 +51,7 @@ def resolve(paths: list[str]) -> list[Path]:
 
 def render_table(data: dict, path: Path) -> None:
     """Print the stored rows with the benchmark's own columns (a generic table for others)."""
-    from bench import collectives_bench, kernels_bench, moe_bench
+    from moebench.bench import collectives_bench, kernels_bench, moe_bench
 
     meta, rows = data["meta"], data["rows"]
     title = f"{path}  ({meta['benchmark']}, {meta.get('time', '?')}, {meta.get('host', '?')})"
@@ -119,7 +119,7 @@ def plot_kernels(rows: list[dict], base: Path) -> list[Path]:
 
 
 def plot_moe(rows: list[dict], base: Path) -> list[Path]:
-    from bench.moe import PHASES
+    from moebench.bench.moe import PHASES
 
     plt = _pyplot()
 

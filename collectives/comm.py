@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from collectives.topology import Topology, from_hostnames
+from moebench.collectives.topology import Topology, from_hostnames
 
 BACKENDS = ("mpi", "torch")
 MPI_LAUNCHER_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")

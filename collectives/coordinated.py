@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from collectives.exchange import Algorithm, Plan, transpose_chunks, validate_splits
+from moebench.collectives.exchange import Algorithm, Plan, transpose_chunks, validate_splits
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ def my_slice(send: torch.Tensor, parts: np.ndarray, t: int) -> torch.Tensor:
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
     """send [N, H] (same on every TP rank), send_splits (P counts) -> recv [M, H], recv_splits, handle."""
-    from collectives import ALGORITHMS
+    from moebench.collectives import ALGORITHMS
 
     algorithm = ALGORITHMS[inner]
     parts = split_parts(validate_splits(comm, send, send_splits), comm.tp.size)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from collectives.exchange import Algorithm, Plan, offsets
+from moebench.collectives.exchange import Algorithm, Plan, offsets
 
 
 def pairwise(group, send: torch.Tensor, send_splits, recv_splits) -> torch.Tensor:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from collectives.exchange import Algorithm, Plan, transpose_chunks
+from moebench.collectives.exchange import Algorithm, Plan, transpose_chunks
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,8 @@ P = world size, H = elements per row.
 from __future__ import annotations
 
 import torch
-
-from collectives import flat
-from collectives.exchange import Algorithm, Plan
+from moebench.collectives import flat
+from moebench.collectives.exchange import Algorithm, Plan
 
 
 def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:

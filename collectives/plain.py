@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
-from collectives.exchange import Algorithm, Plan, validate_splits
+from moebench.collectives.exchange import Algorithm, Plan, validate_splits
 
 
 @dataclass(frozen=True)
@@ -22,7 +21,7 @@ class Handle:
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
     """send [N, H] (rows for rank 0 first), send_splits (P counts) -> recv [M, H], recv_splits (P counts), handle."""
-    from collectives import ALGORITHMS
+    from moebench.collectives import ALGORITHMS
 
     algorithm = ALGORITHMS[inner]
     plan = algorithm.plan(comm, validate_splits(comm, send, send_splits))

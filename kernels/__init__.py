@@ -1,6 +1,6 @@
 """Expert kernels: routing metadata and three ways to run a token's top-k SwiGLU experts.
 
-    from kernels import EXPERT_KERNELS, route, reference
+    from moebench.kernels import EXPERT_KERNELS, route, reference
 
     routing = route(logits_TE, k, capacity_factor=None)        # or routing_from_topk(ids, weights, E)
     y_TH, stats = EXPERT_KERNELS["dynamic"](x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl="torch")
@@ -17,12 +17,12 @@ Rows that arrive already grouped (after an all-to-all), each with one expert and
 no separate entry point.
 """
 
-from kernels import reference
-from kernels.block_sparse import block_sparse_experts
-from kernels.common import KernelStats
-from kernels.dynamic import dynamic_experts
-from kernels.padded import padded_experts
-from kernels.routing import DEFAULT_BLOCK_SIZE, Routing, capacity_for, route, routing_from_topk, topk_softmax
+from moebench.kernels import reference
+from moebench.kernels.block_sparse import block_sparse_experts
+from moebench.kernels.common import KernelStats
+from moebench.kernels.dynamic import dynamic_experts
+from moebench.kernels.padded import padded_experts
+from moebench.kernels.routing import DEFAULT_BLOCK_SIZE, Routing, capacity_for, route, routing_from_topk, topk_softmax
 
 EXPERT_KERNELS = {
     "padded": padded_experts,

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from kernels.routing import IMPLS, Routing
-from kernels.triton_utils import require_triton
+from moebench.kernels.routing import IMPLS, Routing
+from moebench.kernels.triton_utils import require_triton
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 FLOPS_PER_ROW = 6  # SwiGLU: 2*H*I each for gate, up and down (DESIGN.md §3)

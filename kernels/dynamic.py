@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
-from kernels.routing import Routing
-from kernels.triton_utils import triton_flags
+from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
+from moebench.kernels.routing import Routing
+from moebench.kernels.triton_utils import triton_flags
 
 
 @triton.jit

@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-
-from kernels.common import KernelStats, MemoryMeter, check_inputs, combine
-from kernels.routing import Routing
-from kernels.triton_utils import triton_flags
+from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine
+from moebench.kernels.routing import Routing
+from moebench.kernels.triton_utils import triton_flags
 
 BLOCK_M = 64
 

@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import torch
-
-from kernels.routing import Routing
+from moebench.kernels.routing import Routing
 
 
 def swiglu_expert(x_H: torch.Tensor, w_gate_HI: torch.Tensor, w_up_HI: torch.Tensor, w_down_IH: torch.Tensor):

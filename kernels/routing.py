@@ -29,8 +29,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-
-from kernels.triton_utils import require_triton
+from moebench.kernels.triton_utils import require_triton
 
 DEFAULT_BLOCK_SIZE = 64
 DROP_POLICIES = ("position", "weight")

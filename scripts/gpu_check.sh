@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make gpu-check: on a CUDA machine, run the kernel tests on the GPU (Triton compiled, no interpreter) and
-# `python -m bench kernels` at real model shapes; results go under results/<gpu-name>/. Takes < 5 minutes
+# `python -m moebench kernels` at real model shapes; results go under results/<gpu-name>/. Takes < 5 minutes
 # on one H100/H200. On a machine without CUDA it says so in one line and exits 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +22,7 @@ MOEBENCH_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_routing.py tests/test_kernels.py tests/test_kernels_bench.py 2>&1 | tee "$out/gpu-check-tests.log"
 
 echo "== gpu-check on $gpu: kernel benchmark at real model shapes (bf16)"
-bench() { timeout 150 "$PY" -m bench kernels -n 20 -w 5 --save "$@"; }
+bench() { timeout 150 "$PY" -m moebench kernels -n 20 -w 5 --save "$@"; }
 for impl in triton torch; do
     bench --model mixtral-8x7b --impl "$impl" --skew uniform --tag "mixtral-8x7b-uniform-$impl"
     bench --model mixtral-8x7b --impl "$impl" --skew zipf:1.2 --tokens 128,4096 --capacity-factor 2.0,none \

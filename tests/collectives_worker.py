@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 import torch
-
-from bench.cli import guarded, open_comm
+from moebench.bench.cli import guarded, open_comm
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32, torch.uint8)
 
@@ -46,7 +45,7 @@ def expected(me: int, splits: np.ndarray, H: int, dtype, trial: int) -> torch.Te
 
 
 def check(comm) -> int:
-    from collectives import ALGORITHMS, DISPATCH_COMBINE
+    from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 
     P, me, L = comm.world_size, comm.rank, comm.tp.size
     failures = 0
@@ -86,7 +85,7 @@ def check(comm) -> int:
 
 
 def bad_splits(comm, mode: str) -> int:
-    from collectives import ALGORITHMS
+    from moebench.collectives import ALGORITHMS
 
     P = comm.world_size
     send = torch.zeros(4, 2)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import sys
 
 import torch
-
-from bench import moe
-from bench.cli import guarded, open_comm
-from bench.moe_bench import rel_error
-from bench.workloads import Preset, make_tokens
-from kernels import EXPERT_KERNELS
+from moebench.bench import moe
+from moebench.bench.cli import guarded, open_comm
+from moebench.bench.moe_bench import rel_error
+from moebench.bench.workloads import Preset, make_tokens
+from moebench.kernels import EXPERT_KERNELS
 
 MICRO = Preset("micro-test", 32, 48, 8, 2, "swiglu", "test shape")
 ALGOS = ("flat", "hierarchical", "native", "coordinated")

@@ -16,14 +16,13 @@ import time
 
 import pytest
 from conftest import REPO
-
-from bench import cli, cluster
+from moebench.bench import cli, cluster
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None,
     reason="the emulated cluster needs root and iproute2 (CI runs as root)",
 )
-CLUSTER = [sys.executable, "-m", "bench", "cluster", "--nodes", "2", "--ranks-per-node", "2"]
+CLUSTER = [sys.executable, "-m", "moebench", "cluster", "--nodes", "2", "--ranks-per-node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # A benchmark that runs far longer than any test waits: something to kill.
 LONG_RUN = ["collectives", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0", "--algos", "native"]

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, mpirun
-
-from collectives.coordinated import split_parts
-from collectives.exchange import transpose_chunks
+from moebench.collectives.coordinated import split_parts
+from moebench.collectives.exchange import transpose_chunks
 
 WORKER = "tests/collectives_worker.py"
 CONFIGS = [(2, 1, 1), (2, 2, 2), (2, 1, 2), (4, 1, 1), (4, 2, 2), (4, 4, 1), (4, 2, 1), (4, 1, 2)]

@@ -12,12 +12,11 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, mpirun
-
-from bench import costmodel
-from bench.calibrate_bench import load_profile
-from bench.costmodel import Link, Profile
-from bench.project_bench import BUILTIN, crossovers, exchange_time
-from collectives.topology import Topology
+from moebench.bench import costmodel
+from moebench.bench.calibrate_bench import load_profile
+from moebench.bench.costmodel import Link, Profile
+from moebench.bench.project_bench import BUILTIN, crossovers, exchange_time
+from moebench.collectives.topology import Topology
 
 PROFILE = Profile("test", Link(10, 100), Link(20, 10, gap_us=1.0), Link(1, 1000), ranks_per_node=2, nics_per_node=1)
 
@@ -28,7 +27,7 @@ PROFILE = Profile("test", Link(10, 100), Link(20, 10, gap_us=1.0), Link(1, 1000)
 @pytest.mark.parametrize(("backend", "G", "L"), [("mpi", 2, 2), ("torch", 1, 4)])
 def test_schedules_match_counted_traffic(mpiexec_available, backend, G, L):
     """Every exchange and dispatch/combine pair, skewed splits with empty chunks: model == comm.traffic per rank."""
-    args = ["-m", "bench", "calibrate", "--check-schedules", "--backend", backend, "--ranks-per-node", str(G)]
+    args = ["-m", "moebench", "calibrate", "--check-schedules", "--backend", backend, "--ranks-per-node", str(G)]
     result = mpirun(4, [*args, "--tp", str(L)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"schedules checked P=4 G={G} L={L} {backend}: 9 cases, 0 mismatches" in result.stdout
@@ -172,7 +171,7 @@ def test_projection_matches_nccl_plateau_and_names_a_crossover():
 
 def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
     out = tmp_path / "p.json"
-    cmd = [sys.executable, "-m", "bench", "project", "--nodes", "1,2", "--sizes", "1M", "--json", str(out)]
+    cmd = [sys.executable, "-m", "moebench", "project", "--nodes", "1,2", "--sizes", "1M", "--json", str(out)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["rows"]
@@ -188,7 +187,7 @@ def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
 
 def test_calibrate_on_one_host_writes_predicted_and_measured(mpiexec_available, tmp_path):
     out, prof = tmp_path / "cal.json", tmp_path / "profile.json"
-    args = ["-m", "bench", "calibrate", "--ranks-per-node", "1", "-b", "4K", "-e", "64K", "-n", "3", "--rounds", "1"]
+    args = ["-m", "moebench", "calibrate", "--ranks-per-node", "1", "-b", "4K", "-e", "64K", "-n", "3", "--rounds", "1"]
     args += ["--validate", "--sizes", "4K,32K", "--algos", "flat,hierarchical,native", "--json", str(out)]
     result = mpirun(2, [*args, "--profile-out", str(prof)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

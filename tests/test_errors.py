@@ -52,7 +52,7 @@ BAD_CLI = [
 @pytest.mark.parametrize(("extra", "expected"), BAD_CLI)
 def test_bad_benchmark_flags(mpiexec_available, tmp_path, extra, expected):
     out = tmp_path / "out.json"
-    result = mpirun(4, ["-m", "bench", "collectives", "-n", "1", "-w", "0", "--json", str(out), *extra], timeout=60)
+    result = mpirun(4, ["-m", "moebench", "collectives", "-n", "1", "-w", "0", "--json", str(out), *extra], timeout=60)
     assert_one_line_error(result, expected)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []

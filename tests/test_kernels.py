@@ -16,9 +16,8 @@ import math
 
 import pytest
 import torch
-
-from kernels import EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
-from kernels.triton_utils import interpreter_active
+from moebench.kernels import EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
+from moebench.kernels.triton_utils import interpreter_active
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
@@ -131,7 +130,7 @@ def test_drops_are_dropped():
 )
 def test_plan_chunks(seg_ends, budget):
     """Ranges tile 0..end, follow segment boundaries unless a segment is split, and hold <= budget rows."""
-    from kernels.common import plan_chunks
+    from moebench.kernels.common import plan_chunks
 
     chunks = plan_chunks(seg_ends, budget)
     assert [c[0] for c in chunks[1:]] == [c[1] for c in chunks[:-1]]
@@ -147,7 +146,7 @@ def test_plan_chunks(seg_ends, budget):
 @pytest.mark.parametrize("name", ["dynamic", "block_sparse"])
 def test_torch_path_in_chunks(monkeypatch, name, cf):
     """The CPU torch path runs rows in bounded ranges; force 64-row ranges so segments are split."""
-    from kernels import common
+    from moebench.kernels import common
 
     monkeypatch.setattr(common, "CPU_CHUNK_BYTES", 1)
     H, FFN, E = 32, 48, 4
@@ -161,8 +160,8 @@ def test_torch_path_in_chunks(monkeypatch, name, cf):
 @pytest.mark.parametrize("cf", [None, 0.75])
 def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
     """The GPU variant of dynamic's torch path (buffer + gather combine) computes the same y."""
-    from kernels import dynamic
-    from kernels.common import MemoryMeter
+    from moebench.kernels import dynamic
+    from moebench.kernels.common import MemoryMeter
 
     H, FFN, E = 32, 48, 4
     routing = random_routing(37, E, 2, cf=cf)

@@ -11,8 +11,7 @@ import json
 
 import pytest
 import torch
-
-from bench import kernels_bench, workloads
+from moebench.bench import kernels_bench, workloads
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
@@ -63,7 +62,7 @@ def test_triton_impl_under_interpreter(tmp_path):
 
 
 def test_save(tmp_path, monkeypatch):
-    from bench import report
+    from moebench.bench import report
 
     monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
     args = parse("--model", "qwen3-30b-a3b-tiny", "--tokens", "8", "--kernels", "dynamic", "-n", "1", "-w", "0",

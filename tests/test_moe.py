@@ -31,7 +31,7 @@ def test_triton_impl_under_interpreter(mpiexec_available):
 @pytest.fixture(scope="module")
 def moe_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("moe") / "moe.json"
-    args = ["-m", "bench", "moe", "--batch", "1,32", "-n", "2", "-w", "1", "--capacity-factor", "none,1.0",
+    args = ["-m", "moebench", "moe", "--batch", "1,32", "-n", "2", "-w", "1", "--capacity-factor", "none,1.0",
             "--skew", "gate,hot:0.9", "--json", str(out)]  # fmt: skip
     result = mpirun(2, args, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -59,7 +59,7 @@ def test_benchmark_rows_are_complete_and_correct(moe_json):
 
 
 def test_report_renders_stored_json(moe_json):
-    result = subprocess.run([sys.executable, "-m", "bench", "report", str(moe_json)], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "moebench", "report", str(moe_json)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Best configuration per batch" in result.stdout
@@ -74,7 +74,7 @@ def test_report_renders_stored_json(moe_json):
 def test_report_rejects_truncated_or_foreign_json(tmp_path, content, expected):
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    result = subprocess.run([sys.executable, "-m", "bench", "report", str(bad)], cwd=REPO, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "moebench", "report", str(bad)], cwd=REPO, capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert_one_line_error(result, expected)
 
@@ -92,6 +92,6 @@ BAD_MOE = [
 @pytest.mark.parametrize(("P", "extra", "expected"), BAD_MOE)
 def test_bad_moe_input(mpiexec_available, tmp_path, P, extra, expected):
     out = tmp_path / "moe.json"
-    result = mpirun(P, ["-m", "bench", "moe", "-n", "1", "-w", "0", "--json", str(out), *extra], timeout=60)
+    result = mpirun(P, ["-m", "moebench", "moe", "-n", "1", "-w", "0", "--json", str(out), *extra], timeout=60)
     assert_one_line_error(result, expected)
     assert not out.exists()

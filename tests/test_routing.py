@@ -12,8 +12,7 @@ import math
 
 import pytest
 import torch
-
-from kernels import capacity_for, route, routing_from_topk, topk_softmax
+from moebench.kernels import capacity_for, route, routing_from_topk, topk_softmax
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 

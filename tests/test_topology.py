@@ -6,8 +6,7 @@ import sys
 import types
 
 import pytest
-
-from collectives.topology import Topology, TopologyError, from_hostnames, gpu_info
+from moebench.collectives.topology import Topology, TopologyError, from_hostnames, gpu_info
 
 
 def test_hostname_grouping_and_override():

@@ -20,8 +20,8 @@ BLOCK = 64  # representative: the default routing block size and GEMM tile rows
 
 def _gemm_kernels(dtype: str) -> dict:
     """(kernel, signature, constexprs) for every expert GEMM kernel, pointers of `dtype`."""
-    from kernels import block_sparse, dynamic, padded
-    from kernels.triton_utils import BLOCK_K, BLOCK_N
+    from moebench.kernels import block_sparse, dynamic, padded
+    from moebench.kernels.triton_utils import BLOCK_K, BLOCK_N
 
     p, i64 = f"*{dtype}", "*i64"
     common = {
@@ -77,7 +77,7 @@ def _gemm_kernels(dtype: str) -> dict:
 
 
 def _gate_kernel() -> tuple:
-    from kernels import routing
+    from moebench.kernels import routing
 
     signature = {"logits_ptr": "*fp32", "ids_ptr": "*i64", "weights_ptr": "*fp32", "T": "i32", "E": "i32",
                  "stride_t": "i32"}  # fmt: skip
