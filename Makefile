@@ -37,11 +37,11 @@ bench-collectives: install
 		--ranks-per-node 2 --tp 2 --save --tag p4-g2-tp2
 
 bench-kernels: install
-	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --tokens 1,16,128,1024,4096 --skew uniform \
+	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --batch 1,16,128,1024,4096 --skew uniform \
 		--capacity-factor none,2.0 -n 10 -w 2 --save --tag mixtral-uniform
-	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --tokens 4096 --skew zipf:1.2 --capacity-factor none,2.0 \
+	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --batch 4096 --skew zipf:1.2 --capacity-factor none,2.0 \
 		-n 10 -w 2 --save --tag mixtral-zipf1.2
-	$(MOEBENCH) kernels --model deepseek-v3-tiny --tokens 128 --skew uniform --capacity-factor 1.0,2.0 \
+	$(MOEBENCH) kernels --model deepseek-v3-tiny --batch 128 --skew uniform --capacity-factor 1.0,2.0 \
 		-n 10 -w 2 --save --tag deepseek-t128
 
 bench-moe: install

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -21,8 +22,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = REPO_ROOT / "results"
+# Results live in the checkout (an editable install, the README's way), else under the working directory.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = (_CHECKOUT if (_CHECKOUT / "pyproject.toml").exists() else Path.cwd()) / "results"
 CONVENTIONS = (
     "GB = 1e9 B; time in µs; TFLOP/s = 1e12 FLOP/s; median and p99 over timed iterations "
     "(warmup excluded, barrier before each)"
@@ -46,25 +48,20 @@ def machine_tag() -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a result depends on."""
+    import mpi4py
     import numpy
     import torch
+    import triton
+    from mpi4py import MPI
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__}
-    try:
-        import triton
-
-        versions["triton"] = triton.__version__
-    except ImportError:
-        pass
-    try:
-        import mpi4py
-        from mpi4py import MPI
-
-        versions["mpi4py"] = mpi4py.__version__
-        versions["mpi"] = MPI.Get_library_version().splitlines()[0].strip()
-    except ImportError:
-        pass
-    return versions
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "triton": triton.__version__,
+        "mpi4py": mpi4py.__version__,
+        "mpi": MPI.Get_library_version().splitlines()[0].strip(),
+    }
 
 
 def base_meta(benchmark: str, argv: Sequence[str]) -> dict:
@@ -162,6 +159,31 @@ def save_run(meta: dict, rows: Sequence[dict], markdown: str, out_dir: Path | No
     return paths
 
 
+def emit(args, meta: dict, rows: Sequence[dict], markdown: str) -> None:
+    """A run's files, as its flags ask: `--json PATH` and `--save` (results/<machine>/); prints what it wrote."""
+    if args.json:
+        write_json(args.json, meta, rows)
+    if args.save:
+        for path in save_run(meta, rows, markdown):
+            console.print(f"wrote {path}")
+
+
+def exit_status(rows: Sequence[dict], say: bool = True) -> int:
+    """1 when any row is wrong (`wrong` > 0 or `correct` False) or its traffic differs from its schedule; else 0.
+    Says which rows on stderr (where `say`: rank 0)."""
+    bad = [r for r in rows if r.get("wrong") or r.get("correct") is False or r.get("schedule_matches") is False]
+    for r in bad if say else []:
+        what = "traffic differs from its schedule" if r.get("schedule_matches") is False else "WRONG result"
+        where = ", ".join(f"{k}={r[k]}" for k in ("size", "batch", "tokens", "algo", "kernel") if k in r)
+        print(f"moebench: {what}: {where}", file=sys.stderr, flush=True)
+    return 1 if bad else 0
+
+
+def stored_title(data: dict, path: Path) -> str:
+    meta = data["meta"]
+    return f"{path}  ({meta['benchmark']}, {meta.get('time', '?')}, {meta.get('host', '?')})"
+
+
 def load_json(path: Path) -> dict:
     """Read a stored result; ResultFileError (one line) if it is missing, truncated or foreign."""
     path = Path(path)
@@ -180,7 +202,7 @@ def load_json(path: Path) -> dict:
 
 def comm_meta(comm) -> dict:
     """The run's topology facts: backend, P, G, L, nodes, device, ranks per host vs cores, GPUs."""
-    from moebench.bench.cluster import cluster_meta
+    from moebench.bench.topo.cluster import cluster_meta
     from moebench.collectives.topology import gpu_info
 
     hosts = comm.allgather_object(socket.gethostname())

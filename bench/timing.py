@@ -8,8 +8,10 @@ collective runs inside the timed region). On CUDA, time with events; on CPU, per
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -127,3 +129,30 @@ def measure_phases(
     if comm is not None:
         samples = comm.allreduce_max(samples)
     return samples
+
+
+@dataclass
+class Case:
+    """One configuration to time: its result row (filled in), the timed call, its message schedule (for
+    the cost model, where it has one), and the samples of every round."""
+
+    row: dict
+    fn: Callable[[], object]
+    schedule: list | None = None
+    samples: list = field(default_factory=list)
+
+
+def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: int, device="cpu") -> None:
+    """Time every case in `rounds` rounds of ceil(iters / rounds) iterations each, round-robin.
+
+    On a shared host, load comes and goes over seconds: spreading each case over the whole run lets a
+    slow spell hit every case alike. Adds median/p20/p80/p99 of the pooled samples (slowest rank per
+    iteration, with `comm`) to each row.
+    """
+    per_round = max(1, math.ceil(iters / rounds))
+    for rnd in range(rounds):
+        for case in cases:
+            w = warmup if rnd == 0 else 1
+            case.samples.extend(measure(case.fn, iters=per_round, warmup=w, comm=comm, device=device))
+    for case in cases:
+        case.row.update(stats(np.asarray(case.samples)))

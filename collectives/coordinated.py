@@ -1,10 +1,10 @@
 """Parallelism-coordinated dispatch/combine (DeepSpeed-MoE): each TP rank sends 1/L of the tokens.
 
-P = world size, L = TP degree, t = my TP rank, H = elements per row.
+P = world size, L = TP degree, t = my TP rank, R = rows a rank holds, M = rows it receives, H = elements per row.
 The L ranks of a TP group hold identical `send` and `send_splits` (tokens after a TP block).
 Each chunk for destination d is cut into L near-equal parts; TP rank t sends only part t through
 the inner all-to-all. Combine returns part t's processed rows, and an all-gather inside the TP
-group rebuilds the whole [N, H] result on every TP rank: the same `out` as the plain round trip,
+group rebuilds the whole [R, H] result on every TP rank: the same `out` as the plain round trip,
 with 1/L of the all-to-all volume. With L = 1 it is the plain round trip.
 """
 
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from moebench.collectives.exchange import Algorithm, Plan, transpose_chunks, validate_splits
+
+from moebench.collectives import plain
+from moebench.collectives import schedule as sched
+from moebench.collectives.exchange import Algorithm, DispatchCombine, Plan, transpose_chunks, validate_splits
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ def my_slice(send: torch.Tensor, parts: np.ndarray, t: int) -> torch.Tensor:
 
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
-    """send [N, H] (same on every TP rank), send_splits (P counts) -> recv [M, H], recv_splits, handle."""
+    """send [R, H] (same on every TP rank), send_splits (P counts) -> recv [M, H], recv_splits, handle."""
     from moebench.collectives import ALGORITHMS
 
     algorithm = ALGORITHMS[inner]
@@ -53,9 +56,34 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tupl
 
 
 def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
-    """processed_recv [M, H] -> out [N, H] on every TP rank (row i answers send row i)."""
+    """processed_recv [M, H] -> out [R, H] on every TP rank (row i answers send row i)."""
     mine = handle.algorithm.backward(comm, processed_recv, handle.plan)
     if comm.tp.size == 1:
         return mine
     gathered = comm.tp.allgatherv(mine, handle.parts.sum(axis=0).tolist())  # TP rank u's parts, u = 0..L-1
     return transpose_chunks(gathered, np.ascontiguousarray(handle.parts.T))  # (u, d) -> (d, u)
+
+
+def schedule(inner: Algorithm, splits, row_bytes: int, topo) -> list:
+    """splits[r]: r's TP group's (identical) send_splits. TP rank t cuts out part t of every chunk (one copy),
+    the inner plan + forward + backward move 1/L of the rows, then an all-gather inside the TP group and
+    one copy restore the row order. With L = 1, the plain round trip."""
+    P, L = topo.world_size, topo.tp
+    if L == 1:
+        return plain.schedule(inner, splits, row_bytes, topo)
+    splits = np.asarray(splits, dtype=np.int64)
+    ranks = np.arange(P)
+    part = split_parts(splits.reshape(-1), L).reshape(P, P, L)[ranks, :, ranks % L]  # [P, P]: rows r moves to d
+    part_bytes = part.sum(axis=1).astype(np.float64) * row_bytes
+    full_bytes = splits.sum(axis=1).astype(np.float64) * row_bytes
+    tp_groups = [topo.tp_ranks(g) for g in range(P // L)]
+    gather = sched.group_exchange("tp allgather", tp_groups, lambda a, b: part_bytes[a], P)
+    return [
+        sched.copy_phase("slice", part_bytes, P),
+        *plain.schedule(inner, part, row_bytes, topo),
+        sched.with_self(gather, part_bytes),
+        sched.copy_phase("unslice", full_bytes, L * P),
+    ]
+
+
+PAIR = DispatchCombine("coordinated", dispatch, combine, schedule)

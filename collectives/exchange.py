@@ -1,11 +1,16 @@
-"""What every all-to-all-v algorithm provides, and chunk layout helpers they share.
+"""The contract every all-to-all algorithm and dispatch/combine pair fills, and the chunk helpers they share.
 
-P = world size, H = elements per row, N = P / G nodes, G = ranks per node.
+P = world size, R = rows a rank sends, H = elements per row.
 
-An algorithm splits an all-to-all-v into `plan` (exchange the split counts; everything the data
-movement needs to size its buffers) and `forward` (move the rows). `backward` sends processed
-rows back along the same routes with the same plan and no further count exchange — the combine
-half of a dispatch/combine pair.
+An `Algorithm` is plan + forward + backward + schedule:
+- plan(comm, send_splits) -> Plan: the counts exchange; after it every rank knows what it receives;
+- forward(comm, send[R, H], plan) -> recv[sum(recv_splits), H];
+- backward(comm, rows, plan): the same routes in reverse (combine);
+- schedule(splits[P, P], row_bytes, topo, plan=True, backward=False) -> list[Phase]: the messages and
+  bytes per link class it sends (collectives/schedule.py): what the cost model prices and what the
+  traffic counters of a real run must equal.
+A `DispatchCombine` pair wraps any algorithm (`inner`) into dispatch/combine with a round-trip schedule.
+Plans let a dispatch reuse its counts for the combine, as a dispatch/combine pair does.
 """
 
 from __future__ import annotations
@@ -32,16 +37,32 @@ class Algorithm:
 
     name: str
     plan: Callable  # (comm, send_splits) -> Plan
-    forward: Callable  # (comm, send[N, H], plan) -> recv[sum(recv_splits), H]
-    backward: Callable  # (comm, rows[sum(recv_splits), H], plan) -> rows[N, H] in send order
+    forward: Callable  # (comm, send[R, H], plan) -> recv[sum(recv_splits), H]
+    backward: Callable  # (comm, rows[sum(recv_splits), H], plan) -> rows[R, H] in send order
+    schedule: Callable  # (splits[P, P], row_bytes, topo, plan=True, backward=False) -> list[Phase]
 
     def __call__(self, comm, send: torch.Tensor, send_splits) -> tuple[torch.Tensor, list[int]]:
         plan = self.plan(comm, validate_splits(comm, send, send_splits))
         return self.forward(comm, send, plan), list(plan.recv_splits)
 
 
+@dataclass(frozen=True)
+class DispatchCombine:
+    """A dispatch/combine pair over any exchange of ALGORITHMS (`inner`, by name).
+
+    dispatch(comm, send[R, H], send_splits, inner) -> (recv[M, H], recv_splits, handle);
+    combine(comm, processed_recv[M, H], handle) -> out[R, H] (row i answers send row i);
+    schedule(inner: Algorithm, splits[P, P], row_bytes, topo) -> list[Phase]: dispatch + combine.
+    """
+
+    name: str
+    dispatch: Callable
+    combine: Callable
+    schedule: Callable
+
+
 def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
-    """Check send_splits against send ([N, ...]) and the world size; ValueError naming the problem."""
+    """Check send_splits against send ([R, ...]) and the world size; ValueError naming the problem."""
     splits = tuple(int(s) for s in send_splits)
     if len(splits) != comm.world_size:
         raise ValueError(f"send_splits has {len(splits)} entries; the world has P={comm.world_size} ranks")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+from moebench.collectives import schedule as sched
 from moebench.collectives.exchange import Algorithm, Plan, offsets
 
 
@@ -33,13 +35,28 @@ def plan(comm, send_splits) -> Plan:
 
 
 def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """send [N, H] (rows for rank 0 first) -> recv [sum(recv_splits), H] (rows from rank 0 first)."""
+    """send [R, H] (rows for rank 0 first) -> recv [sum(recv_splits), H] (rows from rank 0 first)."""
     return pairwise(comm.world, send, plan.send_splits, plan.recv_splits)
 
 
 def backward(comm, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """Return rows [sum(recv_splits), H] to the ranks they came from -> [N, H] in send order."""
+    """Return rows [sum(recv_splits), H] to the ranks they came from -> [R, H] in send order."""
     return pairwise(comm.world, rows, plan.recv_splits, plan.send_splits)
 
 
-ALGORITHM = Algorithm("flat", plan, forward, backward)
+def schedule(splits, row_bytes: int, topo, plan: bool = True, backward: bool = False) -> list[sched.Phase]:
+    """Counts (one world alltoall), then P - 1 blocking steps r -> (r + i) % P; step 0 is a local torch copy."""
+    if backward:  # rows return along the same routes; the plan is reused
+        splits, plan = np.asarray(splits).T, False
+    P = topo.world_size
+    B = sched.byte_matrix(splits, row_bytes)
+    ranks = np.arange(P)
+    phases = [sched.world_counts(P)] if plan and P > 1 else []
+    phases.append(sched.with_self(sched.phase("self copy", P, blocking=True), np.diag(B).copy()))
+    for step in range(1, P):
+        dst = (ranks + step) % P
+        phases.append(sched.phase(f"step {step}", P, ranks, dst, B[ranks, dst], blocking=True))
+    return phases
+
+
+ALGORITHM = Algorithm("flat", plan, forward, backward, schedule)

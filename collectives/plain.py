@@ -1,6 +1,6 @@
 """Plain dispatch/combine: any all-to-all-v algorithm as a pair, every TP rank sending all its rows.
 
-P = world size, H = elements per row.
+P = world size, R = rows a rank sends, M = rows it receives, H = elements per row.
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from moebench.collectives.exchange import Algorithm, Plan, validate_splits
+
+from moebench.collectives.exchange import Algorithm, DispatchCombine, Plan, validate_splits
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Handle:
 
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
-    """send [N, H] (rows for rank 0 first), send_splits (P counts) -> recv [M, H], recv_splits (P counts), handle."""
+    """send [R, H] (rows for rank 0 first), send_splits (P counts) -> recv [M, H], recv_splits (P counts), handle."""
     from moebench.collectives import ALGORITHMS
 
     algorithm = ALGORITHMS[inner]
@@ -29,5 +30,13 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tupl
 
 
 def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
-    """processed_recv [M, H] (row i answers recv row i) -> out [N, H] (row i answers send row i)."""
+    """processed_recv [M, H] (row i answers recv row i) -> out [R, H] (row i answers send row i)."""
     return handle.algorithm.backward(comm, processed_recv, handle.plan)
+
+
+def schedule(inner: Algorithm, splits, row_bytes: int, topo) -> list:
+    """The inner exchange's plan + forward, then its backward."""
+    return [*inner.schedule(splits, row_bytes, topo), *inner.schedule(splits, row_bytes, topo, backward=True)]
+
+
+PAIR = DispatchCombine("plain", dispatch, combine, schedule)

@@ -1,53 +1,55 @@
-# T = tokens, E = experts, H = hidden, I = expert FFN (variable FFN: ruff rejects I), k = active,
-# R = rows of a kernel's layout
-"""What the three expert kernels share: input checks, the stats they return, the memory meter, the combine."""
+# T = tokens, H = hidden, F = expert FFN width, E = experts, k = experts per token, R = rows of a layout
+"""What the expert kernels and the loop baseline share: input checks, stats, the memory meter, the SwiGLU
+FFN on torch, the combine."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.nn.functional import grouped_mm, silu
+
 from moebench.kernels.routing import IMPLS, Routing
 from moebench.kernels.triton_utils import require_triton
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-FLOPS_PER_ROW = 6  # SwiGLU: 2*H*I each for gate, up and down (DESIGN.md §3)
+FLOPS_PER_ROW = 6  # SwiGLU: 2*H*F each for gate, up and down (DESIGN.md §3)
 
 
 def check_inputs(
     x_TH: torch.Tensor,
     routing: Routing,
-    w_gate_EHI: torch.Tensor,
-    w_up_EHI: torch.Tensor,
-    w_down_EIH: torch.Tensor,
+    w_gate_EHF: torch.Tensor,
+    w_up_EHF: torch.Tensor,
+    w_down_EFH: torch.Tensor,
     impl: str,
 ) -> tuple[int, int, int, int]:
     """ValueError naming the problem unless the inputs fit together (and Triton can run them, for
-    impl="triton"); returns (T, H, I, E)."""
+    impl="triton"); returns (T, H, F, E)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
     if x_TH.dim() != 2:
         raise ValueError(f"x must be [T, H], got shape {tuple(x_TH.shape)}")
-    if w_gate_EHI.dim() != 3 or w_up_EHI.shape != w_gate_EHI.shape:
+    if w_gate_EHF.dim() != 3 or w_up_EHF.shape != w_gate_EHF.shape:
         raise ValueError(
-            f"w_gate and w_up must both be [E, H, I]; got {tuple(w_gate_EHI.shape)} and {tuple(w_up_EHI.shape)}"
+            f"w_gate and w_up must both be [E, H, F]; got {tuple(w_gate_EHF.shape)} and {tuple(w_up_EHF.shape)}"
         )
     T, H = x_TH.shape
-    E, H_w, FFN = w_gate_EHI.shape
+    E, H_w, F = w_gate_EHF.shape
     if H_w != H:
-        raise ValueError(f"x has H={H} but w_gate is [E, H, I] = {tuple(w_gate_EHI.shape)}")
-    if tuple(w_down_EIH.shape) != (E, FFN, H):
-        raise ValueError(f"w_down must be [E, I, H] = {(E, FFN, H)}, got {tuple(w_down_EIH.shape)}")
+        raise ValueError(f"x has H={H} but w_gate is [E, H, F] = {tuple(w_gate_EHF.shape)}")
+    if tuple(w_down_EFH.shape) != (E, F, H):
+        raise ValueError(f"w_down must be [E, F, H] = {(E, F, H)}, got {tuple(w_down_EFH.shape)}")
     if routing.num_experts != E:
         raise ValueError(f"weights have E={E} experts but the routing has {routing.num_experts}")
     if routing.num_tokens != T:
         raise ValueError(f"x has T={T} tokens but the routing has {routing.num_tokens}")
     if x_TH.dtype not in DTYPES:
         raise ValueError(f"x dtype must be one of float32, bfloat16, float16; got {x_TH.dtype}")
-    for name, w in (("w_gate", w_gate_EHI), ("w_up", w_up_EHI), ("w_down", w_down_EIH)):
+    for name, w in (("w_gate", w_gate_EHF), ("w_up", w_up_EHF), ("w_down", w_down_EFH)):
         if w.dtype != x_TH.dtype:
             raise ValueError(f"{name} dtype {w.dtype} does not match x dtype {x_TH.dtype}")
         if w.device != x_TH.device:
@@ -56,7 +58,7 @@ def check_inputs(
         raise ValueError(f"routing is on {routing.topk_ids_Tk.device} but x is on {x_TH.device}")
     if impl == "triton":
         require_triton(x_TH)
-    return T, H, FFN, E
+    return T, H, F, E
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class KernelStats:
     reading a property converts them (a sync on GPU).
 
     useful rows = kept (token, expert) pairs; executed rows = rows the kernel's GEMMs computed
-    (padding and partial tiles included); FLOPs = 6 * H * I per row (SwiGLU).
+    (padding and partial tiles included); FLOPs = 6 * H * F per row (SwiGLU).
     peak_extra_bytes: peak memory the kernel allocated beyond its inputs and its output y (see MemoryMeter).
     """
 
@@ -171,6 +173,26 @@ def combine(
     return y_TH.to(dtype)
 
 
+def swiglu_ffn(
+    x: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    meter: MemoryMeter,
+    mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul,
+) -> torch.Tensor:
+    """(silu(mm(x, w_gate)) * mm(x, w_up)) @ w_down, the intermediate written in place so the ledger sees
+    every buffer. mm: torch.matmul (x [R, H], one expert's weights), torch.bmm (x [E, C, H]) or grouped_mm
+    with the segments' offsets (x [R, H], rows sorted by expert)."""
+    h = meter.alloc(mm(x, w_gate))
+    up = meter.alloc(mm(x, w_up))
+    silu(h, inplace=True).mul_(up)
+    meter.free(up)
+    out = meter.alloc(mm(h, w_down))
+    meter.free(h)
+    return out
+
+
 CPU_CHUNK_BYTES = 4 << 20
 
 
@@ -197,7 +219,7 @@ def plan_chunks(seg_ends: list[int], budget: int) -> list[tuple[int, int]]:
 
 def row_chunks(seg_ends_E: torch.Tensor, num_rows: int, ffn: int, x: torch.Tensor) -> list[tuple[int, int]]:
     """Row ranges a grouped FFN runs in. GPU: all rows at once (no sync). CPU: a bounded workspace (as
-    vLLM's fused_moe chunks tokens) — one [rows, I] intermediate within CPU_CHUNK_BYTES, ranges aligned
+    vLLM's fused_moe chunks tokens) — one [rows, F] intermediate within CPU_CHUNK_BYTES, ranges aligned
     to segments — so intermediates come back from the heap cache-sized instead of being freshly mapped
     (page-faulted) on every call, and every GEMM sees whole segments."""
     if x.device.type != "cpu":
@@ -207,30 +229,27 @@ def row_chunks(seg_ends_E: torch.Tensor, num_rows: int, ffn: int, x: torch.Tenso
 
 
 def grouped_swiglu(
-    x_XH: torch.Tensor,
+    x: torch.Tensor,
     index_R: torch.Tensor | None,
     seg_ends_E: torch.Tensor,
-    w_gate_EHI: torch.Tensor,
-    w_up_EHI: torch.Tensor,
-    w_down_EIH: torch.Tensor,
+    w_gate_EHF: torch.Tensor,
+    w_up_EHF: torch.Tensor,
+    w_down_EFH: torch.Tensor,
     num_rows: int,
     emit: Callable[[int, int, torch.Tensor], None],
     meter: MemoryMeter,
 ) -> None:
     """SwiGLU of expert e on each row of segment e, rows sorted by expert (segment e ends at seg_ends_E[e]).
 
-    Rows are x_XH[index_R] (gathered range by range) or, without index_R, x_XH itself. F.grouped_mm over
-    the segments, one row range (row_chunks) at a time; emit(r0, r1, out_CH) takes each range's output.
-    On GPU the range may run past seg_ends_E[-1]; those rows of out_CH are not computed (garbage).
+    Rows are x[index_R] (x [T, H], gathered range by range) or, without index_R, x [R, H] itself. grouped_mm
+    over the segments, one row range (row_chunks) at a time; emit(r0, r1, chunk_RH) takes each range's
+    output. On GPU the range may run past seg_ends_E[-1]; those rows of chunk_RH are not computed (garbage).
     """
-    for r0, r1 in row_chunks(seg_ends_E, num_rows, w_gate_EHI.shape[2], x_XH):
+    for r0, r1 in row_chunks(seg_ends_E, num_rows, w_gate_EHF.shape[2], x):
         offs_E = (seg_ends_E - r0).clamp(0, r1 - r0).to(torch.int32)
-        x_CH = x_XH[r0:r1] if index_R is None else meter.alloc(x_XH[index_R[r0:r1]])
-        h_CI = meter.alloc(F.grouped_mm(x_CH, w_gate_EHI, offs=offs_E))
-        up_CI = meter.alloc(F.grouped_mm(x_CH, w_up_EHI, offs=offs_E))
-        F.silu(h_CI, inplace=True).mul_(up_CI)
-        meter.free(up_CI)
-        out_CH = meter.alloc(F.grouped_mm(h_CI, w_down_EIH, offs=offs_E))
-        meter.free(h_CI, *([] if index_R is None else [x_CH]))
-        emit(r0, r1, out_CH)
-        meter.free(out_CH)
+        x_RH = x[r0:r1] if index_R is None else meter.alloc(x[index_R[r0:r1]])
+        chunk_RH = swiglu_ffn(x_RH, w_gate_EHF, w_up_EHF, w_down_EFH, meter, functools.partial(grouped_mm, offs=offs_E))
+        if index_R is not None:
+            meter.free(x_RH)
+        emit(r0, r1, chunk_RH)
+        meter.free(chunk_RH)

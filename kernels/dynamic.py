@@ -1,18 +1,17 @@
-# T = tokens, E = experts, H = hidden, I = expert FFN (variable FFN: ruff rejects I), k = active,
-# A = T*k assignments, B = tiles
+# T = tokens, H = hidden, F = expert FFN width, E = experts, k = experts per token, A = T*k assignments, B = tiles
 """dynamic: exact per-expert segments, no padding in memory and no drops (Huang et al.'s dynamic gating).
 
 Each expert gets exactly as many rows as were assigned to it (the routing's kept segments). The FFN is a
 grouped GEMM over those variable segments:
 - triton: the vLLM fused_moe / ScatterMoE recipe. Programs walk the routing's tile -> expert map; the
   gate+up kernel gathers token rows of x on load (no permuted copy of x) and writes the SwiGLU output in
-  expert order [A, I]; the down kernel reads it, multiplies by the gate weight and scatters each row on
+  expert order [A, F]; the down kernel reads it, multiplies by the gate weight and scatters each row on
   store to its (token, slot) place in an fp32 [T, k, H] buffer, which is summed over k. Tiles are
   block_size rows, so a segment's last tile computes masked rows: executed rows = tiles * block_size.
-- torch: F.grouped_mm over rows gathered in expert order; executed rows = assigned rows exactly. It runs on
-  CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on sm_90/sm_100 and
-  otherwise the same loop, which reads the offsets on the host (one sync). On CPU the rows go through in
-  segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range.
+- torch: torch.nn.functional.grouped_mm over rows gathered in expert order; executed rows = assigned rows
+  exactly. It runs on CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on
+  sm_90/sm_100 and otherwise the same loop, which reads the offsets on the host (one sync). On CPU the rows
+  go through in segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range.
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
@@ -21,9 +20,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
 from moebench.kernels.routing import Routing
-from moebench.kernels.triton_utils import triton_flags
+from moebench.kernels.triton_utils import down_tile, swiglu_tile, triton_flags
+
+
+@triton.jit
+def _tile_rows(tile_row_ptr, offsets_ptr, e, BLOCK_M: tl.constexpr):
+    """This program's tile of expert e: its rows in expert order, and which of them are inside e's segment."""
+    rows = tl.load(tile_row_ptr + tl.program_id(0)) + tl.arange(0, BLOCK_M)
+    return rows, rows < tl.load(offsets_ptr + e + 1)
 
 
 @triton.jit
@@ -33,11 +40,11 @@ def _dynamic_gate_up_kernel(
     tile_expert_ptr,  # [B] expert of each tile, -1 past the last
     tile_row_ptr,  # [B] first row of each tile in expert order
     offsets_ptr,  # [E + 1] segment ends
-    w_gate_ptr,  # [E, H, I]
-    w_up_ptr,  # [E, H, I]
-    h_ptr,  # [A, I] out, in expert order
+    w_gate_ptr,  # [E, H, F]
+    w_up_ptr,  # [E, H, F]
+    h_ptr,  # [A, F] out, in expert order
     H,
-    FFN,
+    F,
     TOP_K,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -45,79 +52,54 @@ def _dynamic_gate_up_kernel(
     UPCAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    e = tl.load(tile_expert_ptr + tile)
+    e = tl.load(tile_expert_ptr + tl.program_id(0))
     if e < 0:
         return
-    rows = tl.load(tile_row_ptr + tile) + tl.arange(0, BLOCK_M)
-    row_mask = rows < tl.load(offsets_ptr + e + 1)
+    rows, row_mask = _tile_rows(tile_row_ptr, offsets_ptr, e, BLOCK_M)
     token = tl.load(sort_idx_ptr + rows, mask=row_mask, other=0) // TOP_K
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_off = e * H * FFN + cols[None, :]
-    acc_gate = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(x_ptr + token[:, None] * H + ks[None, :], mask=row_mask[:, None] & (ks[None, :] < H), other=0.0)
-        w_mask = (ks[:, None] < H) & (cols[None, :] < FFN)
-        b_gate = tl.load(w_gate_ptr + w_off + ks[:, None] * FFN, mask=w_mask, other=0.0)
-        b_up = tl.load(w_up_ptr + w_off + ks[:, None] * FFN, mask=w_mask, other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b_gate = b_gate.to(tl.float32)
-            b_up = b_up.to(tl.float32)
-        acc_gate = tl.dot(a, b_gate, acc_gate, input_precision=DOT_PREC)
-        acc_up = tl.dot(a, b_up, acc_up, input_precision=DOT_PREC)
-    h = acc_gate * tl.sigmoid(acc_gate) * acc_up
-    h_mask = row_mask[:, None] & (cols[None, :] < FFN)
-    tl.store(h_ptr + rows[:, None] * FFN + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=h_mask)
+    w_off = e * H * F
+    h = swiglu_tile(
+        x_ptr + token * H, row_mask, w_gate_ptr + w_off, w_up_ptr + w_off, cols, H, F,
+        BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, DOT_PREC,
+    )  # fmt: skip
+    h_mask = row_mask[:, None] & (cols[None, :] < F)
+    tl.store(h_ptr + rows[:, None] * F + cols[None, :], h.to(h_ptr.dtype.element_ty), mask=h_mask)
 
 
 @triton.jit
 def _dynamic_down_kernel(
-    h_ptr,  # [A, I] in expert order
+    h_ptr,  # [A, F] in expert order
     sort_idx_ptr,  # [A]
     tile_expert_ptr,  # [B]
     tile_row_ptr,  # [B]
     offsets_ptr,  # [E + 1]
-    w_down_ptr,  # [E, I, H]
+    w_down_ptr,  # [E, F, H]
     weights_ptr,  # [A] fp32 gate weight of each assignment
     out_ptr,  # [A, H] fp32 out, in assignment order (t * k + j)
     H,
-    FFN,
+    F,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    e = tl.load(tile_expert_ptr + tile)
+    e = tl.load(tile_expert_ptr + tl.program_id(0))
     if e < 0:
         return
-    rows = tl.load(tile_row_ptr + tile) + tl.arange(0, BLOCK_M)
-    row_mask = rows < tl.load(offsets_ptr + e + 1)
+    rows, row_mask = _tile_rows(tile_row_ptr, offsets_ptr, e, BLOCK_M)
     assignment = tl.load(sort_idx_ptr + rows, mask=row_mask, other=0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, FFN, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(h_ptr + rows[:, None] * FFN + ks[None, :], mask=row_mask[:, None] & (ks[None, :] < FFN), other=0.0)
-        b = tl.load(
-            w_down_ptr + e * FFN * H + ks[:, None] * H + cols[None, :],
-            mask=(ks[:, None] < FFN) & (cols[None, :] < H),
-            other=0.0,
-        )
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    acc = down_tile(
+        h_ptr + rows * F, row_mask, w_down_ptr + e * F * H, cols, H, F, BLOCK_M, BLOCK_N, BLOCK_K, UPCAST, DOT_PREC
+    )
     weight = tl.load(weights_ptr + assignment, mask=row_mask, other=0.0)
     out_mask = row_mask[:, None] & (cols[None, :] < H)
     tl.store(out_ptr + assignment[:, None] * H + cols[None, :], acc * weight[:, None], mask=out_mask)
 
 
-def _experts_torch_cpu(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter):
+def _experts_torch_cpu(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter):
     """Rows gathered in expert order range by range; each range's weighted output is index_add-ed straight
     into an fp32 y (deterministic on CPU)."""
     T, H = x_TH.shape
@@ -128,49 +110,49 @@ def _experts_torch_cpu(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH,
     if x_TH.dtype != torch.float32:
         meter.alloc(y_TH)
 
-    def add_to_y(r0: int, r1: int, out_CH: torch.Tensor) -> None:
-        rows_CH = out_CH if out_CH.dtype == torch.float32 else meter.alloc(out_CH.float())
-        y_TH.index_add_(0, token_A[r0:r1], rows_CH.mul_(weights_A[r0:r1, None]))
-        if rows_CH is not out_CH:
-            meter.free(rows_CH)
+    def add_to_y(r0: int, r1: int, chunk_RH: torch.Tensor) -> None:
+        rows_RH = chunk_RH if chunk_RH.dtype == torch.float32 else meter.alloc(chunk_RH.float())
+        y_TH.index_add_(0, token_A[r0:r1], rows_RH.mul_(weights_A[r0:r1, None]))
+        if rows_RH is not chunk_RH:
+            meter.free(rows_RH)
 
-    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, A, add_to_y, meter)
+    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHF, w_up_EHF, w_down_EFH, A, add_to_y, meter)
     return y_TH.to(x_TH.dtype)
 
 
-def _experts_torch_gpu(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter):
+def _experts_torch_gpu(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter):
     """All rows in one range into an [A, H] buffer, then the gather-based combine (no atomics)."""
     A = routing.num_assignments
     token_A = routing.sort_idx_A // routing.top_k
     out_AH = meter.alloc(x_TH.new_empty(A, x_TH.shape[1]))
 
-    def store(r0: int, r1: int, out_CH: torch.Tensor) -> None:
-        out_AH[r0:r1] = out_CH
+    def store(r0: int, r1: int, chunk_RH: torch.Tensor) -> None:
+        out_AH[r0:r1] = chunk_RH
 
-    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHI, w_up_EHI, w_down_EIH, A, store, meter)
+    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHF, w_up_EHF, w_down_EFH, A, store, meter)
     return combine(out_AH, routing.sorted_pos_Tk, routing, x_TH.dtype, meter)
 
 
-def _experts_triton(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter: MemoryMeter) -> torch.Tensor:
+def _experts_triton(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter) -> torch.Tensor:
     """Gather-on-load gate+up kernel, scatter-on-store down kernel, sum over k."""
     T, H = x_TH.shape
-    FFN = w_gate_EHI.shape[2]
+    F = w_gate_EHF.shape[2]
     A, k = routing.num_assignments, routing.top_k
     flags = triton_flags(x_TH)
     meta = (routing.sort_idx_A, routing.tile_expert_B, routing.tile_row_B, routing.offsets_E1)
     weights_A = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0).view(A)
-    h_AI = meter.alloc(x_TH.new_empty(A, FFN))
+    h_AF = meter.alloc(x_TH.new_empty(A, F))
     out_AH = meter.alloc(torch.zeros(A, H, dtype=torch.float32, device=x_TH.device))
     if routing.max_tiles:
-        grid_up = (routing.max_tiles, triton.cdiv(FFN, flags["BLOCK_N"]))
+        grid_up = (routing.max_tiles, triton.cdiv(F, flags["BLOCK_N"]))
         _dynamic_gate_up_kernel[grid_up](
-            x_TH, *meta, w_gate_EHI, w_up_EHI, h_AI, H, FFN, k, BLOCK_M=routing.block_size, **flags
+            x_TH, *meta, w_gate_EHF, w_up_EHF, h_AF, H, F, k, BLOCK_M=routing.block_size, **flags
         )
         grid_down = (routing.max_tiles, triton.cdiv(H, flags["BLOCK_N"]))
         _dynamic_down_kernel[grid_down](
-            h_AI, *meta, w_down_EIH, weights_A, out_AH, H, FFN, BLOCK_M=routing.block_size, **flags
+            h_AF, *meta, w_down_EFH, weights_A, out_AH, H, F, BLOCK_M=routing.block_size, **flags
         )
-    meter.free(h_AI)
+    meter.free(h_AF)
     y_TH = out_AH.view(T, k, H).sum(1)
     if x_TH.dtype == torch.float32:
         return y_TH
@@ -181,24 +163,24 @@ def _experts_triton(x_TH, routing: Routing, w_gate_EHI, w_up_EHI, w_down_EIH, me
 def dynamic_experts(
     x_TH: torch.Tensor,
     routing: Routing,
-    w_gate_EHI: torch.Tensor,
-    w_up_EHI: torch.Tensor,
-    w_down_EIH: torch.Tensor,
+    w_gate_EHF: torch.Tensor,
+    w_up_EHF: torch.Tensor,
+    w_down_EFH: torch.Tensor,
     impl: str = "torch",
 ) -> tuple[torch.Tensor, KernelStats]:
     """Exact-segment experts. Returns (y_TH in x's dtype, stats); no padded rows in memory."""
-    _, H, FFN, _ = check_inputs(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl)
+    _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     meter = MemoryMeter(x_TH.device)
     if impl == "triton":
-        y_TH = _experts_triton(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
+        y_TH = _experts_triton(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
         executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
     else:
         experts = _experts_torch_cpu if x_TH.device.type == "cpu" else _experts_torch_gpu
-        y_TH = experts(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, meter)
+        y_TH = experts(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
         executed = routing.num_kept
     stats = KernelStats(
         hidden=H,
-        ffn=FFN,
+        ffn=F,
         num_useful_rows=routing.num_kept,
         num_executed_rows=executed,
         num_dropped=routing.num_dropped,
@@ -206,3 +188,7 @@ def dynamic_experts(
         peak_extra_bytes=meter.peak_bytes(y_TH),
     )
     return y_TH, stats
+
+
+# The design runs without a capacity: benchmarks run it once, dropless (padded runs once per capacity factor).
+dynamic_experts.dropless = True

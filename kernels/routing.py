@@ -1,4 +1,4 @@
-# T = tokens, E = experts, k = active experts per token, A = T*k assignments, B = tiles (row blocks)
+# T = tokens, E = experts, k = experts per token, A = T*k assignments, B = tiles (row blocks)
 """Routing: the top-k softmax gate, capacity and drops, and the layout metadata every expert kernel reads.
 
 `route(logits_TE, k)` runs the gate and builds a frozen `Routing`; `routing_from_topk(ids, weights, E)`
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
 from moebench.kernels.triton_utils import require_triton
 
 DEFAULT_BLOCK_SIZE = 64
@@ -133,35 +134,35 @@ def capacity_for(num_tokens: int, k: int, num_experts: int, capacity_factor: flo
 @triton.jit
 def _topk_softmax_kernel(
     logits_ptr,  # [T, E], any float dtype
-    ids_ptr,  # [T, K] int64
-    weights_ptr,  # [T, K] fp32
+    ids_ptr,  # [T, k] int64
+    weights_ptr,  # [T, k] fp32
     T,
     E,
     stride_t,
-    K: tl.constexpr,
-    K_PAD: tl.constexpr,
+    TOP_K: tl.constexpr,
+    TOP_K_PAD: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_E: tl.constexpr,
 ):
     """Each program takes BLOCK_T rows: k rounds of (max, first index of the max, mask it out)."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_E)
-    slots = tl.arange(0, K_PAD)
+    slots = tl.arange(0, TOP_K_PAD)
     mask = (rows[:, None] < T) & (cols[None, :] < E)
     x = tl.load(logits_ptr + rows[:, None].to(tl.int64) * stride_t + cols[None, :], mask=mask, other=0.0)
     x = tl.where(cols[None, :] < E, x.to(tl.float32), -float("inf"))  # rows past T stay finite
     top = tl.max(x, axis=1)
-    ids = tl.zeros([BLOCK_T, K_PAD], dtype=tl.int32)
-    probs = tl.zeros([BLOCK_T, K_PAD], dtype=tl.float32)
-    for j in tl.static_range(K):
+    ids = tl.zeros([BLOCK_T, TOP_K_PAD], dtype=tl.int32)
+    probs = tl.zeros([BLOCK_T, TOP_K_PAD], dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
         best = tl.max(x, axis=1)
         idx = tl.min(tl.where(x == best[:, None], cols[None, :], BLOCK_E), axis=1)
         ids = tl.where(slots[None, :] == j, idx[:, None], ids)
         probs = tl.where(slots[None, :] == j, tl.exp(best - top)[:, None], probs)
         x = tl.where(cols[None, :] == idx[:, None], -float("inf"), x)
     probs = probs / tl.sum(probs, axis=1)[:, None]
-    out = rows[:, None].to(tl.int64) * K + slots[None, :]
-    out_mask = (rows[:, None] < T) & (slots[None, :] < K)
+    out = rows[:, None].to(tl.int64) * TOP_K + slots[None, :]
+    out_mask = (rows[:, None] < T) & (slots[None, :] < TOP_K)
     tl.store(ids_ptr + out, ids.to(tl.int64), mask=out_mask)
     tl.store(weights_ptr + out, probs, mask=out_mask)
 
@@ -183,7 +184,7 @@ def topk_softmax(logits_TE: torch.Tensor, k: int, impl: str = "torch") -> tuple[
     if T > 0:
         _topk_softmax_kernel[(triton.cdiv(T, block_t),)](
             logits_TE, ids_Tk, weights_Tk, T, E, logits_TE.stride(0),
-            K=k, K_PAD=triton.next_power_of_2(k), BLOCK_T=block_t, BLOCK_E=block_e,
+            TOP_K=k, TOP_K_PAD=triton.next_power_of_2(k), BLOCK_T=block_t, BLOCK_E=block_e,
         )  # fmt: skip
     return ids_Tk, weights_Tk
 
@@ -247,7 +248,7 @@ def routing_from_topk(
             weight first, as in batch-prioritised routing).
         block_size: rows per tile / block for the block-aligned layout (power of two >= 16).
         validate: check ids are in range; this reads the ids on the host (a sync on GPU).
-    Rows that arrive already grouped (after an all-to-all) are the case k = 1: ids [N, 1], weights 1.0.
+    Rows that arrive already grouped (after an all-to-all) are the case k = 1: ids [R, 1], weights 1.0.
     """
     if topk_ids_Tk.dim() != 2 or topk_weights_Tk.shape != topk_ids_Tk.shape:
         raise ValueError(

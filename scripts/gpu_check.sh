@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make gpu-check: on a CUDA machine, run the kernel tests on the GPU (Triton compiled, no interpreter) and
-# `python -m moebench kernels` at real model shapes; results go under results/<gpu-name>/. Takes < 5 minutes
+# `moebench kernels` at real model shapes; results go under results/<gpu-name>/. Takes < 5 minutes
 # on one H100/H200. On a machine without CUDA it says so in one line and exits 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 unset TRITON_INTERPRET
 start=$SECONDS
-gpu=$("$PY" -c 'from bench.report import machine_tag; print(machine_tag())')
+gpu=$("$PY" -c 'from moebench.bench.report import machine_tag; print(machine_tag())')
 out="results/$gpu"
 mkdir -p "$out"
 
@@ -25,9 +25,9 @@ echo "== gpu-check on $gpu: kernel benchmark at real model shapes (bf16)"
 bench() { timeout 150 "$PY" -m moebench kernels -n 20 -w 5 --save "$@"; }
 for impl in triton torch; do
     bench --model mixtral-8x7b --impl "$impl" --skew uniform --tag "mixtral-8x7b-uniform-$impl"
-    bench --model mixtral-8x7b --impl "$impl" --skew zipf:1.2 --tokens 128,4096 --capacity-factor 2.0,none \
+    bench --model mixtral-8x7b --impl "$impl" --skew zipf:1.2 --batch 128,4096 --capacity-factor 2.0,none \
         --tag "mixtral-8x7b-zipf1p2-$impl"
 done
-bench --model deepseek-v3 --impl triton --tokens 128 --capacity-factor 1.0,2.0,none --tag deepseek-v3-t128
-bench --model qwen3-30b-a3b --impl triton --tokens 1,128,4096 --tag qwen3-30b-a3b
+bench --model deepseek-v3 --impl triton --batch 128 --capacity-factor 1.0,2.0,none --tag deepseek-v3-t128
+bench --model qwen3-30b-a3b --impl triton --batch 1,128,4096 --tag qwen3-30b-a3b
 echo "gpu-check: done in $((SECONDS - start)) s; results in $out/"

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import torch
+
 from moebench.bench.cli import guarded, open_comm
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32, torch.uint8)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import sys
 
 import torch
-from moebench.bench import moe
+
 from moebench.bench.cli import guarded, open_comm
-from moebench.bench.moe_bench import rel_error
-from moebench.bench.workloads import Preset, make_tokens
-from moebench.kernels import EXPERT_KERNELS
+from moebench.bench.commands.moe import DEFAULT_ALGOS, rel_error
+from moebench.bench.layer import forward as moe
+from moebench.bench.layer.presets import Preset
+from moebench.bench.layer.workloads import make_tokens
+from moebench.kernels import BASELINES, EXPERT_KERNELS
 
 MICRO = Preset("micro-test", 32, 48, 8, 2, "swiglu", "test shape")
-ALGOS = ("flat", "hierarchical", "native", "coordinated")
+ALGOS = [moe.parse_algo(a) for a in DEFAULT_ALGOS]  # every exchange (plain) and every pair over flat
 
 
 def routings(T: int, preset: Preset, P: int, seed: int):
@@ -39,7 +41,7 @@ def check(comm, impl: str) -> int:
     P, L = comm.world_size, comm.tp.size
     failures = 0
     cases = [(MICRO, 5), (MICRO, 1), (Preset("micro-k=E", 16, 24, P * 2, P * 2, "swiglu"), 3)]
-    kernels = list(EXPERT_KERNELS) + ([] if impl == "triton" else ["loop"])
+    kernels = list(EXPERT_KERNELS) + ([] if impl == "triton" else list(BASELINES))
     for preset, T in cases:
         weights = moe.make_weights(preset, torch.float32, "cpu", 3, comm.rank * (preset.E // P), preset.E // P)
         seed = 17 + comm.rank // L  # TP groups share tokens
@@ -47,14 +49,16 @@ def check(comm, impl: str) -> int:
         for name, forced in routings(T, preset, P, seed).items():
             for cf in (None, 1.0):
                 ref = moe.reference_forward(x_TH, preset, cf, 3, forced)
-                for algo in ALGOS:
+                for pair, inner in ALGOS:
                     for kernel in kernels:
-                        layer = moe.LayerConfig(preset, algo, kernel, impl, cf)
+                        kernel_impl = impl if kernel in EXPERT_KERNELS else "torch"
+                        layer = moe.LayerConfig(preset, pair, inner, kernel, kernel_impl, cf)
                         y = moe.forward(comm, x_TH, weights, layer, lambda: None, forced)
                         err = rel_error(y, ref)
                         if not err <= 1e-5:
                             failures += 1
-                            print(f"rank {comm.rank}: {preset.name} T={T} {name} cf={cf} {algo}+{kernel}: {err:.2e}")
+                            where = f"{preset.name} T={T} {name} cf={cf} {layer.label}+{kernel}"
+                            print(f"rank {comm.rank}: {where}: {err:.2e}")
     if comm.rank == 0:
         print(f"moe checked P={P} L={L} {impl}: {failures} failures", flush=True)
     return 1 if failures else 0

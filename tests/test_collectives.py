@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, mpirun
+
 from moebench.collectives.coordinated import split_parts
 from moebench.collectives.exchange import transpose_chunks
 

@@ -12,10 +12,14 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO, mpirun
-from moebench.bench import costmodel
-from moebench.bench.calibrate_bench import load_profile
-from moebench.bench.costmodel import Link, Profile
-from moebench.bench.project_bench import BUILTIN, crossovers, exchange_time
+
+from moebench.bench.topo import costmodel
+from moebench.bench.topo.calibration import pair_schedule
+from moebench.bench.topo.costmodel import Link, Profile
+from moebench.bench.topo.profiles import BUILTIN, load_profile
+from moebench.bench.topo.projection import crossovers, exchange_time
+from moebench.bench.units import busbw_gbs
+from moebench.collectives.schedule import phase, traffic
 from moebench.collectives.topology import Topology
 
 PROFILE = Profile("test", Link(10, 100), Link(20, 10, gap_us=1.0), Link(1, 1000), ranks_per_node=2, nics_per_node=1)
@@ -38,8 +42,8 @@ def test_message_counts_follow_the_structure():
     P, G = 16, 4
     topo = Topology(P, G)
     splits = costmodel.uniform_splits(P, P * 10)
-    flat = costmodel.traffic(costmodel.exchange_schedule("flat", splits, 1, topo, plan=False), topo)
-    hier = costmodel.traffic(costmodel.exchange_schedule("hierarchical", splits, 1, topo, plan=False), topo)
+    flat = traffic(costmodel.exchange_schedule("flat", splits, 1, topo, plan=False), topo)
+    hier = traffic(costmodel.exchange_schedule("hierarchical", splits, 1, topo, plan=False), topo)
     assert (flat[:, 2] + flat[:, 3] == P - 1).all()
     assert (hier[:, 2] == G - 1).all() and (hier[:, 3] == P // G - 1).all()
     assert (flat[:, 1] == hier[:, 1]).all()  # the same inter-node bytes, in fewer, larger messages
@@ -51,8 +55,8 @@ def test_coordinated_sends_one_lth_of_the_exchange():
     topo = Topology(P, G, L)
     splits = costmodel.uniform_splits(P, P * 40)
     data = lambda schedule: [ph for ph in schedule if ph.name == "alltoallv"]  # no counts, no TP all-gather
-    plain = costmodel.traffic(data(costmodel.roundtrip_schedule("plain", "native", splits, 1, topo)), topo)
-    coord = costmodel.traffic(data(costmodel.roundtrip_schedule("coordinated", "native", splits, 1, topo)), topo)
+    plain = traffic(data(costmodel.roundtrip_schedule("plain", "native", splits, 1, topo)), topo)
+    coord = traffic(data(costmodel.roundtrip_schedule("coordinated", "native", splits, 1, topo)), topo)
     assert coord[:, :2].sum() * L == plain[:, :2].sum()
 
 
@@ -75,7 +79,7 @@ def test_fit_through_uplink_sharing_recovers_nic_bandwidth():
     topo = Topology(4, 2)
     nic = Link(alpha_us=50.0, bw_gbs=0.125)
     sizes = [1 << k for k in range(10, 23, 2)]
-    xs = [costmodel.effective_bytes(costmodel.pair_schedule(topo, "inter", s)[0], topo, "inter") for s in sizes]
+    xs = [costmodel.effective_bytes(pair_schedule(topo, "inter", s)[0], topo, "inter") for s in sizes]
     assert xs == [2.0 * s for s in sizes]
     fit = costmodel.fit_link(xs, [nic.time_us(x) for x in xs])
     assert fit.link.bw_gbs == pytest.approx(0.125, rel=1e-6)
@@ -93,7 +97,7 @@ def test_fit_needs_two_sizes():
 def test_uplink_sharing_and_nics():
     """Two ranks of a node sending inter-node at once take twice as long on one NIC as on one NIC each."""
     topo = Topology(4, 2)
-    sched = costmodel.pair_schedule(topo, "inter", 1 << 20)[0]
+    sched = pair_schedule(topo, "inter", 1 << 20)[0]
     one_nic = costmodel.predict(sched, topo, PROFILE)
     two_nics = costmodel.predict(sched, topo, Profile(**{**PROFILE.__dict__, "nics_per_node": 2}))
     assert one_nic - PROFILE.inter.alpha_us == pytest.approx(2 * (two_nics - PROFILE.inter.alpha_us))
@@ -140,7 +144,7 @@ def test_library_self_copy_prices_own_chunks_of_library_phases_only():
 
 def test_overlap_sums_or_overlaps_link_classes():
     topo = Topology(4, 2)
-    ring = [costmodel._phase("ring", 4, np.arange(4), (np.arange(4) + 1) % 4, np.full(4, 1e6), blocking=True)]
+    ring = [phase("ring", 4, np.arange(4), (np.arange(4) + 1) % 4, np.full(4, 1e6), blocking=True)]
     both = costmodel.predict(ring, topo, PROFILE)
     serial = costmodel.predict(ring, topo, Profile(**{**PROFILE.__dict__, "overlap": 0.0}))
     assert serial == pytest.approx(both + PROFILE.intra.time_us(1e6))
@@ -163,10 +167,10 @@ def test_profile_json_round_trip(tmp_path):
 def test_projection_matches_nccl_plateau_and_names_a_crossover():
     h100 = BUILTIN["h100-8gpu"]
     t = exchange_time(h100, "native", 1, 1 << 28)
-    assert 330 <= costmodel.busbw_gbs(1 << 28, t, 8) <= 372
+    assert 330 <= busbw_gbs(1 << 28, t, 8) <= 372
     times = lambda N: {f"{a}_us": exchange_time(h100, a, N, 1 << 24) for a in ("hierarchical", "native")}
     rows = [{"nodes": N, "gpus": 8 * N, "size": 1 << 24, **times(N)} for N in (1, 2, 4, 8, 16, 32, 64)]
-    assert crossovers(rows, "native")[0]["from_gpus"] == 256
+    assert crossovers(rows, "hierarchical", "native")[0]["from_gpus"] == 256
 
 
 def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
@@ -175,7 +179,7 @@ def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = json.loads(out.read_text())["rows"]
-    assert {r["kind"] for r in rows} >= {"exchange", "coordinated", "crossover", "field"}
+    assert {r["kind"] for r in rows} >= {"exchange", "pairs", "crossover", "field"}
     assert all(r["native_us"] > 0 for r in rows if r["kind"] == "exchange")
     bad = subprocess.run([*cmd[:4], "--profile", "tpu-v9"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
@@ -188,7 +192,8 @@ def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
 def test_calibrate_on_one_host_writes_predicted_and_measured(mpiexec_available, tmp_path):
     out, prof = tmp_path / "cal.json", tmp_path / "profile.json"
     args = ["-m", "moebench", "calibrate", "--ranks-per-node", "1", "-b", "4K", "-e", "64K", "-n", "3", "--rounds", "1"]
-    args += ["--validate", "--sizes", "4K,32K", "--algos", "flat,hierarchical,native", "--json", str(out)]
+    args += ["--validate", "--sizes", "4K,32K", "--algos", "flat,hierarchical,native", "--pairs", "none"]
+    args += ["--json", str(out)]
     result = mpirun(2, [*args, "--profile-out", str(prof)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "median |error|" in result.stdout

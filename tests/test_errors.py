@@ -44,7 +44,8 @@ BAD_CLI = [
     (["-d", "int4"], "unknown dtype 'int4'"),
     (["-e", "4T"], "not a size"),
     (["-b", "1K", "-e", "512G"], "too large for memory"),
-    (["--skew", "zipf:-1"], "unknown --skew"),
+    (["--skew", "zipf:-1"], "argument --skew: 'zipf:-1'; expected uniform, zipf:S"),
+    (["--pairs", "dedup"], "unknown dispatch/combine pair dedup"),
     (["-b", "1M", "-e", "1K"], "need 1 <= -b <= -e"),
 ]
 

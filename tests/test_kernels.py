@@ -1,5 +1,5 @@
-# T = tokens, E = experts, H = hidden, I = expert FFN, k = active
-"""Every expert kernel x impl against the float64 reference, edge cases, stats and bad input.
+# T = tokens, H = hidden, F = expert FFN width, E = experts, k = experts per token, R = rows
+"""Every expert kernel x impl (and the loop baseline) against the float64 reference, edge cases, stats and bad input.
 
 Triton kernels run under the CPU interpreter (TRITON_INTERPRET=1, set before triton is imported); with
 MOEBENCH_TEST_DEVICE=cuda (scripts/gpu_check.sh) the same tests run on the GPU, compiled.
@@ -16,22 +16,26 @@ import math
 
 import pytest
 import torch
-from moebench.kernels import EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
+
+from moebench.kernels import BASELINES, EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
+from moebench.kernels.loop import loop_experts
 from moebench.kernels.triton_utils import interpreter_active
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
 KERNELS = list(EXPERT_KERNELS)
 IMPLS = ["torch", "triton"]
+# (name, impl) of every kernel path, and the loop baseline (torch only)
+PATHS = [(name, impl) for name in KERNELS for impl in IMPLS] + [("loop", "torch")]
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 
-def make_weights(E: int, H: int, FFN: int, dtype=torch.float32, seed: int = 0):
+def make_weights(E: int, H: int, F: int, dtype=torch.float32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    w_gate_EHI = torch.randn(E, H, FFN, generator=g) / math.sqrt(H)
-    w_up_EHI = torch.randn(E, H, FFN, generator=g) / math.sqrt(H)
-    w_down_EIH = torch.randn(E, FFN, H, generator=g) / math.sqrt(FFN)
-    return tuple(w.to(DEVICE, dtype) for w in (w_gate_EHI, w_up_EHI, w_down_EIH))
+    w_gate_EHF = torch.randn(E, H, F, generator=g) / math.sqrt(H)
+    w_up_EHF = torch.randn(E, H, F, generator=g) / math.sqrt(H)
+    w_down_EFH = torch.randn(E, F, H, generator=g) / math.sqrt(F)
+    return tuple(w.to(DEVICE, dtype) for w in (w_gate_EHF, w_up_EHF, w_down_EFH))
 
 
 def make_x(T: int, H: int, dtype=torch.float32, seed: int = 1):
@@ -54,7 +58,7 @@ def rel_err(y, ref) -> float:
     return ((y - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-# name -> (H, I, E, routing builder); I=48 is not a multiple of the block size (partial column blocks)
+# name -> (H, F, E, routing builder); F=48 is not a multiple of the block size (partial column blocks)
 CASES = {
     "random": (32, 48, 4, lambda: random_routing(37, 4, 2)),
     "expert_without_tokens": (32, 48, 4, lambda: forced_routing([[0, 1], [3, 0], [1, 3]] * 7, 4)),
@@ -69,51 +73,48 @@ CASES = {
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name,impl", PATHS)
 @pytest.mark.parametrize("case", list(CASES))
 def test_matches_reference(case, name, impl, dtype):
-    H, FFN, E, make_routing = CASES[case]
+    H, F, E, make_routing = CASES[case]
     routing = make_routing()
-    w_gate_EHI, w_up_EHI, w_down_EIH = make_weights(E, H, FFN, dtype)
+    w_gate_EHF, w_up_EHF, w_down_EFH = make_weights(E, H, F, dtype)
     x_TH = make_x(routing.num_tokens, H, dtype)
-    y_TH, stats = EXPERT_KERNELS[name](x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH, impl=impl)
-    ref_TH = reference.moe_experts(x_TH, routing, w_gate_EHI, w_up_EHI, w_down_EIH)
+    y_TH, stats = get_kernel(name)(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl=impl)
+    ref_TH = reference.moe_experts(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH)
     assert y_TH.shape == x_TH.shape and y_TH.dtype == dtype
     assert rel_err(y_TH, ref_TH) <= TOL[dtype]
     num_kept = int(routing.kept_Tk.sum())
-    assert stats.useful_flops == 6 * H * FFN * num_kept
+    assert stats.useful_flops == 6 * H * F * num_kept
     assert stats.executed_flops >= stats.useful_flops
     assert stats.dropped == int(routing.num_dropped) == routing.num_assignments - num_kept
     assert stats.peak_extra_bytes > 0
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name,impl", PATHS)
 def test_fp16(name, impl):
-    H, FFN, E, make_routing = CASES["random"]
+    H, F, E, make_routing = CASES["random"]
     routing = make_routing()
-    weights = make_weights(E, H, FFN, torch.float16)
+    weights = make_weights(E, H, F, torch.float16)
     x_TH = make_x(routing.num_tokens, H, torch.float16)
-    y_TH, _ = EXPERT_KERNELS[name](x_TH, routing, *weights, impl=impl)
+    y_TH, _ = get_kernel(name)(x_TH, routing, *weights, impl=impl)
     assert y_TH.dtype == torch.float16
     assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= TOL[torch.float16]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name,impl", PATHS)
 def test_zero_tokens(name, impl):
     """A rank of an expert-parallel layer can receive no rows at all."""
     routing = forced_routing(torch.zeros(0, 1), 4)  # int64 [0, 1]
-    y_TH, stats = EXPERT_KERNELS[name](make_x(0, 32), routing, *make_weights(4, 32, 48), impl=impl)
+    y_TH, stats = get_kernel(name)(make_x(0, 32), routing, *make_weights(4, 32, 48), impl=impl)
     assert y_TH.shape == (0, 32)
     assert stats.useful_flops == 0 and stats.dropped == 0
 
 
 def test_drops_are_dropped():
     """With drops, the result differs from the dropless one exactly by the dropped assignments."""
-    H, FFN, E = 32, 48, 4
-    weights = make_weights(E, H, FFN)
+    H, F, E = 32, 48, 4
+    weights = make_weights(E, H, F)
     logits_TE = torch.randn(37, E, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     dropped = route(logits_TE, 2, capacity_factor=0.5)
     dropless = route(logits_TE, 2)
@@ -149,9 +150,9 @@ def test_torch_path_in_chunks(monkeypatch, name, cf):
     from moebench.kernels import common
 
     monkeypatch.setattr(common, "CPU_CHUNK_BYTES", 1)
-    H, FFN, E = 32, 48, 4
+    H, F, E = 32, 48, 4
     routing = random_routing(150, E, 2, cf=cf)  # 300 assignments: 5 chunks
-    weights = make_weights(E, H, FFN)
+    weights = make_weights(E, H, F)
     x_TH = make_x(150, H)
     y_TH, _ = EXPERT_KERNELS[name](x_TH, routing, *weights)
     assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5
@@ -163,9 +164,9 @@ def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
     from moebench.kernels import dynamic
     from moebench.kernels.common import MemoryMeter
 
-    H, FFN, E = 32, 48, 4
+    H, F, E = 32, 48, 4
     routing = random_routing(37, E, 2, cf=cf)
-    weights = make_weights(E, H, FFN)
+    weights = make_weights(E, H, F)
     x_TH = make_x(37, H)
     y_TH = dynamic._experts_torch_gpu(x_TH, routing, *weights, MemoryMeter(x_TH.device))
     assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5
@@ -174,11 +175,11 @@ def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_padding_accounting(impl):
     """padded computes E * C rows; dynamic (torch) exactly the kept rows; block_sparse whole blocks."""
-    H, FFN, E = 32, 48, 4
+    H, F, E = 32, 48, 4
     routing = forced_routing([[0, 1]] * 10 + [[0, 2]] * 3, E, block_size=16)  # counts 13, 10, 3, 0
-    args = (make_x(13, H), routing, *make_weights(E, H, FFN))
+    args = (make_x(13, H), routing, *make_weights(E, H, F))
     _, padded = EXPERT_KERNELS["padded"](*args, impl=impl)
-    assert padded.executed_flops == 6 * H * FFN * E * 13 and padded.padded_rows == E * 13 - 26
+    assert padded.executed_flops == 6 * H * F * E * 13 and padded.padded_rows == E * 13 - 26
     assert padded.padding_waste == pytest.approx(E * 13 / 26)
     _, dynamic = EXPERT_KERNELS["dynamic"](*args, impl=impl)
     assert dynamic.padded_rows == 0
@@ -187,19 +188,37 @@ def test_padding_accounting(impl):
     assert block_sparse.padded_rows == 3 * 16 - 26 and block_sparse.padding_waste == pytest.approx(48 / 26)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("cf", [None, 0.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_loop_stats(cf, dtype):
+    """The loop baseline computes exactly the kept rows (no padding) and meters the buffers it allocates."""
+    H, F, E, T = 32, 48, 4, 37
+    routing = random_routing(T, E, 2, cf=cf)
+    x_TH = make_x(T, H, dtype)
+    _, stats = get_kernel("loop")(x_TH, routing, *make_weights(E, H, F, dtype))
+    num_kept = int(routing.kept_Tk.sum())
+    assert stats.useful_flops == stats.executed_flops == 6 * H * F * num_kept
+    assert stats.padding_waste == 1.0 and stats.padded_rows == 0
+    assert stats.dropped == int(routing.num_dropped) == routing.num_assignments - num_kept
+    assert (stats.dropped > 0) == (cf is not None)
+    if DEVICE == "cpu":  # the ledger's peak: the busiest expert's x, gate and up rows (F > H), beside an fp32 y
+        accumulator = 0 if dtype == torch.float32 else T * H * 4
+        rows = int(routing.kept_counts_E.max())
+        assert stats.peak_extra_bytes == accumulator + rows * (H + 2 * F) * x_TH.element_size()
+
+
+@pytest.mark.parametrize("name,impl", PATHS)
 def test_grouped_rows_as_k1(name, impl):
     """Rows that arrive grouped (after an all-to-all): k = 1, weight 1.0 gives each row's expert output."""
-    H, FFN, E = 32, 48, 3
-    ids_N1 = torch.tensor([[0]] * 5 + [[2]] * 4 + [[1]] * 2)
-    routing = routing_from_topk(ids_N1.to(DEVICE), torch.ones(11, 1, device=DEVICE), E, block_size=16)
-    x_NH = make_x(11, H)
-    weights = make_weights(E, H, FFN)
-    y_NH, _ = EXPERT_KERNELS[name](x_NH, routing, *weights, impl=impl)
-    expect_NH = torch.stack([reference.swiglu_expert(x_NH[n].double(), *(w[e].double() for w in weights)).cpu()
-                             for n, e in enumerate(ids_N1[:, 0].tolist())])  # fmt: skip
-    assert rel_err(y_NH, expect_NH) <= 1e-5
+    H, F, E = 32, 48, 3
+    ids_R1 = torch.tensor([[0]] * 5 + [[2]] * 4 + [[1]] * 2)
+    routing = routing_from_topk(ids_R1.to(DEVICE), torch.ones(11, 1, device=DEVICE), E, block_size=16)
+    x_RH = make_x(11, H)
+    weights = make_weights(E, H, F)
+    y_RH, _ = get_kernel(name)(x_RH, routing, *weights, impl=impl)
+    expect_RH = torch.stack([reference.swiglu_expert(x_RH[r].double(), *(w[e].double() for w in weights)).cpu()
+                             for r, e in enumerate(ids_R1[:, 0].tolist())])  # fmt: skip
+    assert rel_err(y_RH, expect_RH) <= 1e-5
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is for CPU runs")
@@ -210,8 +229,8 @@ def test_interpreter_is_on():
 # ---------------------------------------------------------------------------------------------- bad input
 
 
-def _args(T=5, H=32, FFN=48, E=4, dtype=torch.float32):
-    return [make_x(T, H, dtype), random_routing(T, E, 2), *make_weights(E, H, FFN, dtype)]
+def _args(T=5, H=32, F=48, E=4, dtype=torch.float32):
+    return [make_x(T, H, dtype), random_routing(T, E, 2), *make_weights(E, H, F, dtype)]
 
 
 def _with(index, value):
@@ -232,14 +251,14 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("name", KERNELS)
+@pytest.mark.parametrize("name", [*KERNELS, *BASELINES])
 @pytest.mark.parametrize("bad", list(BAD))
 def test_bad_input(name, bad):
     args, message = BAD[bad]
     if bad == "dtype mismatch":
         args[3], args[4] = (w.to(torch.bfloat16) for w in args[3:5])  # only x is fp32
     with pytest.raises(ValueError, match=message):
-        EXPERT_KERNELS[name](*args)
+        get_kernel(name)(*args)
 
 
 @pytest.mark.parametrize("name", KERNELS)
@@ -248,6 +267,19 @@ def test_unknown_impl(name):
         EXPERT_KERNELS[name](*_args(), impl="cuda")
 
 
+@pytest.mark.parametrize("impl", ["triton", "cuda"])
+def test_loop_has_only_a_torch_path(impl):
+    with pytest.raises(ValueError, match=f"the loop baseline has only a torch path.*impl='{impl}'"):
+        loop_experts(*_args(), impl=impl)
+
+
+def test_get_kernel_finds_both_registries():
+    assert get_kernel("loop") is BASELINES["loop"] is loop_experts
+    for name, kernel in EXPERT_KERNELS.items():
+        assert get_kernel(name) is kernel
+
+
 def test_unknown_kernel():
-    with pytest.raises(ValueError, match=r"unknown expert kernel 'dense'.*padded, dynamic, block_sparse"):
+    message = r"unknown expert kernel 'dense'; kernels: padded, dynamic, block_sparse; baselines: loop"
+    with pytest.raises(ValueError, match=message):
         get_kernel("dense")

@@ -8,10 +8,14 @@ os.environ["TRITON_INTERPRET"] = "1" if os.environ.get("MOEBENCH_TEST_DEVICE", "
 
 import argparse
 import json
+import re
 
 import pytest
 import torch
-from moebench.bench import kernels_bench, workloads
+
+from moebench.bench import cli
+from moebench.bench.commands import kernels as kernels_bench
+from moebench.bench.layer import presets, workloads
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
@@ -19,10 +23,8 @@ REQUIRED = {"kernel", "impl", "tokens", "time_us", "useful_tflops", "padding_was
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    """Flags as the CLI parses them; fp32 on the test device unless argv says otherwise."""
-    parser = argparse.ArgumentParser()
-    kernels_bench.add_arguments(parser)
-    return parser.parse_args(["--device", DEVICE, "--dtype", "fp32", *argv])
+    """Flags as the CLI parses them (bad ones raise ValueError); fp32 on the test device unless argv says otherwise."""
+    return cli.build_parser().parse_args(["kernels", "--device", DEVICE, "--dtype", "fp32", *argv])
 
 
 def run_json(tmp_path, *argv: str) -> dict:
@@ -43,12 +45,14 @@ def test_rows_and_columns(tmp_path, capsys):
     for row in rows:
         assert set(row) >= REQUIRED
         assert row["time_us"] > 0 and row["useful_tflops"] > 0
-        if row["kernel"] not in ("dense", "loop"):
-            assert row["rel_err"] < 1e-5 and row["routing_us"] > 0 and row["peak_mb"] > 0
+        if row["kernel"] != "dense":
+            assert row["rel_err"] < 1e-5 and row["correct"] and row["routing_us"] > 0
+        if row["role"] == "kernel":
+            assert row["peak_mb"] > 0
     padded_cf1 = next(r for r in rows if r["tokens"] == 40 and r["kernel"] == "padded" and r["capacity_factor"] == 1.0)
     assert padded_cf1["dropped_pct"] > 0 and padded_cf1["padding_waste"] >= 1.0
     out = capsys.readouterr().out
-    assert "TINY" in out and "routing µs" in out and "12.8x" in out
+    assert "TINY" in out and "routing µs" in out and "12.8x" in out and "faster than loop" in out
 
 
 def test_triton_impl_under_interpreter(tmp_path):
@@ -75,33 +79,38 @@ def test_save(tmp_path, monkeypatch):
 
 
 def test_summary_lines():
-    def row(kernel, time_us, cf=None, **kw):
-        return {"tokens": 128, "kernel": kernel, "capacity_factor": cf, "time_us": time_us, "frac_dense": 0.8,
-                "dropped_pct": 1.5, "padding_waste": 2.0, **kw}  # fmt: skip
+    def row(kernel, time_us, cf=None, role="kernel", **kw):
+        fields = {"frac_dense": 0.8, "dropped_pct": 1.5, "padding_waste": 1.0, "role": role, "correct": True}
+        return {"tokens": 128, "skew": "uniform", "kernel": kernel, "capacity_factor": cf, "time_us": time_us,
+                **fields, **kw}  # fmt: skip
 
-    rows = [row("dense", 80.0), row("loop", 200.0), row("padded", 300.0, 2.0), row("dynamic", 100.0),
-            row("block_sparse", 110.0)]  # fmt: skip
+    rows = [row("dense", 80.0, role="dense"), row("loop", 200.0, role="baseline"),
+            row("padded", 300.0, 2.0, padding_waste=2.0), row("dynamic", 100.0), row("block_sparse", 110.0),
+            row("broken", 10.0, correct=False)]  # fmt: skip
     (line,) = kernels_bench.summary_lines(rows)
-    assert "2.00x faster than loop" in line and "3.00x faster than padded cf=2.0 (drops 1.5%)" in line
-    assert "block_sparse / dynamic time 1.10" in line and "cf=2.0 2.00x" in line and "12.8x" in line
+    assert line.startswith("T=128 uniform: fastest dynamic 100 µs, 0.80x dense throughput")
+    assert "2.00x faster than loop" in line and "padded cf=2.0 3.00x its time (drops 1.5%, waste 2.00x)" in line
+    assert "block_sparse 1.10x its time" in line and "12.8x" in line and "broken" not in line
 
 
 BAD_FLAGS = [
     (["--model", "gpt-5"], "unknown model preset 'gpt-5'"),
-    (["--tokens", "1,x"], "bad --tokens"),
-    (["--tokens", "0"], "--tokens must be >= 1"),
-    (["--kernels", "padded,fast"], "unknown expert kernel 'fast'"),
-    (["--skew", "zipf"], "bad --skew"),
-    (["--skew", "hot:1.5"], "bad --skew"),
-    (["--capacity-factor", "0"], "bad --capacity-factor"),
-    (["--capacity-factor=-1,none"], "bad --capacity-factor"),
+    (["--tokens", "1,x"], "argument --batch/--tokens: not a list of integers: '1,x'"),
+    (["--batch", "0"], "--batch sizes must be >= 1"),
+    (["--kernels", "padded,fast"], "unknown expert kernel fast"),
+    (["--skew", "zipf"], "argument --skew: 'zipf'; expected uniform"),
+    (["--skew", "hot:1.5"], "argument --skew: 'hot:1.5'; expected uniform"),
+    (["--skew", "gate"], "argument --skew: 'gate'; expected uniform"),
+    (["--capacity-factor", "0"], "argument --capacity-factor: '0': must be > 0 or none"),
+    (["--capacity-factor=-1,none"], "argument --capacity-factor: '-1': must be > 0 or none"),
     (["-n", "0"], "need -n >= 1"),
+    (["-d", "int8"], "unknown dtype 'int8'"),
 ]
 
 
 @pytest.mark.parametrize("argv,message", BAD_FLAGS)
 def test_bad_flags(argv, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         kernels_bench.run(parse(*argv))
 
 
@@ -115,19 +124,19 @@ def test_cuda_without_a_gpu():
 
 
 def test_presets_exact():
-    shapes = {name: (p.H, p.I, p.E, p.k) for name, p in workloads.PRESETS.items()}
+    shapes = {name: (p.H, p.F, p.E, p.k) for name, p in presets.PRESETS.items()}
     assert shapes["mixtral-8x7b"] == (4096, 14336, 8, 2)
     assert shapes["deepseek-v3"] == (7168, 2048, 256, 8)
     assert shapes["qwen3-30b-a3b"] == (2048, 768, 128, 8)
     assert shapes["switch-base-128"] == (768, 3072, 128, 1)
     assert shapes["mixtral-8x7b-tiny"] == (256, 896, 8, 2)
-    assert workloads.get_preset("switch-base-128").act == "gelu"
-    for name, p in workloads.PRESETS.items():
+    assert presets.get_preset("switch-base-128").act == "gelu"
+    for name, p in presets.PRESETS.items():
         if p.tiny:
-            full = workloads.get_preset(name.removesuffix("-tiny"))
-            assert (p.E, p.k, p.act) == (full.E, full.k, full.act) and p.H < full.H and p.I < full.I
+            full = presets.get_preset(name.removesuffix("-tiny"))
+            assert (p.E, p.k, p.act) == (full.E, full.k, full.act) and p.H < full.H and p.F < full.F
     with pytest.raises(ValueError, match="valid: mixtral-8x7b, mixtral-8x7b-tiny"):
-        workloads.get_preset("mixtral")
+        presets.get_preset("mixtral")
 
 
 @pytest.mark.parametrize("skew", ["uniform", "zipf:1.2", "hot:0.9", "shift", "shift:0.5"])

@@ -43,11 +43,11 @@ def test_benchmark_rows_are_complete_and_correct(moe_json):
     data = json.loads(moe_json.read_text())
     rows = data["rows"]
     assert data["meta"]["benchmark"] == "moe" and data["meta"]["P"] == 2
-    configs = {(r["algo"], r["kernel"]) for r in rows}
-    for algo in ("flat", "hierarchical", "native", "coordinated"):
+    configs = {(r["algo"], r["kernel"], r["role"]) for r in rows}
+    for algo in ("flat", "hierarchical", "native", "coordinated:flat"):
         for kernel in ("padded", "dynamic", "block_sparse"):
-            assert (algo, kernel) in configs
-    assert {("naive", "loop"), ("dense-equivalent", "dense")} <= configs
+            assert (algo, kernel, "config") in configs
+    assert {("native", "loop", "baseline"), ("dense-equivalent", "dense", "dense")} <= configs
     for row in rows:
         for field in ("algo", "kernel", "batch", "total_us", "p99_us", "tokens_per_s", "correct"):
             assert field in row
@@ -85,7 +85,8 @@ BAD_MOE = [
     (2, ["--batch", "0"], "--batch sizes must be >= 1"),
     (4, ["--tp", "3"], "--tp 3 must divide"),
     (2, ["--kernels", "fancy"], "unknown kernel fancy"),
-    (2, ["--capacity-factor", "0"], "--capacity-factor must be > 0"),
+    (2, ["--capacity-factor", "0"], "argument --capacity-factor: '0': must be > 0 or none"),
+    (2, ["--algos", "coordinated:ring"], "unknown algorithm 'coordinated:ring'"),
 ]
 
 

@@ -1,4 +1,4 @@
-# T = tokens, E = experts, k = active, A = T*k assignments
+# T = tokens, E = experts, k = experts per token, A = T*k assignments, Q = block size, R = rows
 """Routing: the top-k softmax gate (torch and Triton), capacity and drops, and the layout metadata."""
 
 import dataclasses
@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+
 from moebench.kernels import capacity_for, route, routing_from_topk, topk_softmax
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
@@ -63,27 +64,27 @@ def check_layout(r):
     pos_Tk = r.sorted_pos_Tk
     assert torch.equal(r.sort_idx_A[pos_Tk[r.kept_Tk]], torch.arange(T * k).view(T, k)[r.kept_Tk])
     # block layout
-    S = r.block_size
+    Q = r.block_size
     padded_E = r.block_offsets_E1.diff()
-    assert (padded_E % S == 0).all() and (padded_E >= r.kept_counts_E).all() and (padded_E - r.kept_counts_E < S).all()
+    assert (padded_E % Q == 0).all() and (padded_E >= r.kept_counts_E).all() and (padded_E - r.kept_counts_E < Q).all()
     used = r.tile_expert_B >= 0
-    assert int(used.sum()) == int(padded_E.sum()) // S <= r.max_tiles
+    assert int(used.sum()) == int(padded_E.sum()) // Q <= r.max_tiles
     assert not used[int(used.sum()) :].any()  # used tiles first
     for b in range(int(used.sum())):
         e, row = int(r.tile_expert_B[b]), int(r.tile_row_B[b])
-        assert r.offsets_E1[e] <= row < r.offsets_E1[e + 1] and (row - r.offsets_E1[e]) % S == 0
+        assert r.offsets_E1[e] <= row < r.offsets_E1[e + 1] and (row - r.offsets_E1[e]) % Q == 0
     # every kept row is covered by exactly one tile
     covered = torch.zeros(T * k, dtype=torch.int64)
     for b in range(int(used.sum())):
         e, row = int(r.tile_expert_B[b]), int(r.tile_row_B[b])
-        covered[row : min(row + S, int(r.offsets_E1[e + 1]))] += 1
+        covered[row : min(row + Q, int(r.offsets_E1[e + 1]))] += 1
     assert (covered[: int(r.offsets_E1[E])] == 1).all() and (covered[int(r.offsets_E1[E]) :] == 0).all()
 
 
 @pytest.mark.parametrize("cf", [None, 0.25, 1.0, 8.0])
-@pytest.mark.parametrize("T,E,k,S", [(1, 4, 2, 16), (37, 8, 2, 16), (100, 16, 4, 32), (64, 4, 4, 16)])
-def test_layout_invariants(T, E, k, S, cf):
-    check_layout(route(logits(T, E), k, capacity_factor=cf, block_size=S))
+@pytest.mark.parametrize("T,E,k,Q", [(1, 4, 2, 16), (37, 8, 2, 16), (100, 16, 4, 32), (64, 4, 4, 16)])
+def test_layout_invariants(T, E, k, Q, cf):
+    check_layout(route(logits(T, E), k, capacity_factor=cf, block_size=Q))
 
 
 def test_sort_is_stable_in_token_order():
@@ -127,8 +128,8 @@ def test_with_block_size():
 
 def test_grouped_rows_routing():
     """k = 1 over rows already grouped by expert: the permutation is the identity."""
-    ids_N1 = torch.tensor([[0]] * 3 + [[1]] * 0 + [[2]] * 4)
-    r = routing_from_topk(ids_N1, torch.ones(7, 1), 3)
+    ids_R1 = torch.tensor([[0]] * 3 + [[1]] * 0 + [[2]] * 4)
+    r = routing_from_topk(ids_R1, torch.ones(7, 1), 3)
     assert r.sort_idx_A.tolist() == list(range(7)) and r.offsets_E1.tolist() == [0, 3, 3, 7]
 
 

@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+
 from moebench.collectives.topology import Topology, TopologyError, from_hostnames, gpu_info
 
 

@@ -33,19 +33,19 @@ def _gemm_kernels(dtype: str) -> dict:
     return {
         "padded_gate_up": (
             padded._padded_gate_up_kernel,
-            {"x_ptr": p, "w_gate_ptr": p, "w_up_ptr": p, "h_ptr": p, "C": "i32", "H": "i32", "FFN": "i32"},
+            {"x_ptr": p, "w_gate_ptr": p, "w_up_ptr": p, "h_ptr": p, "C": "i32", "H": "i32", "F": "i32"},
             {"BLOCK_M": BLOCK, **common},
         ),
         "padded_down": (
             padded._padded_down_kernel,
-            {"h_ptr": p, "w_down_ptr": p, "out_ptr": p, "C": "i32", "H": "i32", "FFN": "i32"},
+            {"h_ptr": p, "w_down_ptr": p, "out_ptr": p, "C": "i32", "H": "i32", "F": "i32"},
             {"BLOCK_M": BLOCK, **common},
         ),
         "dynamic_gate_up": (
             dynamic._dynamic_gate_up_kernel,
             {
                 "x_ptr": p, "sort_idx_ptr": i64, "tile_expert_ptr": i64, "tile_row_ptr": i64, "offsets_ptr": i64,
-                "w_gate_ptr": p, "w_up_ptr": p, "h_ptr": p, "H": "i32", "FFN": "i32", "TOP_K": "i32",
+                "w_gate_ptr": p, "w_up_ptr": p, "h_ptr": p, "H": "i32", "F": "i32", "TOP_K": "i32",
             },
             {"BLOCK_M": BLOCK, **common},
         ),
@@ -53,7 +53,7 @@ def _gemm_kernels(dtype: str) -> dict:
             dynamic._dynamic_down_kernel,
             {
                 "h_ptr": p, "sort_idx_ptr": i64, "tile_expert_ptr": i64, "tile_row_ptr": i64, "offsets_ptr": i64,
-                "w_down_ptr": p, "weights_ptr": "*fp32", "out_ptr": "*fp32", "H": "i32", "FFN": "i32",
+                "w_down_ptr": p, "weights_ptr": "*fp32", "out_ptr": "*fp32", "H": "i32", "F": "i32",
             },
             {"BLOCK_M": BLOCK, **common},
         ),
@@ -61,17 +61,17 @@ def _gemm_kernels(dtype: str) -> dict:
             block_sparse._sdd_gate_up_kernel,
             {
                 "x_ptr": p, "column_indices_ptr": i64, "w_gate_ptr": p, "w_up_ptr": p, "data_ptr": p,
-                "H": "i32", "FFN": "i32", "J": "i32",
+                "H": "i32", "F": "i32", "J": "i32",
             },
-            {"S": BLOCK, **common},
+            {"Q": BLOCK, **common},
         ),
         "dsd_down": (
             block_sparse._dsd_down_kernel,
             {
                 "data_ptr": p, "column_indices_ptr": i64, "row_offsets_ptr": i64, "w_down_ptr": p, "out_ptr": p,
-                "H": "i32", "FFN": "i32", "J": "i32",
+                "H": "i32", "F": "i32", "J": "i32",
             },
-            {"S": BLOCK, **common},
+            {"Q": BLOCK, **common},
         ),
     }  # fmt: skip
 
@@ -81,7 +81,7 @@ def _gate_kernel() -> tuple:
 
     signature = {"logits_ptr": "*fp32", "ids_ptr": "*i64", "weights_ptr": "*fp32", "T": "i32", "E": "i32",
                  "stride_t": "i32"}  # fmt: skip
-    return routing._topk_softmax_kernel, signature, {"K": 8, "K_PAD": 8, "BLOCK_T": 16, "BLOCK_E": 256}
+    return routing._topk_softmax_kernel, signature, {"TOP_K": 8, "TOP_K_PAD": 8, "BLOCK_T": 16, "BLOCK_E": 256}
 
 
 def _matrix_instructions(ptx: str) -> list[str]:

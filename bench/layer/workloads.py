@@ -1,17 +1,17 @@
-# T = tokens, E = experts, H = hidden, I = expert FFN, k = active
-"""Workloads: model presets (DESIGN.md §4) and forced routing distributions, seeded and deterministic.
+# T = tokens, E = experts, H = hidden, F = expert FFN width, k = experts per token
+"""Workloads: forced routing distributions (the one `--skew` grammar), tokens and weights, seeded and deterministic.
 
-Presets are the real shapes; each has a `-tiny` variant for a 2-core CPU: H and I divided by 16, E, k
-and the activation unchanged (mixtral-8x7b-tiny is H=256, I=896: one SwiGLU forward of T=4096 tokens
-is ~11 GFLOP, a few hundred ms here).
-
-Routing distributions (`--skew`), each giving top-k ids with k *distinct* experts per token:
+Routing distributions, each giving top-k ids with k *distinct* experts per token:
 - uniform: every expert equally likely;
 - zipf:S: expert popularity ~ 1 / rank^S (rank order a seeded permutation of the experts);
 - hot:F: a fraction F of assignments go to a hot set of max(k, E // 16) experts, the rest spread evenly
   over the others (per token: Binomial(k, F) hot picks, then distinct experts inside each set);
 - shift or shift:F: hot:F (F = 0.8 by default) whose hot set moves by one set-width per batch index.
-Combine weights are a softmax over k seeded normal logits, in descending order.
+Combine weights are a softmax over k seeded normal logits, in descending order. Where a layer has a
+real router, `gate` names it instead (`parse_skew(spec, allow_gate=True)`).
+
+Every tensor is drawn on the CPU from the seed and then moved to the device, so a run on a GPU sees the
+same numbers as the CPU reference that checks it.
 """
 
 from __future__ import annotations
@@ -21,69 +21,34 @@ from dataclasses import dataclass
 
 import torch
 
-
-@dataclass(frozen=True)
-class Preset:
-    """An MoE layer's shape: hidden size H, expert FFN size I, E experts, top-k, expert activation."""
-
-    name: str
-    H: int
-    I: int  # noqa: E741 (the shape legend's name for the expert FFN size)
-    E: int
-    k: int
-    act: str
-    note: str = ""
-
-    @property
-    def tiny(self) -> bool:
-        return self.name.endswith("-tiny")
-
-
-_FULL = (
-    Preset("mixtral-8x7b", 4096, 14336, 8, 2, "swiglu"),
-    Preset("deepseek-v3", 7168, 2048, 256, 8, "swiglu", "+1 shared expert (optional, not in the routed experts)"),
-    Preset("qwen3-30b-a3b", 2048, 768, 128, 8, "swiglu"),
-    Preset("switch-base-128", 768, 3072, 128, 1, "gelu", "2-matrix GELU expert in the original"),
-)
-TINY_DIVISOR = 16
-
-
-def _tiny(p: Preset) -> Preset:
-    return Preset(f"{p.name}-tiny", p.H // TINY_DIVISOR, p.I // TINY_DIVISOR, p.E, p.k, p.act, f"H, I / {TINY_DIVISOR}")
-
-
-PRESETS: dict[str, Preset] = {p.name: p for full in _FULL for p in (full, _tiny(full))}
-
-
-def get_preset(name: str) -> Preset:
-    """The preset called `name`, or ValueError listing the valid names."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}")
-    return PRESETS[name]
-
+from moebench.bench.layer.presets import Preset
 
 # ---------------------------------------------------------------------------------------------- skew
 
 
 @dataclass(frozen=True)
 class Skew:
-    """A routing distribution: kind in uniform | zipf | hot | shift, with its parameter."""
+    """A routing distribution: kind in uniform | zipf | hot | shift (or gate: the layer's real router)."""
 
     kind: str
     param: float = 0.0
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "uniform" else f"{self.kind}:{self.param:g}"
+        return self.kind if self.kind in ("uniform", "gate") else f"{self.kind}:{self.param:g}"
 
 
 SHIFT_DEFAULT_HOT = 0.8
 
 
-def parse_skew(spec: str) -> Skew:
-    """ "uniform" | "zipf:S" (S > 0) | "hot:F" (0 <= F <= 1) | "shift" | "shift:F"; ValueError otherwise."""
+SKEW_GRAMMAR = "uniform, zipf:S (S > 0), hot:F or shift:F (0 <= F <= 1), shift"
+
+
+def parse_skew(spec: str, allow_gate: bool = False) -> Skew:
+    """ "uniform" | "zipf:S" (S > 0) | "hot:F" (0 <= F <= 1) | "shift" | "shift:F" (| "gate" where
+    allow_gate); ValueError otherwise."""
     kind, _, value = spec.partition(":")
-    if kind == "uniform" and not value:
-        return Skew("uniform")
+    if kind in ("uniform", "gate") and not value and (kind == "uniform" or allow_gate):
+        return Skew(kind)
     if kind == "shift" and not value:
         return Skew("shift", SHIFT_DEFAULT_HOT)
     if kind in ("zipf", "hot", "shift") and value:
@@ -95,7 +60,8 @@ def parse_skew(spec: str) -> Skew:
             return Skew(kind, param)
         if kind in ("hot", "shift") and 0 <= param <= 1:
             return Skew(kind, param)
-    raise ValueError(f"bad --skew {spec!r}; expected uniform, zipf:S (S > 0), hot:F or shift:F (0 <= F <= 1), shift")
+    expected = ("gate (the real router), " if allow_gate else "") + SKEW_GRAMMAR
+    raise ValueError(f"bad --skew {spec!r}; expected {expected}")
 
 
 def hot_set_size(num_experts: int, k: int) -> int:
@@ -139,6 +105,7 @@ def sample_topk(
     Deterministic in (skew, T, E, k, seed, batch); `batch` moves the hot set of "shift" and reseeds.
     """
     skew = parse_skew(skew) if isinstance(skew, str) else skew
+    assert skew.kind != "gate", "the real router is the layer's, not a forced distribution"
     if not 1 <= k <= num_experts:
         raise ValueError(f"k must be in 1..E={num_experts}, got k={k}")
     T, E = num_tokens, num_experts
@@ -163,21 +130,25 @@ def sample_topk(
 # ---------------------------------------------------------------------------------------------- tensors
 
 
+def _normal(shape, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal * scale, drawn on the CPU from `seed` (the same numbers on every device)."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).mul_(scale)
+
+
 def make_expert_weights(
     preset: Preset, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(w_gate_EHI, w_up_EHI, w_down_EIH), normal / sqrt(fan-in), generated on `device`."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    E, H, FFN = preset.E, preset.H, preset.I
-    w_gate_EHI = torch.randn(E, H, FFN, generator=gen, device=device).div_(math.sqrt(H)).to(dtype)
-    w_up_EHI = torch.randn(E, H, FFN, generator=gen, device=device).div_(math.sqrt(H)).to(dtype)
-    w_down_EIH = torch.randn(E, FFN, H, generator=gen, device=device).div_(math.sqrt(FFN)).to(dtype)
-    return w_gate_EHI, w_up_EHI, w_down_EIH
+    """(w_gate_EHF, w_up_EHF, w_down_EFH), normal / sqrt(fan-in), drawn on the CPU and moved to `device`."""
+    E, H, F = preset.E, preset.H, preset.F
+    gen = torch.Generator().manual_seed(seed)
+    w_gate_EHF = torch.randn(E, H, F, generator=gen).div_(math.sqrt(H))
+    w_up_EHF = torch.randn(E, H, F, generator=gen).div_(math.sqrt(H))
+    w_down_EFH = torch.randn(E, F, H, generator=gen).div_(math.sqrt(F))
+    return tuple(w.to(device=device, dtype=dtype) for w in (w_gate_EHF, w_up_EHF, w_down_EFH))
 
 
 def make_tokens(
     num_tokens: int, hidden: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0
 ) -> torch.Tensor:
-    """x_TH, standard normal."""
-    gen = torch.Generator(device=device).manual_seed(seed + 1)
-    return torch.randn(num_tokens, hidden, generator=gen, device=device).to(dtype)
+    """x_TH, standard normal (drawn on the CPU)."""
+    return _normal((num_tokens, hidden), seed + 1).to(device=device, dtype=dtype)

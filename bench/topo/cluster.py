@@ -2,11 +2,11 @@
 
 N = nodes, G = ranks per node, P = N * G ranks.
 
-    python -m moebench cluster --nodes 2 --ranks-per-node 2 --inter-bw 1gbit [--inter-latency 20us] \\
+    moebench cluster --nodes 2 --ranks-per-node 2 --inter-bw 1gbit [--inter-latency 20us] \\
         collectives -b 64K -e 4M --tp 2
 
 builds N virtual nodes and runs `python -m moebench <benchmark args>` across them under the venv's
-mpiexec, node i's G ranks inside namespace i:
+mpiexec, node i's G ranks inside namespace i (bench/commands/cluster.py is the subcommand):
 
     node i = namespace <prefix>-n<i>, hostname <prefix>-node<i>, eth0 = 10.77.x.y/16
              eth0 --veth-- <prefix>v<i> --bridge <prefix>b-- the other nodes
@@ -100,25 +100,6 @@ def format_rate(bits: int) -> str:
         if bits >= scale:
             return f"{bits / scale:g}{unit}"
     return f"{bits}bit"
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--nodes", type=int, default=2, help="N: emulated nodes (network namespaces)")
-    p.add_argument("--ranks-per-node", type=int, default=2, help="G: ranks per node")
-    p.add_argument(
-        "--inter-bw", type=parse_rate, default=parse_rate("1gbit"), help="each node's uplink, per direction (tc rate)"
-    )
-    p.add_argument("--no-shaping", action="store_true", help="leave the inter-node links unshaped")
-    p.add_argument("--shaper", choices=("tbf", "htb"), default="tbf", help="tc qdisc that shapes the uplinks")
-    p.add_argument(
-        "--inter-latency", type=parse_latency, default=0.0, help="added per inter-node message in user space (20us)"
-    )
-    p.add_argument("--timeout", type=float, default=None, help="end the run (and clean up) after this many seconds")
-    p.add_argument("--keep-env", action="store_true", help=argparse.SUPPRESS)
-    # library-default: leave MPICH/UCX to pick their transports (on one host: shared memory, which the
-    # probe refuses for the mpi backend); only to test that refusal
-    p.add_argument("--mpi-transport", choices=("tcp", "library-default"), default="tcp", help=argparse.SUPPRESS)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark to run: e.g. collectives -b 1K -e 4M")
 
 
 # ------------------------------------------------------------------------------ names
@@ -438,7 +419,9 @@ def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str, nbytes:
     inter-node messages over TCP through the shaped links. ClusterError (one line) where it cannot."""
     if layout.nodes < 2:
         return
-    code = "import sys; from moebench.bench.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
+    code = (
+        "import sys; from moebench.bench.topo.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
+    )
     python_args = ["-c", code, str(nbytes), str(G)]
     before = uplink_bytes(layout)
     proc = subprocess.Popen(launch_command(layout, G, [], python_args), env=env, stdout=subprocess.PIPE,
@@ -536,31 +519,6 @@ def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for s, handler in old.items():
                 signal.signal(s, handler)
-
-
-def validate(args) -> list[str]:
-    """Checks that need no host access: ValueError on bad input; returns the benchmark's arguments."""
-    bench_args = list(args.bench_args)
-    if bench_args and bench_args[0] == "--":
-        bench_args = bench_args[1:]
-    if not bench_args:
-        raise ValueError("cluster: name the benchmark to run, e.g. `cluster --nodes 2 collectives -b 1K -e 4M`")
-    if bench_args[0] == "cluster":
-        raise ValueError("cluster: cannot run a cluster inside a cluster")
-    if args.nodes < 1 or args.ranks_per_node < 1:
-        raise ValueError(f"need --nodes >= 1 and --ranks-per-node >= 1 (got {args.nodes}, {args.ranks_per_node})")
-    if args.nodes > 64:
-        raise ValueError(f"--nodes {args.nodes}: at most 64 emulated nodes")
-    if args.timeout is not None and args.timeout <= 0:
-        raise ValueError(f"--timeout must be > 0 s (got {args.timeout})")
-    return bench_args
-
-
-def run(args) -> int:
-    bench_args = validate(args)
-    rate = None if args.no_shaping else args.inter_bw
-    return run_cluster(args.nodes, args.ranks_per_node, bench_args, rate, args.shaper, args.inter_latency, args.timeout,
-                       args.mpi_transport)  # fmt: skip
 
 
 def cluster_meta() -> dict:

@@ -1,0 +1,159 @@
+"""The all-to-all cases every collective benchmark shares: rows, split matrices, checks, traffic and bandwidth.
+
+P = world size, R = rows a rank sends, H = elements per row, S = bytes each rank sends (own chunk included).
+
+Data are deterministic per rank (seeded by rank), so every rank rebuilds what it must receive and
+checks its own output with no extra communication. A case is checked once (wrong elements, the
+traffic the communicator counted, and whether that equals the algorithm's own schedule) before it
+is timed: `collectives` and `calibrate` time the same cases.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from moebench.bench.layer.workloads import Skew, sample_topk
+from moebench.bench.timing import Case
+from moebench.bench.units import algbw_gbs, busbw_gbs
+from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
+from moebench.collectives.schedule import traffic
+
+EXPERTS_PER_RANK = 8  # for a skewed split matrix: rows routed (top-1) over P * 8 experts
+
+
+def sizes_between(lo: int, hi: int, factor: float) -> list[int]:
+    """lo, lo * factor, ... up to hi (nccl-tests' -b -e -f)."""
+    sizes, s = [], lo
+    while s <= hi:
+        sizes.append(s)
+        s = max(int(s * factor), s + 1)
+    return sizes
+
+
+def row_shape(size_bytes: int, elem_bytes: int, P: int, hidden: int) -> tuple[int, int]:
+    """(R, H): R rows of H elements per rank, R * H * elem_bytes <= S, at least one row per peer if S allows."""
+    elems = max(size_bytes // elem_bytes, 1)
+    H = max(1, min(hidden, elems // P))
+    return elems // H, H
+
+
+def split_matrix(R: int, P: int, skew: Skew, seed: int) -> np.ndarray:
+    """[P, P]: row s = rank s's send_splits. uniform: R rows spread evenly. Any other skew: each row of rank s
+    goes to the rank owning its expert, drawn (top-1) from that skew over P * 8 experts."""
+    if skew.kind == "uniform":
+        base = np.full((P, P), R // P, dtype=np.int64)
+        base[:, : R % P] += 1
+        return base
+    E = P * EXPERTS_PER_RANK
+    rows = [sample_topk(skew, R, E, 1, seed=seed * 1000 + s)[0][:, 0] // EXPERTS_PER_RANK for s in range(P)]
+    return np.stack([np.bincount(r.numpy(), minlength=P) for r in rows]).astype(np.int64)
+
+
+def rank_rows(src: int, R: int, H: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Rank src's send buffer [R, H]: deterministic in (seed, src)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + src)
+    return torch.randn(R, H, generator=g).to(dtype)
+
+
+def expected_recv(me: int, splits: np.ndarray, H: int, dtype, seed: int) -> torch.Tensor:
+    """What rank `me` must receive: chunk `me` of every rank's buffer, rank 0's first."""
+    chunks = []
+    for src in range(splits.shape[0]):
+        start = int(splits[src, :me].sum())
+        chunks.append(rank_rows(src, int(splits[src].sum()), H, dtype, seed)[start : start + int(splits[src, me])])
+    return torch.cat(chunks)
+
+
+def count_wrong(got: torch.Tensor, want: torch.Tensor) -> int:
+    """Elements of `got` that differ from `want` (every element, when the shapes differ)."""
+    if got.shape != want.shape:
+        return max(got.numel(), want.numel(), 1)
+    return int((got.cpu() != want.cpu()).sum())
+
+
+def checked_case(comm, row: dict, fn, check, schedule) -> Case:
+    """Run `fn` once (collective: every rank, same order): count wrong elements (over all ranks; None when
+    not checked), the busiest rank's traffic per link class, and whether the schedule predicts it exactly."""
+    comm.traffic.reset()
+    out = fn()
+    wrong = check(out) if check else 0
+    busiest = comm.allreduce_max(comm.traffic.as_array())
+    model = traffic(schedule, comm.topology).max(axis=0)
+    row.update(
+        wire_intra_bytes=int(busiest[0]),
+        wire_inter_bytes=int(busiest[1]),
+        msgs_intra=int(busiest[2]),
+        msgs_inter=int(busiest[3]),
+        wrong=sum(comm.allgather_object(wrong)) if check else None,
+        schedule_matches=bool(np.array_equal(busiest, model)),
+    )
+    return Case(row, fn, schedule)
+
+
+def add_bandwidth(row: dict, logical_bytes: int, P: int) -> dict:
+    """bytes, algbw and busbw of a timed row (DESIGN.md §3)."""
+    row.update(
+        bytes=logical_bytes,
+        algbw_gbps=algbw_gbs(logical_bytes, row["time_us"]),
+        busbw_gbps=busbw_gbs(logical_bytes, row["time_us"], P),
+    )
+    return row
+
+
+def exchange_cases(comm, names, size: int, skew: Skew, hidden: int, dtype, seed: int, check: bool = True):
+    """One checked case per exchange in `names` at S = size. Returns (cases, logical bytes, the send buffer)."""
+    P, me = comm.world_size, comm.rank
+    R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
+    splits = split_matrix(R, P, skew, seed)
+    send = rank_rows(me, R, H, dtype, seed).to(comm.device)
+    want = expected_recv(me, splits, H, dtype, seed).to(comm.device) if check else None
+    row_bytes = H * send.element_size()
+    # Logical bytes (nccl-tests): what the busiest rank sends or receives, its own chunk included.
+    logical = int(max(splits.sum(axis=1).max(), splits.sum(axis=0).max())) * row_bytes
+    cases = []
+    for name in names:
+        algo = ALGORITHMS[name]
+        fn = lambda algo=algo: algo(comm, send, splits[me])
+        schedule = algo.schedule(splits, row_bytes, comm.topology)
+        row = {"algo": name, "size": size}
+        cases.append(checked_case(comm, row, fn, check and (lambda out: count_wrong(out[0], want)), schedule))
+    return cases, logical, send
+
+
+def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits):
+    """A dispatch + combine call with identity processing: out must equal send."""
+
+    def fn():
+        recv, _, handle = pair.dispatch(comm, send, send_splits, inner=inner)
+        return pair.combine(comm, recv, handle)
+
+    return fn
+
+
+def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dtype, seed: int, check: bool = True):
+    """`<pair>:<inner>` dispatch + combine round trips on rows duplicated across each TP group (as after a TP
+    block), each checked (out == send) and traffic-counted, with its dispatch's wire bytes. Returns
+    (cases, logical bytes)."""
+    P, me, L = comm.world_size, comm.rank, comm.tp.size
+    R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
+    splits = split_matrix(R, P, skew, seed)
+    leaders = np.arange(P) // L * L  # every TP rank holds its group's first rank's rows
+    send = rank_rows(int(leaders[me]), R, H, dtype, seed).to(comm.device)
+    send_splits = splits[leaders[me]]
+    row_bytes = H * send.element_size()
+    logical = int(splits.sum(axis=1).max()) * row_bytes
+    cases = []
+    for inner in inners:
+        for name in pairs:
+            pair = DISPATCH_COMBINE[name]
+            comm.traffic.reset()
+            pair.dispatch(comm, send, send_splits, inner=inner)
+            dispatch_bytes = comm.allreduce_max(comm.traffic.as_array())
+            schedule = pair.schedule(ALGORITHMS[inner], splits[leaders], row_bytes, comm.topology)
+            row = {"algo": f"{name}:{inner}", "pair": name, "inner": inner, "size": size}
+            fn = roundtrip(comm, pair, inner, send, send_splits)
+            case = checked_case(comm, row, fn, check and (lambda out: count_wrong(out, send)), schedule)
+            row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
+            cases.append(case)
+    return cases, logical

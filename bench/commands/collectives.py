@@ -1,0 +1,187 @@
+"""All-to-all benchmark, nccl-tests style: every algorithm side by side per size, each result checked.
+
+P = world size, G = ranks per node, L = TP degree, S = bytes each rank sends (incl. its own chunk).
+
+Rows per size: each exchange of --algos (the ALGORITHMS registry); a `<pair>:<inner>` dispatch+combine
+round trip for each pair of --pairs (the DISPATCH_COMBINE registry) over each selected exchange, on
+rows duplicated across each TP group; and a `host-copy` row: a plain memory copy of S bytes on every
+rank at once, the ceiling on one host. The rows of one size run interleaved, round-robin over
+--rounds rounds. `#wrong` counts wrong elements over all ranks (a wrong row exits 1).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from moebench.bench import cases, options, report, timing
+from moebench.bench.cli import open_comm
+from moebench.bench.timing import Case
+from moebench.collectives import ALGORITHMS
+
+BUFFERS_PER_SIZE = 8  # send, recv, expected and hierarchical's staging copies, per rank
+
+
+def add_arguments(p) -> None:
+    options.add_sizes(p, "1K", "16M", 2.0)
+    options.add_iterations(p, iters=20, warmup=5)
+    p.add_argument("--rounds", type=int, default=5, help="spread each row's iterations over this many rounds")
+    options.add_check(p)
+    options.add_dtype(p, "float32")
+    options.add_names(p, "--algos", ALGORITHMS, ALGORITHMS, "exchanges")
+    options.add_pairs(p)
+    options.add_launch(p)
+    options.add_skew(p, "uniform", gate=False)
+    options.add_hidden(p)
+    options.add_seed(p)
+    options.add_output(p)
+
+
+def validate(args) -> list[str]:
+    """Every check that needs no communication, identical on every rank: ValueError on bad input.
+    Returns the pairs to run."""
+    P = options.launch_size()
+    if args.dtype == "auto":
+        args.dtype = "float32"
+    options.check_names(args.algos, ALGORITHMS, "algorithm")
+    pairs = options.selected_pairs(args)
+    options.check_sizes(args)
+    options.check_iterations(args)
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1 (got {args.rounds})")
+    if args.hidden < 1:
+        raise ValueError(f"--hidden must be >= 1 (got {args.hidden})")
+    options.check_skews(args)
+    options.check_launch(args)
+    need = BUFFERS_PER_SIZE * args.maxbytes * P
+    if need > options.available_memory_bytes():
+        raise ValueError(
+            f"-e {args.maxbytes} B is too large for memory: about {need / 1e9:.1f} GB needed "
+            f"({BUFFERS_PER_SIZE} buffers x {P} ranks), {options.available_memory_bytes() / 1e9:.1f} GB available"
+        )
+    return pairs
+
+
+def host_copy_case(send: torch.Tensor, size: int) -> Case:
+    """Every rank copies its send buffer at once: the host's memory-copy ceiling for this size.
+
+    algbw = bytes copied / time (each byte read once and written once); busbw is the same number."""
+    dst = torch.empty_like(send)
+    return Case({"algo": "host-copy", "size": size, "wrong": None}, lambda: dst.copy_(send))
+
+
+def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
+    """Every row of one size and skew, timed interleaved."""
+    P, dtype = comm.world_size, options.DTYPES[args.dtype]
+    check = bool(args.check)
+    exchanges, logical, send = cases.exchange_cases(comm, args.algos, size, skew, args.hidden, dtype, args.seed, check)
+    trips, trip_logical = cases.roundtrip_cases(
+        comm, pairs, args.algos, size, skew, args.hidden, dtype, args.seed, check
+    )
+    copy = host_copy_case(send, size)
+    timing.run_interleaved(comm, [copy, *exchanges, *trips], args.iters, args.warmup, args.rounds, comm.device)
+    cases.add_bandwidth(copy.row, send.numel() * send.element_size(), 2)
+    copy.row["busbw_gbps"] = copy.row["algbw_gbps"]
+    for case in exchanges:
+        cases.add_bandwidth(case.row, logical, P)
+        case.row["host_copy_frac"] = case.row["algbw_gbps"] / copy.row["algbw_gbps"] if copy.row["algbw_gbps"] else 0
+    native = next((c.row for c in exchanges if c.row["algo"] == "native"), None)
+    for case in exchanges:
+        case.row["vs_native"] = native["time_us"] / case.row["time_us"] if native else None
+    for case in trips:
+        cases.add_bandwidth(case.row, trip_logical, P)
+        plain = next((c.row for c in trips if c.row["pair"] == "plain" and c.row["inner"] == case.row["inner"]), None)
+        if plain is not None and case.row["pair"] != "plain":
+            case.row["vs_plain"] = plain["time_us"] / case.row["time_us"]
+            case.row["dispatch_volume_frac"] = case.row["dispatch_wire_bytes"] / max(plain["dispatch_wire_bytes"], 1)
+    rows = [c.row for c in (copy, *exchanges, *trips)]
+    for row in rows:
+        row["skew"] = str(skew)
+    return rows
+
+
+# ------------------------------------------------------------------------------ output
+
+COLUMNS = [
+    "size", "skew", "algo", "time_us", "p99_us", "algbw GB/s", "busbw GB/s", "wire intra B", "wire inter B",
+    "sched", "#wrong", "vs native", "host-copy frac", "vs plain", "dispatch vol",
+]  # fmt: skip
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    def opt(row, key, fmt="{:.2f}"):
+        return fmt.format(row[key]) if row.get(key) is not None else ""
+
+    def sched(row):
+        return "" if "schedule_matches" not in row else ("ok" if row["schedule_matches"] else "DIFF")
+
+    return [
+        [
+            r["size"],
+            r.get("skew", ""),
+            r["algo"],
+            r["time_us"],
+            r["p99_us"],
+            r["algbw_gbps"],
+            r["busbw_gbps"],
+            r.get("wire_intra_bytes", ""),
+            r.get("wire_inter_bytes", ""),
+            sched(r),
+            "-" if r["wrong"] is None else r["wrong"],
+            opt(r, "vs_native", "{:.2f}x"),
+            opt(r, "host_copy_frac"),
+            opt(r, "vs_plain", "{:.2f}x"),
+            opt(r, "dispatch_volume_frac"),
+        ]
+        for r in rows
+    ]
+
+
+CAPTION = (
+    "size = S bytes each rank sends (own chunk included); time = slowest rank per iteration, median and p99, rows "
+    "of a size interleaved over rounds; algbw = busiest rank's logical bytes / time; busbw = algbw x (P-1)/P; wire "
+    "B = bytes the busiest rank sent to other ranks per call (intra / inter node); sched = those bytes and messages "
+    "equal the algorithm's own schedule (the cost model's input); #wrong: wrong elements over all ranks (- = not "
+    "checked); vs native = native time / time; host-copy frac = algbw / host-copy algbw (a memcpy of S bytes on "
+    "every rank at once); <pair>:<inner> = dispatch + combine round trip; vs plain = plain:<inner> time / time; "
+    "dispatch vol = its dispatch wire bytes / plain's."
+)
+
+
+def title(meta: dict) -> str:
+    return f"all-to-all, {meta['dtype']}, skew {meta['skew']}, P={meta['P']} G={meta['G']} L={meta['L']}"
+
+
+def render(data: dict, path) -> None:
+    report.print_table(report.stored_title(data, path), COLUMNS, table_rows(data["rows"]))
+
+
+def plot(rows: list[dict], base) -> list:
+    from moebench.bench import plots
+
+    labels = {"xlabel": "bytes per rank (S)", "ylabel": "busbw (GB/s)", "title": "all-to-all busbw"}
+    return plots.series(rows, base, "busbw", x="size", y="busbw_gbps", label=lambda r: r["algo"], **labels)
+
+
+def run(args) -> int:
+    pairs = validate(args)
+    comm = open_comm(args.backend, args.ranks_per_node, args.tp)
+    meta = {**report.base_meta("collectives", sys.argv), **report.comm_meta(comm)}
+    meta.update(dtype=args.dtype, skew=",".join(map(str, args.skew)), iters=args.iters, warmup=args.warmup,
+                rounds=args.rounds, tag=args.tag)  # fmt: skip
+    if comm.rank == 0:
+        report.print_header(meta)
+    rows = []
+    for skew in args.skew:
+        for size in cases.sizes_between(args.minbytes, args.maxbytes, args.stepfactor):
+            rows += size_rows(comm, args, pairs, skew, size)
+    if comm.rank == 0:
+        caption = report.CONVENTIONS + ". " + CAPTION
+        table = table_rows(rows)
+        report.print_table(title(meta), COLUMNS, table, caption)
+        markdown = f"# {title(meta)}\n\n{report.header_markdown(meta)}\n" + report.rows_to_markdown(
+            COLUMNS, table, caption
+        )
+        report.emit(args, meta, rows, markdown)
+    return report.exit_status(rows, say=comm.rank == 0)

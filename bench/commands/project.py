@@ -1,0 +1,219 @@
+"""Project every algorithm to clusters nobody here has: the cost model on built-in or calibrated link profiles.
+
+P = GPUs (ranks), G = GPUs per node, N = nodes, L = TP degree, S = bytes each rank sends (own chunk included).
+
+    moebench project --profile h100-8gpu --nodes 1,2,4,8,16,32,64,128,256
+
+For each profile, node count and S (uniform all-to-all): predicted time and busbw of every algorithm
+of the ALGORITHMS registry, from its own schedule; the crossover where each overtakes the library's
+all-to-all (native: NCCL's flat all-to-all on GPUs); the saving of every dispatch/combine pair over
+the plain round trip for TP 2/4/8; and the model beside the field's numbers (DESIGN.md §5), saying
+where they agree and not. A profile is a built-in name (`--list-profiles`) or a JSON file from
+`moebench calibrate`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from moebench.bench import options, plots, report
+from moebench.bench.topo import field, projection
+from moebench.bench.topo.costmodel import Profile
+from moebench.bench.topo.profiles import BUILTIN, resolve_profile
+from moebench.bench.topo.projection import size_label
+from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
+
+PAIRS = [p for p in DISPATCH_COMBINE if p != "plain"]
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--profile", type=options.str_list, default=["h100-8gpu"], help="built-in name(s) or calibrated JSON"
+    )
+    p.add_argument("--nodes", type=options.int_list, default=[1, 2, 4, 8, 16, 32, 64, 128, 256], help="cluster sizes N")
+    p.add_argument("--sizes", type=options.size_list, default=options.size_list("64K,256K,1M,4M,16M,64M,256M"),
+                   help="S: bytes each rank sends")  # fmt: skip
+    p.add_argument("--tp", type=options.int_list, default=[2, 4, 8], help="TP degrees for the pairs' saving")
+    p.add_argument("--list-profiles", action="store_true", help="print the built-in profiles and their sources")
+    p.add_argument("--no-field", action="store_true", help="skip the comparison with the field's numbers")
+    p.add_argument("--plots", default=None, help="folder for PNG plots (default: beside --save files)")
+    options.add_output(p)
+
+
+def validate(args) -> list[Profile]:
+    profiles = [resolve_profile(n) for n in args.profile]
+    if not profiles:
+        raise ValueError("--profile: name at least one profile")
+    if not args.nodes or any(n < 1 for n in args.nodes):
+        raise ValueError(f"--nodes must be positive integers (got {args.nodes})")
+    if max(args.nodes) > 1024:
+        raise ValueError(f"--nodes {max(args.nodes)}: at most 1024 nodes")
+    if not args.sizes or min(args.sizes) < 1:
+        raise ValueError("--sizes must be >= 1 byte")
+    if any(t < 1 for t in args.tp):
+        raise ValueError(f"--tp degrees must be >= 1 (got {args.tp})")
+    return profiles
+
+
+# ------------------------------------------------------------------------------ output
+
+EXCHANGE_COLUMNS = [
+    "nodes", "P (GPUs)", "size", *(f"{a} µs" for a in ALGORITHMS), *(f"{a} busbw" for a in ALGORITHMS), "best",
+]  # fmt: skip
+
+
+def exchange_table(rows):
+    return [
+        [
+            r["nodes"],
+            r["gpus"],
+            size_label(r["size"]),
+            *(r[f"{a}_us"] for a in ALGORITHMS),
+            *(r[f"{a}_busbw_gbs"] for a in ALGORITHMS),
+            r["best"],
+        ]
+        for r in rows
+    ]
+
+
+def pair_columns(tps) -> list[str]:
+    return ["nodes", "P (GPUs)", "size", "inner", "plain-rt µs", *(f"{p} TP{L} saving" for p in PAIRS for L in tps)]
+
+
+def pair_table(rows, tps):
+    def fmt(v):
+        return f"{v:.2f}x" if v is not None else "-"
+
+    return [
+        [
+            r["nodes"],
+            r["gpus"],
+            size_label(r["size"]),
+            r["inner"],
+            r["plain_rt_us"],
+            *(fmt(r.get(f"{p}_tp{L}_saving")) for p in PAIRS for L in tps),
+        ]
+        for r in rows
+    ]
+
+
+EXCHANGE_CAPTION = (
+    "Predicted by the cost model from each algorithm's own schedule (not measured). size = S bytes each rank sends "
+    "(own chunk included), uniform all-to-all; time incl. the count exchange; busbw = S / time x (P-1)/P in GB/s. "
+    "flat = our pairwise exchange (P - 1 blocking steps); hierarchical = intra-node a2a, inter-node a2a, 2 layout "
+    "copies; native = the library's flat all-to-all (NCCL on GPUs)."
+)
+PAIR_CAPTION = (
+    "saving = plain dispatch+combine round-trip time / the pair's round-trip time (coordinated: each TP rank sends "
+    "1/L of the duplicated tokens, then an all-gather inside the TP group over NVLink), over the fastest inner "
+    "exchange (inner); - where a TP group would not fit in a node."
+)
+
+
+def profile_text(profile: Profile) -> list[str]:
+    lines = [f"profile {profile.name}: G={profile.ranks_per_node}, {profile.nics_per_node} NIC(s) per node"]
+    for cls in ("intra", "intra_coll", "inter", "inter_coll", "copy", "self_coll"):
+        link = getattr(profile, cls)
+        if link is not None:
+            lines.append(
+                f"  {cls:10s} alpha {link.alpha_us:8.1f} µs  bw {link.bw_gbs:9.3f} GB/s  gap {link.gap_us:5.2f} µs"
+            )
+    if profile.self_coll is None:
+        lines.append("  self_coll  (the library's copy of a rank's own chunk) priced as copy")
+    lines.append(f"  source: {profile.source}")
+    return lines
+
+
+def plot(profile: Profile, rows, prows, tps, out_dir: Path, stem: str) -> list[Path]:
+    """Time vs GPUs per algorithm, the best busbw vs size, and each pair's saving vs GPUs: PNG files."""
+    plt = plots._pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    sizes = sorted({r["size"] for r in rows})
+    nodes = sorted({r["nodes"] for r in rows})
+    pick = [s for s in sizes if s in (1 << 20, 16 << 20, 256 << 20)] or sizes[:: max(len(sizes) // 3, 1)]
+    fig, axes = plt.subplots(1, len(pick), figsize=(5 * len(pick), 4), squeeze=False)
+    for ax, S in zip(axes[0], pick):
+        pts = sorted((r for r in rows if r["size"] == S), key=lambda r: r["nodes"])
+        for algo in ALGORITHMS:
+            ax.plot([r["gpus"] for r in pts], [r[f"{algo}_us"] for r in pts], marker="o", label=algo)
+        ax.set(
+            xscale="log", yscale="log", xlabel="GPUs", ylabel="predicted µs", title=f"{profile.name}, S={size_label(S)}"
+        )
+        ax.axvline(field.TUTEL_CROSSOVER_GPUS, color="grey", ls=":", lw=1, label="Tutel: ~256 GPUs")
+        ax.legend(fontsize=8)
+    paths.append(plots.save(fig, out_dir / f"{stem}-time-vs-gpus.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for N in [n for n in nodes if n in (1, 8, 64, 256)] or nodes[:4]:
+        pts = sorted((r for r in rows if r["nodes"] == N), key=lambda r: r["size"])
+        best = [max(r[f"{a}_busbw_gbs"] for a in ALGORITHMS) for r in pts]
+        ax.plot([r["size"] for r in pts], best, marker="o", label=f"{N} nodes (best algorithm)")
+    ax.axhspan(*field.NCCL_INTRA_BUSBW, color="tab:green", alpha=0.15, label="NCCL intra-node 340-370")
+    ax.axhspan(*field.NCCL_NIC_GBS, color="tab:red", alpha=0.15, label="NCCL per NIC 46-49")
+    ax.set(xscale="log", yscale="log", xlabel="S bytes per rank", ylabel="busbw GB/s", title=f"{profile.name}")
+    ax.legend(fontsize=8)
+    paths.append(plots.save(fig, out_dir / f"{stem}-busbw.png"))
+
+    for pair in PAIRS if prows else []:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        S = 16 << 20 if any(r["size"] == 16 << 20 for r in prows) else prows[0]["size"]
+        pts = sorted((r for r in prows if r["size"] == S), key=lambda r: r["nodes"])
+        for L in tps:
+            vals = [(r["gpus"], r[f"{pair}_tp{L}_saving"]) for r in pts if r.get(f"{pair}_tp{L}_saving")]
+            if vals:
+                ax.plot(*zip(*vals), marker="o", label=f"TP{L}")
+        ax.set(xscale="log", xlabel="GPUs", ylabel=f"plain / {pair}", title=f"{pair} saving, S={size_label(S)}")
+        ax.legend(fontsize=8)
+        paths.append(plots.save(fig, out_dir / f"{stem}-{pair}.png"))
+    return paths
+
+
+def run(args) -> int:
+    if args.list_profiles:
+        for profile in BUILTIN.values():
+            report.console.print("\n".join(profile_text(profile)) + "\n")
+        return 0
+    profiles = validate(args)
+    meta = {**report.base_meta("project", sys.argv), "tag": args.tag, "nodes": args.nodes, "sizes": args.sizes}
+    all_rows, md = [], []
+    field_cols = ["item", "field", "model", "verdict"]
+    for profile in profiles:
+        rows = projection.projection_rows(profile, args.nodes, args.sizes)
+        prows = projection.pair_rows(profile, args.nodes, args.sizes, args.tp)
+        cross = projection.all_crossovers(rows)
+        lines = projection.crossover_lines(profile, cross, args.nodes, builtin=profile.name in BUILTIN)
+        in_field = not args.no_field and profile.name in field.FIELD_PROFILES
+        frows = field.field_rows(profile, rows, cross) if in_field else []
+        for r in frows:
+            r.update(kind="field", profile=profile.name)
+        for c in cross:
+            c.update(kind="crossover", profile=profile.name)
+        all_rows += rows + prows + cross + frows
+        meta.setdefault("profiles", {})[profile.name] = profile.to_dict()
+        tables = [
+            (f"projected all-to-all, {profile.name}", EXCHANGE_COLUMNS, exchange_table(rows), EXCHANGE_CAPTION),
+            (f"dispatch/combine pairs' saving, {profile.name}", pair_columns(args.tp), pair_table(prows, args.tp),
+             PAIR_CAPTION),
+        ]  # fmt: skip
+        if frows:
+            field_table = [[r[c] for c in field_cols] for r in frows]
+            tables.append((f"model vs the field, {profile.name}", field_cols, field_table, field.FIELD_EXPLANATION))
+        report.console.print("\n".join(profile_text(profile)))
+        md.append(f"## {profile.name}\n\n```\n" + "\n".join(profile_text(profile)) + "\n```\n\n")
+        for i, (title, columns, table, caption) in enumerate(tables):
+            report.print_table(title, columns, table, caption)
+            md.append(f"\n### {title}\n\n" + report.rows_to_markdown(columns, table, caption))
+            if i == 0:
+                report.console.print("\n".join(lines))
+                md.append("\n" + "".join(f"- {line}\n" for line in lines))
+        if args.save or args.plots:
+            out_dir = Path(args.plots) if args.plots else report.RESULTS_DIR / meta["machine"]
+            stem = f"project-{profile.name}" + (f"-{args.tag}" if args.tag else "")
+            for path in plot(profile, rows, prows, args.tp, out_dir, stem):
+                report.console.print(f"wrote {path}")
+                md.append(f"\n![{path.stem}]({path.name})\n")
+    header = f"# projections ({', '.join(p.name for p in profiles)})\n\n" + report.header_markdown(meta)
+    report.emit(args, meta, all_rows, header + "\n" + "".join(md))
+    return 0

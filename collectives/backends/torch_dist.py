@@ -1,0 +1,155 @@
+"""The torch backend: torch.distributed (gloo on CPU, NCCL on GPU), under torchrun or mpiexec.
+
+Under mpiexec the rendezvous is automatic: rank 0 opens a TCPStore on a port the OS picks and MPI
+tells the others where it is.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from moebench.collectives.comm import (
+    Communicator,
+    Group,
+    Traffic,
+    launched_by_mpi,
+    launched_by_torchrun,
+    mpi_module_if_initialized,
+    row_bytes,
+)
+from moebench.collectives.topology import from_hostnames
+
+
+def _torch_view(x: torch.Tensor) -> torch.Tensor:
+    return x.view(torch.uint8) if x.dtype == torch.bool else x
+
+
+class TorchGroup(Group):
+    def __init__(self, pg, ranks, my_global_rank, topology, traffic, device):
+        super().__init__(ranks, ranks.index(my_global_rank), topology, traffic)
+        self.pg = pg
+        self.device = device
+
+    def exchange_counts(self, counts: np.ndarray) -> np.ndarray:
+        # On NCCL the counts travel on the GPU and come back to the host: the sync that any
+        # all-to-all-v needs before it can size its receive buffer.
+        send = torch.as_tensor(np.ascontiguousarray(counts, dtype=np.int64).reshape(self.size, -1), device=self.device)
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=self.pg)
+        self._record_splits(send.shape[1] * 8, [1] * self.size)
+        return recv.cpu().numpy()
+
+    def alltoallv(self, send, send_splits, recv_splits):
+        recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
+        dist.all_to_all_single(
+            _torch_view(recv),
+            _torch_view(send),
+            output_split_sizes=[int(c) for c in recv_splits],
+            input_split_sizes=[int(c) for c in send_splits],
+            group=self.pg,
+        )
+        self._record_splits(row_bytes(send), send_splits)
+        return recv
+
+    def sendrecv(self, send, dest, recv, source):
+        if dest == self.rank:
+            assert source == self.rank
+            recv.copy_(send)
+            return
+        ops = []
+        if send.numel():
+            ops.append(dist.P2POp(dist.isend, _torch_view(send), self.ranks[dest], self.pg))
+        if recv.numel():
+            ops.append(dist.P2POp(dist.irecv, _torch_view(recv), self.ranks[source], self.pg))
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+        self._record(dest, send.numel() * send.element_size())
+
+    def allgatherv(self, x, counts):
+        # all_gather needs equal sizes on gloo and NCCL: pad to the largest count, then trim.
+        most = int(max(counts))
+        padded = x.new_zeros((most, *x.shape[1:]))
+        padded[: x.shape[0]] = x
+        gathered = x.new_empty((self.size * most, *x.shape[1:]))
+        dist.all_gather_into_tensor(_torch_view(gathered), _torch_view(padded), group=self.pg)
+        self._record_allgather(x.numel() * x.element_size())  # real rows; gloo also moves the padding
+        return torch.cat([gathered[i * most : i * most + int(c)] for i, c in enumerate(counts)])
+
+    def barrier(self):
+        dist.barrier(group=self.pg)
+
+    def allreduce_max(self, values: np.ndarray) -> np.ndarray:
+        t = torch.as_tensor(values, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.pg)
+        return t.cpu().numpy()
+
+    def allgather_object(self, obj) -> list:
+        out = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.pg)
+        return out
+
+
+def _store_from_mpi(rank: int, P: int):
+    """Rank 0 opens a TCPStore on a port the OS picks (no race for a free port); MPI tells the others."""
+    from mpi4py import MPI
+
+    host = socket.gethostname()
+    store = dist.TCPStore(host, 0, P, is_master=True, wait_for_workers=False) if rank == 0 else None
+    host, port = MPI.COMM_WORLD.bcast((host, store.port) if rank == 0 else None, root=0)
+    return store if rank == 0 else dist.TCPStore(host, port, P, is_master=False)
+
+
+def bootstrap(ranks_per_node: int | None, tp: int, device: torch.device) -> Communicator:
+    """Join the job: launched by mpiexec (store over MPI), torchrun (env://) or alone (one rank)."""
+    store, init_method = None, None
+    if launched_by_mpi():
+        from mpi4py import MPI
+
+        rank, P, launcher = MPI.COMM_WORLD.Get_rank(), MPI.COMM_WORLD.Get_size(), "mpi"
+        store = _store_from_mpi(rank, P)
+    elif launched_by_torchrun():
+        rank, P, init_method, launcher = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), "env://", "torchrun"
+    else:
+        rank, P, launcher = 0, 1, "none"
+        store = dist.HashStore()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group(backend, init_method=init_method, store=store, rank=rank, world_size=P)
+    hostnames = [None] * P
+    dist.all_gather_object(hostnames, socket.gethostname())
+    topology = from_hostnames(hostnames, ranks_per_node, tp)
+    traffic = Traffic()
+
+    def make_group(groups, mine):
+        pgs = [dist.new_group(ranks) for ranks in groups]
+        return TorchGroup(pgs[mine], groups[mine], rank, topology, traffic, device)
+
+    world = TorchGroup(dist.group.WORLD, list(range(P)), rank, topology, traffic, device)
+    info = {"launcher": launcher, "process_group": backend, "store": store}
+    return Communicator("torch", world, make_group, topology, device, info, teardown=close)
+
+
+def close(comm: Communicator) -> None:
+    """Leave the job cleanly. Under mpiexec the TCPStore lives on rank 0: every rank drops its process
+    group first, clients drop the store next, rank 0's server goes last."""
+    mpi = mpi_module_if_initialized()
+    store = comm.info.pop("store", None)
+    if mpi is not None:
+        mpi.COMM_WORLD.Barrier()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    if mpi is not None:
+        mpi.COMM_WORLD.Barrier()
+        if comm.rank != 0:
+            store = None
+        mpi.COMM_WORLD.Barrier()
+    del store
