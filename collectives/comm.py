@@ -35,32 +35,90 @@ from moebench.collectives.topology import Topology
 MPI_LAUNCHER_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 
 
-@dataclass
-class Traffic:
-    """Bytes and messages this rank sent to other ranks, per link class.
+class Meter:
+    """The traffic of one cached call layout: its [4] delta, how many calls used it since the last reset, and
+    whether each call pays the emulated inter-node latency."""
 
-    inter_latency_s: emulated latency added (by busy-waiting) to every inter-node message this
-    rank sends — for emulated clusters, whose kernels have no netem; 0 on real networks.
+    __slots__ = ("calls", "delta", "spin_s")
+
+    def __init__(self, delta: np.ndarray, spin_s: float):
+        self.delta, self.spin_s, self.calls = delta, spin_s, 0
+
+
+class Traffic:
+    """Bytes and messages this rank sent to other ranks, per link class: [intra B, inter B, intra msgs, inter
+    msgs] (float64). A cached call layout counts its calls on a Meter (one increment per call); the totals
+    are vector arithmetic over the meters when read.
+
+    inter_latency_s: emulated latency (busy-waited) of every collective call that crosses nodes, once per call
+    and level (its messages are in flight together), and of every blocking point-to-point message between
+    nodes — for emulated clusters, whose kernels have no netem; 0 on real networks.
     """
 
-    intra_bytes: int = 0
-    inter_bytes: int = 0
-    intra_msgs: int = 0
-    inter_msgs: int = 0
-    inter_latency_s: float = 0.0
+    def __init__(self) -> None:
+        self.totals = np.zeros(4)
+        self.inter_latency_s = 0.0
+        self._meters: list[Meter] = []
+
+    def meter(self, delta: np.ndarray, crosses_nodes: bool) -> Meter:
+        """A Meter for a call layout that will be reused (a backend counts `meter.calls += 1` per call)."""
+        m = Meter(delta, self.inter_latency_s if crosses_nodes else 0.0)
+        self._meters.append(m)
+        return m
+
+    def retire(self, meters) -> None:
+        """Fold meters whose layouts are dropped from a cache into the totals."""
+        gone = {id(m) for m in meters}
+        for m in meters:
+            self.totals += m.calls * m.delta
+        self._meters = [m for m in self._meters if id(m) not in gone]
 
     def reset(self) -> None:
-        self.intra_bytes = self.inter_bytes = self.intra_msgs = self.inter_msgs = 0
+        self.totals[:] = 0
+        for m in self._meters:
+            m.calls = 0
 
     def as_array(self) -> np.ndarray:
-        return np.array([self.intra_bytes, self.inter_bytes, self.intra_msgs, self.inter_msgs], dtype=np.float64)
+        return self.totals + sum((m.calls * m.delta for m in self._meters), np.zeros(4))
+
+    def add(self, delta: np.ndarray, crosses_nodes: bool) -> None:
+        """Count one uncached call's messages (delta as `totals`); pay the emulated latency once if any crossed."""
+        self.totals += delta
+        if crosses_nodes and self.inter_latency_s:
+            spin(self.inter_latency_s)
+
+    def add_message(self, nbytes: int, inter: bool) -> None:
+        """One point-to-point message of nbytes, inside the node or across nodes (then it pays the latency)."""
+        totals = self.totals
+        totals[1 if inter else 0] += nbytes
+        totals[3 if inter else 2] += 1
+        if inter and self.inter_latency_s:
+            spin(self.inter_latency_s)
+
+    @property
+    def intra_bytes(self) -> int:
+        return int(self.as_array()[0])
+
+    @property
+    def inter_bytes(self) -> int:
+        return int(self.as_array()[1])
+
+    @property
+    def intra_msgs(self) -> int:
+        return int(self.as_array()[2])
+
+    @property
+    def inter_msgs(self) -> int:
+        return int(self.as_array()[3])
 
 
 @dataclass
 class Group:
     """A set of ranks (global ids in `ranks`, in group order) and this rank's place in it.
 
-    Backends subclass it and implement the operations listed in the module docstring.
+    Backends subclass it and implement the operations listed in the module docstring; this base holds
+    what they share: the link class of each peer, the traffic of one call (cached per split pattern by
+    the backends) and the local step of a sendrecv.
     """
 
     ranks: list[int]
@@ -71,38 +129,62 @@ class Group:
 
     def __post_init__(self):
         self.me = self.ranks[self.rank]
+        nodes = np.asarray(self.ranks) // self.topology.ranks_per_node
+        here = nodes == self.topology.node_of(self.me)
+        others = np.arange(self.size) != self.rank
+        self._intra_peer = here & others  # [size] bool: a peer on my node
+        self._inter_peer = ~here  # [size] bool: a peer on another node
 
     @property
     def size(self) -> int:
         return len(self.ranks)
 
-    def _record(self, peer: int, nbytes: int) -> None:
-        peer_global = self.ranks[peer]
-        if nbytes == 0 or peer_global == self.me:
+    def call_traffic(self, nbytes_per_peer) -> tuple[np.ndarray, bool]:
+        """One call sending nbytes_per_peer[i] to member i: (its [4] traffic delta, whether it crosses nodes)."""
+        b = np.asarray(nbytes_per_peer, dtype=np.float64)
+        sent = b > 0
+        delta = np.array([b[self._intra_peer].sum(), b[self._inter_peer].sum(),
+                          (sent & self._intra_peer).sum(), (sent & self._inter_peer).sum()])  # fmt: skip
+        return delta, bool(delta[3])
+
+    def _record_message(self, peer: int, nbytes: int) -> None:
+        """A blocking point-to-point message to `peer` (group-local): it pays the emulated latency on its own."""
+        if nbytes and peer != self.rank:
+            self.traffic.add_message(nbytes, bool(self._inter_peer[peer]))
+
+    def sendrecv(self, send: torch.Tensor, dest: int, recv: torch.Tensor, source: int) -> None:
+        """One paired step: send to `dest`, receive from `source` (group-local); to myself it is a copy."""
+        if dest == self.rank:
+            assert source == self.rank
+            recv.copy_(send)
             return
-        if self.topology.same_node(peer_global, self.me):
-            self.traffic.intra_bytes += nbytes
-            self.traffic.intra_msgs += 1
-        else:
-            self.traffic.inter_bytes += nbytes
-            self.traffic.inter_msgs += 1
-            if self.traffic.inter_latency_s:
-                _spin(self.traffic.inter_latency_s)
-
-    def _record_splits(self, row_bytes: int, splits) -> None:
-        for peer, rows in enumerate(splits):
-            self._record(peer, int(rows) * row_bytes)
-
-    def _record_allgather(self, nbytes: int) -> None:
-        for peer in range(self.size):
-            self._record(peer, nbytes)
+        self._sendrecv_peer(send, dest, recv, source)
+        self._record_message(dest, send.numel() * send.element_size())
 
 
-def _spin(seconds: float) -> None:
+def spin(seconds: float) -> None:
     """Busy-wait (sleep is too coarse for microseconds)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         pass
+
+
+class SpecCache(dict):
+    """Per-split-pattern call layouts (each with a `meter`) a backend builds once and reuses; bounded (cleared
+    when full, their counts folded into the traffic totals), since under real routing the patterns of a long
+    run need not repeat."""
+
+    MAX_ENTRIES = 256
+
+    def __init__(self, traffic: Traffic):
+        super().__init__()
+        self.traffic = traffic
+
+    def __setitem__(self, key, value) -> None:
+        if len(self) >= self.MAX_ENTRIES:
+            self.traffic.retire([spec.meter for spec in self.values()])
+            self.clear()
+        super().__setitem__(key, value)
 
 
 def row_numel(x: torch.Tensor) -> int:

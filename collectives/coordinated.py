@@ -51,7 +51,7 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tupl
     algorithm = ALGORITHMS[inner]
     parts = split_parts(validate_splits(comm, send, send_splits), comm.tp.size)
     part_rows = my_slice(send, parts, comm.tp.rank)
-    plan = algorithm.plan(comm, parts[:, comm.tp.rank].tolist())
+    plan = algorithm.plan(comm, tuple(parts[:, comm.tp.rank].tolist()))
     return algorithm.forward(comm, part_rows, plan), list(plan.recv_splits), Handle(algorithm, plan, parts)
 
 

@@ -15,16 +15,17 @@ Plans let a dispatch reuse its counts for the combine, as a dispatch/combine pai
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Counts for one exchange. send_splits/recv_splits: P row counts; extra: algorithm-specific."""
+class Plan(NamedTuple):
+    """Counts for one exchange. send_splits/recv_splits: P row counts (tuples of ints); extra: algorithm-specific."""
 
     send_splits: tuple[int, ...]
     recv_splits: tuple[int, ...]
@@ -63,10 +64,10 @@ class DispatchCombine:
 
 def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
     """Check send_splits against send ([R, ...]) and the world size; ValueError naming the problem."""
-    splits = tuple(int(s) for s in send_splits)
-    if len(splits) != comm.world_size:
+    splits = send_splits if type(send_splits) is tuple else tuple(map(int, send_splits))
+    if len(splits) != comm.world.size:
         raise ValueError(f"send_splits has {len(splits)} entries; the world has P={comm.world_size} ranks")
-    if any(s < 0 for s in splits):
+    if min(splits, default=0) < 0:
         raise ValueError(f"send_splits has a negative count: {list(splits)}")
     if send.dim() < 1 or sum(splits) != send.shape[0]:
         raise ValueError(f"send_splits sum to {sum(splits)} but send has {send.shape[0] if send.dim() else 0} rows")
@@ -75,7 +76,7 @@ def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
 
 def offsets(splits) -> list[int]:
     """Start row of each chunk: [0, s0, s0+s1, ...] (len(splits) + 1 entries)."""
-    return [0, *np.cumsum(np.asarray(splits, dtype=np.int64)).tolist()]
+    return [0, *itertools.accumulate(map(int, splits))]
 
 
 def transpose_chunks(x: torch.Tensor, sizes: np.ndarray) -> torch.Tensor:

@@ -18,7 +18,7 @@ from moebench.collectives.exchange import Algorithm, Plan, offsets
 def pairwise(group, send: torch.Tensor, send_splits, recv_splits) -> torch.Tensor:
     """Pairwise exchange inside `group` with known counts; returns recv [sum(recv_splits), H]."""
     size, me = group.size, group.rank
-    recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
+    recv = send.new_empty((sum(recv_splits), *send.shape[1:]))
     send_off, recv_off = offsets(send_splits), offsets(recv_splits)
     for step in range(size):
         dest, source = (me + step) % size, (me - step) % size
@@ -30,8 +30,7 @@ def pairwise(group, send: torch.Tensor, send_splits, recv_splits) -> torch.Tenso
 
 def plan(comm, send_splits) -> Plan:
     """Exchange split counts with every rank: recv_splits[s] = rank s's send_splits[me]."""
-    recv_splits = comm.world.exchange_counts(np.asarray(send_splits).reshape(-1, 1))[:, 0]
-    return Plan(tuple(send_splits), tuple(int(c) for c in recv_splits))
+    return Plan(send_splits, comm.world.exchange_counts(tuple(send_splits)))
 
 
 def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:

@@ -330,8 +330,11 @@ def title(meta: dict) -> str:
     )
 
 
+OLD_ROLES = {"naive": "baseline", "dense-equivalent": "dense"}  # results stored before rows carried a role
+
+
 def render(data: dict, path) -> None:
-    rows = data["rows"]
+    rows = [{"role": OLD_ROLES.get(r["algo"], "config"), **r} for r in data["rows"]]
     report.print_table(report.stored_title(data, path), COLUMNS, table_rows(rows))
     report.print_table("Best configuration per batch", *summary(rows))
 

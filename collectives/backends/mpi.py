@@ -15,25 +15,73 @@ import torch
 from moebench.collectives.comm import (
     Communicator,
     Group,
+    SpecCache,
     Traffic,
     launched_by_mpi,
     launched_by_torchrun,
-    row_bytes,
     row_numel,
+    spin,
 )
 from moebench.collectives.topology import from_hostnames
+
+_AS_INTEGERS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.bool: torch.uint8}
 
 
 def _mpi_view(x: torch.Tensor, cuda_aware: bool):
     """A buffer MPI can read/write in place: numpy for CPU (2-byte floats as int16), the tensor on CUDA."""
-    if x.dtype in (torch.bfloat16, torch.float16):
-        x = x.view(torch.int16)
-    elif x.dtype == torch.bool:
-        x = x.view(torch.uint8)
+    x = x.view(_AS_INTEGERS[x.dtype]) if x.dtype in _AS_INTEGERS else x
     if x.is_cuda:
         assert cuda_aware, "CUDA tensors reach MPI only through a CUDA-aware MPI"
         return x
     return x.numpy()
+
+
+def _as_bytes(x: torch.Tensor) -> torch.Tensor:
+    """The contiguous tensor's bytes as a flat uint8 tensor (any dtype, zero rows included)."""
+    return x.contiguous().reshape(-1).view(torch.uint8)
+
+
+def _as_tensor(recv: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A received numpy buffer as a tensor of `dtype` (bf16 arrives as int16); empty ones get ordinary strides
+    (numpy gives an empty array zero strides)."""
+    if recv.shape[0] == 0:
+        return torch.empty(recv.shape, dtype=dtype)
+    out = torch.from_numpy(recv)
+    return out if out.dtype == dtype else out.view(dtype)
+
+
+class _VectorSpec:
+    """A cached all-to-all-v layout for one split pattern (at decode the same few patterns repeat): byte
+    counts and displacements (the payload moves as MPI.BYTE, whatever its dtype), the receive buffer's shape,
+    and the call's traffic meter."""
+
+    __slots__ = ("meter", "np_dtype", "recv_args", "recv_shape", "send_args", "send_nbytes", "view")
+
+    def __init__(self, group, send_splits, recv_splits, send: torch.Tensor):
+        row = row_numel(send) * send.element_size()
+        scounts = np.asarray(send_splits, dtype=np.int64) * row
+        rcounts = np.asarray(recv_splits, dtype=np.int64) * row
+        self.send_args = (scounts, np.cumsum(scounts) - scounts)
+        self.recv_args = (rcounts, np.cumsum(rcounts) - rcounts)
+        self.send_nbytes = int(scounts.sum())
+        self.recv_shape = (int(sum(recv_splits)), *send.shape[1:])
+        # the receive buffer is a numpy array (cheaper to make than a tensor): bf16 as int16, viewed back
+        self.view = _AS_INTEGERS.get(send.dtype) if send.dtype == torch.bfloat16 else None
+        self.np_dtype = torch.empty(0, dtype=self.view or send.dtype).numpy().dtype
+        self.meter = group.traffic.meter(*group.call_traffic(scounts))
+
+
+class _CountsSpec:
+    """The count exchange of one width m as an MPI-4 persistent collective (Alltoall_init): buffers, request and
+    meter built once; each call is a copy in, Start, Wait and a copy out."""
+
+    __slots__ = ("meter", "recv", "request", "send")
+
+    def __init__(self, group, shape):
+        self.send, self.recv = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+        self.request = group.mpi.Alltoall_init(self.send, self.recv)
+        m = 1 if len(shape) == 1 else shape[1]
+        self.meter = group.traffic.meter(*group.call_traffic(np.full(group.size, m * 8)))
 
 
 class MpiGroup(Group):
@@ -44,55 +92,124 @@ class MpiGroup(Group):
         from mpi4py import MPI
 
         self._MPI = MPI
+        self._address, self._byte = MPI.buffer.fromaddress, MPI.BYTE
+        self._specs = SpecCache(traffic)
+        self._counts: dict[tuple, _CountsSpec] = {}
+        self._split_counts: _CountsSpec | None = None  # the [size] count exchange every plan makes
 
-    def _staged(self, x: torch.Tensor) -> bool:
-        return x.is_cuda and not self.cuda_aware
+    def exchange_counts(self, counts):
+        """counts: a tuple of one count per member (the split counts: the fast path, returned as a tuple) or
+        [size, m] integers (returned as a [size, m] array), row i from member i."""
+        if type(counts) is tuple:
+            spec = self._split_counts or self._counts_spec((self.size,))
+            spec.send[:] = counts
+        else:
+            counts = np.asarray(counts)
+            spec = self._counts.get(counts.shape) or self._counts_spec(counts.shape)
+            spec.send[...] = counts
+        spec.request.Start()
+        spec.request.Wait()
+        meter = spec.meter
+        meter.calls += 1
+        if meter.spin_s:
+            spin(meter.spin_s)
+        return tuple(spec.recv.tolist()) if spec is self._split_counts else spec.recv.copy()
 
-    def exchange_counts(self, counts: np.ndarray) -> np.ndarray:
-        send = np.ascontiguousarray(counts, dtype=np.int64).reshape(self.size, -1)
-        recv = np.empty_like(send)
-        self.mpi.Alltoall(send, recv)
-        self._record_splits(send.shape[1] * 8, [1] * self.size)
-        return recv
+    def _counts_spec(self, shape) -> _CountsSpec:
+        spec = self._counts[shape] = _CountsSpec(self, shape)
+        if shape == (self.size,):
+            self._split_counts = spec
+        return spec
 
     def alltoallv(self, send, send_splits, recv_splits):
-        if self._staged(send):
+        """The lean path on CPU: a cached layout, a numpy receive buffer, the send tensor passed by address."""
+        if type(send_splits) is not tuple or type(recv_splits) is not tuple:
+            send_splits, recv_splits = tuple(map(int, send_splits)), tuple(map(int, recv_splits))
+        if send.is_cuda:
+            return self._alltoallv_cuda(send, send_splits, recv_splits)
+        assert send.is_contiguous()
+        key = (send_splits, recv_splits, send.shape, send.dtype)
+        spec = self._specs.get(key) or self._new_spec(key, send)
+        recv = np.empty(spec.recv_shape, spec.np_dtype)
+        byte = self._byte
+        self.mpi.Alltoallv([self._address(send.data_ptr(), spec.send_nbytes), spec.send_args, byte],
+                           [recv, spec.recv_args, byte])  # fmt: skip
+        meter = spec.meter
+        meter.calls += 1
+        if meter.spin_s:
+            spin(meter.spin_s)
+        if spec.view is None and spec.recv_shape[0]:
+            return torch.from_numpy(recv)
+        return _as_tensor(recv, send.dtype)
+
+    def _new_spec(self, key, send) -> _VectorSpec:
+        spec = self._specs[key] = _VectorSpec(self, key[0], key[1], send)
+        return spec
+
+    def _spec(self, send, send_splits, recv_splits) -> _VectorSpec:
+        key = (send_splits, recv_splits, send.shape, send.dtype)
+        return self._specs.get(key) or self._new_spec(key, send)
+
+    def _alltoallv_cuda(self, send, send_splits, recv_splits):
+        if not self.cuda_aware:  # staged through host memory
             return self.alltoallv(send.cpu(), send_splits, recv_splits).to(send.device)
-        recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
-        row = row_numel(send)
-        scounts = np.asarray(send_splits, dtype=np.int64) * row
-        rcounts = np.asarray(recv_splits, dtype=np.int64) * row
-        sdispl = np.concatenate(([0], np.cumsum(scounts)[:-1]))
-        rdispl = np.concatenate(([0], np.cumsum(rcounts)[:-1]))
+        spec = self._spec(send, send_splits, recv_splits)
+        recv = send.new_empty(spec.recv_shape)
+        byte = self._MPI.BYTE
         self.mpi.Alltoallv(
-            [_mpi_view(send, self.cuda_aware), (scounts, sdispl)],
-            [_mpi_view(recv, self.cuda_aware), (rcounts, rdispl)],
+            [send.view(torch.uint8), spec.send_args, byte], [recv.view(torch.uint8), spec.recv_args, byte]
         )
-        self._record_splits(row_bytes(send), send_splits)
+        spec.meter.calls += 1
+        if spec.meter.spin_s:
+            spin(spec.meter.spin_s)
         return recv
 
-    def sendrecv(self, send, dest, recv, source):
-        if dest == self.rank:
-            assert source == self.rank
-            recv.copy_(send)
-            return
-        if self._staged(send):
+    def prepared_alltoallv(self, send, send_splits, recv_splits):
+        """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""
+        spec = _VectorSpec(self, send_splits, recv_splits, send)
+        recv = send.new_empty(spec.recv_shape)
+        byte = self._MPI.BYTE
+        sargs = [_mpi_view(_as_bytes(send), self.cuda_aware), spec.send_args, byte]
+        rargs = [_mpi_view(_as_bytes(recv), self.cuda_aware), spec.recv_args, byte]
+        alltoallv = self.mpi.Alltoallv
+        return lambda: alltoallv(sargs, rargs)
+
+    def free(self) -> None:
+        """Release the persistent requests (before MPI finalizes)."""
+        for spec in self._counts.values():
+            spec.request.Free()
+        self._counts.clear()
+        self._split_counts = None
+
+    def _sendrecv_peer(self, send, dest, recv, source):
+        if send.is_cuda and not self.cuda_aware:
             host_recv = recv.cpu()
-            self.sendrecv(send.cpu(), dest, host_recv, source)
+            self._sendrecv_peer(send.cpu(), dest, host_recv, source)
             recv.copy_(host_recv)
             return
-        self.mpi.Sendrecv(_mpi_view(send, self.cuda_aware), dest, 0, _mpi_view(recv, self.cuda_aware), source, 0)
-        self._record(dest, send.numel() * send.element_size())
+        if send.is_cuda:
+            self.mpi.Sendrecv(_mpi_view(send, True), dest, 0, _mpi_view(recv, True), source, 0)
+            return
+        address, byte = self._address, self._byte
+        sbuf = [address(send.data_ptr(), send.numel() * send.element_size()), byte]
+        rbuf = [address(recv.data_ptr(), recv.numel() * recv.element_size()), byte]
+        self.mpi.Sendrecv(sbuf, dest, 0, rbuf, source, 0)
 
     def allgatherv(self, x, counts):
-        if self._staged(x):
+        if x.is_cuda and not self.cuda_aware:
             return self.allgatherv(x.cpu(), counts).to(x.device)
-        out = x.new_empty((int(sum(counts)), *x.shape[1:]))
-        row = row_numel(x)
-        rcounts = np.asarray(counts, dtype=np.int64) * row
-        displs = np.concatenate(([0], np.cumsum(rcounts)[:-1]))
-        self.mpi.Allgatherv(_mpi_view(x, self.cuda_aware), [_mpi_view(out, self.cuda_aware), (rcounts, displs)])
-        self._record_allgather(x.numel() * x.element_size())
+        counts = tuple(map(int, counts))
+        spec = self._spec(x, counts, counts)
+        nbytes, byte = x.numel() * x.element_size(), self._byte
+        if x.is_cuda:
+            out = x.new_empty(spec.recv_shape)
+            self.mpi.Allgatherv([_as_bytes(x), nbytes, byte], [_as_bytes(out), spec.recv_args, byte])
+        else:
+            recv = np.empty(spec.recv_shape, spec.np_dtype)
+            self.mpi.Allgatherv([self._address(x.contiguous().data_ptr(), nbytes), nbytes, byte],
+                                [recv, spec.recv_args, byte])  # fmt: skip
+            out = _as_tensor(recv, x.dtype)
+        self.traffic.add(*self.call_traffic(np.full(self.size, nbytes)))
         return out
 
     def barrier(self):
@@ -127,4 +244,10 @@ def bootstrap(ranks_per_node: int | None, tp: int, device: torch.device) -> Comm
 
     world = MpiGroup(world_comm, list(range(P)), topology, traffic, cuda_aware)
     info = {"cuda_aware_mpi": cuda_aware, "launcher": "mpi"}
-    return Communicator("mpi", world, make_group, topology, device, info, teardown=lambda comm: None)
+    return Communicator("mpi", world, make_group, topology, device, info, teardown=close)
+
+
+def close(comm: Communicator) -> None:
+    """Free every group's persistent requests; MPI itself finalizes at exit."""
+    for group in (comm.world, comm.intra, comm.inter, comm.tp):
+        group.free()

@@ -16,11 +16,13 @@ import torch.distributed as dist
 from moebench.collectives.comm import (
     Communicator,
     Group,
+    SpecCache,
     Traffic,
     launched_by_mpi,
     launched_by_torchrun,
     mpi_module_if_initialized,
     row_bytes,
+    spin,
 )
 from moebench.collectives.topology import from_hostnames
 
@@ -29,38 +31,72 @@ def _torch_view(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.uint8) if x.dtype == torch.bool else x
 
 
+class _Spec:
+    """A cached all-to-all-v layout for one split pattern: split lists, rows received, the traffic meter."""
+
+    __slots__ = ("in_splits", "meter", "out_splits", "recv_rows")
+
+    def __init__(self, group, send_splits, recv_splits, row_bytes_: int):
+        self.in_splits, self.out_splits = list(send_splits), list(recv_splits)
+        self.recv_rows = sum(recv_splits)
+        self.meter = group.traffic.meter(*group.call_traffic(np.asarray(send_splits) * row_bytes_))
+
+
 class TorchGroup(Group):
     def __init__(self, pg, ranks, my_global_rank, topology, traffic, device):
         super().__init__(ranks, ranks.index(my_global_rank), topology, traffic)
         self.pg = pg
         self.device = device
+        self._specs = SpecCache(traffic)  # (send_splits, recv_splits, row bytes) -> _Spec
+        self._counts = {}  # m -> (send [size, m], recv [size, m] on the device, traffic, crosses)
 
-    def exchange_counts(self, counts: np.ndarray) -> np.ndarray:
-        # On NCCL the counts travel on the GPU and come back to the host: the sync that any
-        # all-to-all-v needs before it can size its receive buffer.
-        send = torch.as_tensor(np.ascontiguousarray(counts, dtype=np.int64).reshape(self.size, -1), device=self.device)
-        recv = torch.empty_like(send)
+    def exchange_counts(self, counts):
+        """counts: [size] (a tuple of split counts, returned as a tuple) or [size, m] integers -> the same shape.
+        On NCCL the counts travel on the GPU and come back to the host: the sync that any all-to-all-v needs
+        before it can size its receive buffer. Buffers and traffic are built once per shape."""
+        as_tuple = type(counts) is tuple
+        shape = (self.size,) if as_tuple else np.shape(counts)
+        entry = self._counts.get(shape)
+        if entry is None:
+            buffers = [torch.zeros(shape, dtype=torch.int64, device=self.device) for _ in range(2)]
+            m = 1 if len(shape) == 1 else shape[1]
+            entry = self._counts[shape] = (*buffers, self.traffic.meter(*self.call_traffic(np.full(self.size, m * 8))))
+        send, recv, meter = entry
+        send.copy_(torch.as_tensor(counts))
         dist.all_to_all_single(recv, send, group=self.pg)
-        self._record_splits(send.shape[1] * 8, [1] * self.size)
-        return recv.cpu().numpy()
+        meter.calls += 1
+        if meter.spin_s:
+            spin(meter.spin_s)
+        return tuple(recv.tolist()) if as_tuple else recv.cpu().numpy().copy()
+
+    def _spec(self, send_splits, recv_splits, row_bytes_: int) -> _Spec:
+        if type(send_splits) is not tuple or type(recv_splits) is not tuple:
+            send_splits, recv_splits = tuple(map(int, send_splits)), tuple(map(int, recv_splits))
+        key = (send_splits, recv_splits, row_bytes_)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = _Spec(self, send_splits, recv_splits, row_bytes_)
+        return spec
 
     def alltoallv(self, send, send_splits, recv_splits):
-        recv = send.new_empty((int(sum(recv_splits)), *send.shape[1:]))
-        dist.all_to_all_single(
-            _torch_view(recv),
-            _torch_view(send),
-            output_split_sizes=[int(c) for c in recv_splits],
-            input_split_sizes=[int(c) for c in send_splits],
-            group=self.pg,
-        )
-        self._record_splits(row_bytes(send), send_splits)
+        spec = self._spec(send_splits, recv_splits, row_bytes(send))
+        recv = send.new_empty((spec.recv_rows, *send.shape[1:]))
+        dist.all_to_all_single(_torch_view(recv), _torch_view(send), output_split_sizes=spec.out_splits,
+                               input_split_sizes=spec.in_splits, group=self.pg)  # fmt: skip
+        spec.meter.calls += 1
+        if spec.meter.spin_s:
+            spin(spec.meter.spin_s)
         return recv
 
-    def sendrecv(self, send, dest, recv, source):
-        if dest == self.rank:
-            assert source == self.rank
-            recv.copy_(send)
-            return
+    def prepared_alltoallv(self, send, send_splits, recv_splits):
+        """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""
+        spec = self._spec(send_splits, recv_splits, row_bytes(send))
+        recv = _torch_view(send.new_empty((spec.recv_rows, *send.shape[1:])))
+        send, pg, out_splits, in_splits = _torch_view(send), self.pg, spec.out_splits, spec.in_splits
+        return lambda: dist.all_to_all_single(recv, send, output_split_sizes=out_splits, input_split_sizes=in_splits,
+                                              group=pg)  # fmt: skip
+
+    def _sendrecv_peer(self, send, dest, recv, source):
         ops = []
         if send.numel():
             ops.append(dist.P2POp(dist.isend, _torch_view(send), self.ranks[dest], self.pg))
@@ -69,7 +105,6 @@ class TorchGroup(Group):
         if ops:
             for req in dist.batch_isend_irecv(ops):
                 req.wait()
-        self._record(dest, send.numel() * send.element_size())
 
     def allgatherv(self, x, counts):
         # all_gather needs equal sizes on gloo and NCCL: pad to the largest count, then trim.
@@ -78,7 +113,8 @@ class TorchGroup(Group):
         padded[: x.shape[0]] = x
         gathered = x.new_empty((self.size * most, *x.shape[1:]))
         dist.all_gather_into_tensor(_torch_view(gathered), _torch_view(padded), group=self.pg)
-        self._record_allgather(x.numel() * x.element_size())  # real rows; gloo also moves the padding
+        # real rows; gloo also moves the padding
+        self.traffic.add(*self.call_traffic(np.full(self.size, x.numel() * x.element_size())))
         return torch.cat([gathered[i * most : i * most + int(c)] for i, c in enumerate(counts)])
 
     def barrier(self):
