@@ -187,6 +187,15 @@ class SpecCache(dict):
         super().__setitem__(key, value)
 
 
+def from_numpy(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A numpy buffer as a tensor (viewed as `dtype`: bf16 travels as int16), sharing its memory; an empty one
+    gets ordinary strides (numpy gives empty arrays zero strides, which later views reject)."""
+    if a.size == 0:
+        return torch.empty(a.shape, dtype=dtype or torch.from_numpy(np.empty(0, a.dtype)).dtype)
+    out = torch.from_numpy(a)
+    return out if dtype is None or out.dtype == dtype else out.view(dtype)
+
+
 def row_numel(x: torch.Tensor) -> int:
     """Elements in one row of `x` ([rows, ...]); valid for zero rows too."""
     return math.prod(x.shape[1:])

@@ -18,10 +18,9 @@ once, without a capacity factor; a static-capacity kernel (padded) runs once per
 BASELINES["loop"] is the per-expert Python loop most model code ships, with the same signature and stats
 (impl "torch" only); get_kernel(name) finds a name in either registry.
 
-Rows that arrive already grouped (after an all-to-all), each with one expert and its own weight: build
-`routing_from_topk(expert_ids_R.view(R, 1), weights_R.view(R, 1), num_local_experts)` (k = 1; weights of
-1.0 give the raw expert outputs) and call any kernel with x_rows [R, H]; y[r] is row r's output. There is
-no separate entry point.
+Rows that arrive already grouped (after an all-to-all), each with one expert: `routing_for_rows(expert_ids_R,
+num_local_experts)` (k = 1, weights 1.0: the raw expert outputs; built cheaply, once per batch) and call any
+kernel with x_rows [R, H]; y[r] is row r's output. There is no separate entry point.
 """
 
 if __name__ == "kernels":  # imported bare, from the checkout root: step aside
@@ -36,7 +35,15 @@ from moebench.kernels.common import KernelStats
 from moebench.kernels.dynamic import dynamic_experts
 from moebench.kernels.loop import loop_experts
 from moebench.kernels.padded import padded_experts
-from moebench.kernels.routing import DEFAULT_BLOCK_SIZE, Routing, capacity_for, route, routing_from_topk, topk_softmax
+from moebench.kernels.routing import (
+    DEFAULT_BLOCK_SIZE,
+    Routing,
+    capacity_for,
+    route,
+    routing_for_rows,
+    routing_from_topk,
+    topk_softmax,
+)
 
 EXPERT_KERNELS = {
     "padded": padded_experts,
@@ -68,6 +75,7 @@ __all__ = [
     "get_kernel",
     "reference",
     "route",
+    "routing_for_rows",
     "routing_from_topk",
     "topk_softmax",
 ]

@@ -196,9 +196,16 @@ def swiglu_ffn(
 CPU_CHUNK_BYTES = 4 << 20
 
 
-def plan_chunks(seg_ends: list[int], budget: int) -> list[tuple[int, int]]:
-    """Row ranges that follow segment boundaries: whole segments merged while a range holds <= budget rows,
-    a segment larger than budget split into equal parts. Covers rows 0 .. seg_ends[-1]."""
+def plan_chunks(seg_ends: list[int], budget: int, whole: bool = True) -> list[tuple[int, int]]:
+    """Row ranges that follow segment boundaries: whole segments merged while a range holds <= budget rows
+    (with whole=False each non-empty segment is its own range), a segment larger than budget split into equal
+    parts. Covers rows 0 .. seg_ends[-1]."""
+    if not whole:
+        ranges = []
+        for a, b in itertools.pairwise([0, *seg_ends]):
+            if b > a:
+                ranges += [(a + x, a + y) for x, y in plan_chunks([b - a], budget)]
+        return ranges
     chunks, r0, start = [], 0, 0
     for end in seg_ends:
         if end - start > budget:  # a big segment: close the open range, then split this one
@@ -217,7 +224,7 @@ def plan_chunks(seg_ends: list[int], budget: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def row_chunks(seg_ends_E: torch.Tensor, num_rows: int, ffn: int, x: torch.Tensor) -> list[tuple[int, int]]:
+def row_chunks(seg_ends_E, num_rows: int, ffn: int, x: torch.Tensor) -> list[tuple[int, int]]:
     """Row ranges a grouped FFN runs in. GPU: all rows at once (no sync). CPU: a bounded workspace (as
     vLLM's fused_moe chunks tokens) — one [rows, F] intermediate within CPU_CHUNK_BYTES, ranges aligned
     to segments — so intermediates come back from the heap cache-sized instead of being freshly mapped
@@ -225,13 +232,13 @@ def row_chunks(seg_ends_E: torch.Tensor, num_rows: int, ffn: int, x: torch.Tenso
     if x.device.type != "cpu":
         return [(0, num_rows)] if num_rows else []
     budget = max(64, CPU_CHUNK_BYTES // (ffn * x.element_size()))
-    return plan_chunks(seg_ends_E.tolist(), budget)
+    return plan_chunks(seg_ends_E if isinstance(seg_ends_E, list) else seg_ends_E.tolist(), budget)
 
 
 def grouped_swiglu(
     x: torch.Tensor,
     index_R: torch.Tensor | None,
-    seg_ends_E: torch.Tensor,
+    seg_ends_E: torch.Tensor | list[int],
     w_gate_EHF: torch.Tensor,
     w_up_EHF: torch.Tensor,
     w_down_EFH: torch.Tensor,
@@ -245,8 +252,12 @@ def grouped_swiglu(
     over the segments, one row range (row_chunks) at a time; emit(r0, r1, chunk_RH) takes each range's
     output. On GPU the range may run past seg_ends_E[-1]; those rows of chunk_RH are not computed (garbage).
     """
+    host = isinstance(seg_ends_E, list)  # segment ends already on the host (a CPU kernel): no tensor ops for offs
     for r0, r1 in row_chunks(seg_ends_E, num_rows, w_gate_EHF.shape[2], x):
-        offs_E = (seg_ends_E - r0).clamp(0, r1 - r0).to(torch.int32)
+        if host:
+            offs_E = torch.tensor([min(max(end - r0, 0), r1 - r0) for end in seg_ends_E], dtype=torch.int32)
+        else:
+            offs_E = (seg_ends_E - r0).clamp(0, r1 - r0).to(torch.int32)
         x_RH = x[r0:r1] if index_R is None else meter.alloc(x[index_R[r0:r1]])
         chunk_RH = swiglu_ffn(x_RH, w_gate_EHF, w_up_EHF, w_down_EFH, meter, functools.partial(grouped_mm, offs=offs_E))
         if index_R is not None:

@@ -17,11 +17,22 @@ With a capacity factor in the routing, dropped assignments are skipped (they sor
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 import triton
 import triton.language as tl
 
-from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
+from moebench.kernels.common import (
+    CPU_CHUNK_BYTES,
+    KernelStats,
+    MemoryMeter,
+    check_inputs,
+    combine,
+    grouped_swiglu,
+    plan_chunks,
+    swiglu_ffn,
+)
 from moebench.kernels.routing import Routing
 from moebench.kernels.triton_utils import down_tile, swiglu_tile, triton_flags
 
@@ -100,24 +111,36 @@ def _dynamic_down_kernel(
 
 
 def _experts_torch_cpu(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter):
-    """Rows gathered in expert order range by range; each range's weighted output is index_add-ed straight
-    into an fp32 y (deterministic on CPU)."""
+    """Expert by expert over the active segments (on CPU a loop of mm beats grouped_mm, which also walks the
+    empty experts: 10-30% at 1-16 rows), each segment's rows gathered and run in ranges of a bounded workspace
+    (common.plan_chunks); each range's weighted output is added straight into an fp32 y (copied, where every
+    token has exactly one row and weight 1: rows after an all-to-all)."""
     T, H = x_TH.shape
-    A = routing.num_assignments
-    token_A = routing.sort_idx_A // routing.top_k
-    weights_A = torch.where(routing.kept_Tk, routing.topk_weights_Tk, 0.0).view(A)[routing.sort_idx_A]
-    y_TH = torch.zeros(T, H, dtype=torch.float32)
+    A, k, order_A = routing.num_assignments, routing.top_k, routing.sort_idx_A
+    token_A = order_A if k == 1 else order_A // k
+    one_row_each = k == 1 and routing.capacity is None and routing.unit_weights
+    if not routing.unit_weights:
+        weights_Tk = routing.topk_weights_Tk
+        weights_A = weights_Tk if routing.capacity is None else torch.where(routing.kept_Tk, weights_Tk, 0.0)
+        weights_A = weights_A.view(A)[order_A]
+    y_TH = (torch.empty if one_row_each else torch.zeros)(T, H, dtype=torch.float32)
     if x_TH.dtype != torch.float32:
         meter.alloc(y_TH)
-
-    def add_to_y(r0: int, r1: int, chunk_RH: torch.Tensor) -> None:
-        rows_RH = chunk_RH if chunk_RH.dtype == torch.float32 else meter.alloc(chunk_RH.float())
-        y_TH.index_add_(0, token_A[r0:r1], rows_RH.mul_(weights_A[r0:r1, None]))
-        if rows_RH is not chunk_RH:
-            meter.free(rows_RH)
-
-    grouped_swiglu(x_TH, token_A, routing.offsets_E1[1:], w_gate_EHF, w_up_EHF, w_down_EFH, A, add_to_y, meter)
-    return y_TH.to(x_TH.dtype)
+    offsets = routing.offsets_list
+    budget = max(64, CPU_CHUNK_BYTES // (w_gate_EHF.shape[2] * x_TH.element_size()))
+    for r0, r1 in plan_chunks(offsets[1:], budget, whole=False):
+        e = bisect.bisect_right(offsets, r0) - 1  # each range lies inside one expert's segment
+        tokens_R = token_A[r0:r1]
+        x_RH = meter.alloc(x_TH.index_select(0, tokens_R))
+        out_RH = swiglu_ffn(x_RH, w_gate_EHF[e], w_up_EHF[e], w_down_EFH[e], meter)
+        meter.free(x_RH)
+        rows_RH = out_RH if out_RH.dtype == torch.float32 else meter.alloc(out_RH.float())
+        if one_row_each:
+            y_TH.index_copy_(0, tokens_R, rows_RH)
+        else:
+            y_TH.index_add_(0, tokens_R, rows_RH if routing.unit_weights else rows_RH.mul_(weights_A[r0:r1, None]))
+        meter.free(out_RH, *([] if rows_RH is out_RH else [rows_RH]))
+    return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
 
 
 def _experts_torch_gpu(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter):

@@ -22,9 +22,10 @@ factor nothing is dropped.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import itertools
 import math
-from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import triton
@@ -37,31 +38,27 @@ DROP_POLICIES = ("position", "weight")
 IMPLS = ("torch", "triton")
 
 
-@dataclass(frozen=True)
 class Routing:
     """Which experts each token goes to, what is kept, and where every kept row sits.
 
-    Shapes: topk_ids_Tk int64 [T, k]; topk_weights_Tk fp32 [T, k]; counts_E, kept_counts_E int64 [E]
-    (assignments per expert before / after drops); kept_Tk bool [T, k]; rank_Tk int64 [T, k];
-    num_dropped int64 0-d; sort_idx_A int64 [A]; offsets_E1, block_offsets_E1 int64 [E + 1];
-    tile_expert_B, tile_row_B int64 [max_tiles]. capacity is None when nothing can be dropped.
+    Built from the top-k choice (topk_ids_Tk int64 [T, k], topk_weights_Tk fp32 [T, k]), the expert count,
+    the capacity (None: nothing can be dropped), the drop policy and the block size. Everything else is
+    computed on first use and kept (a kernel pays only for the metadata it reads; at decode, a few ops):
+    counts_E, kept_counts_E int64 [E] (assignments per expert before / after drops); kept_Tk bool [T, k];
+    rank_Tk int64 [T, k]; num_dropped (0-d tensor, or 0 when nothing can be dropped); sort_idx_A int64 [A];
+    offsets_E1, block_offsets_E1 int64 [E + 1]; tile_expert_B, tile_row_B int64 [max_tiles].
+    Treat it as immutable.
     """
 
-    topk_ids_Tk: torch.Tensor
-    topk_weights_Tk: torch.Tensor
-    num_experts: int
-    capacity: int | None
-    counts_E: torch.Tensor
-    kept_counts_E: torch.Tensor
-    kept_Tk: torch.Tensor
-    rank_Tk: torch.Tensor
-    num_dropped: torch.Tensor
-    sort_idx_A: torch.Tensor
-    offsets_E1: torch.Tensor
-    block_size: int
-    block_offsets_E1: torch.Tensor
-    tile_expert_B: torch.Tensor
-    tile_row_B: torch.Tensor
+    def __init__(self, topk_ids_Tk, topk_weights_Tk, num_experts: int, capacity: int | None,
+                 drop_policy: str = "position", block_size: int = DEFAULT_BLOCK_SIZE):  # fmt: skip
+        self.topk_ids_Tk = topk_ids_Tk
+        self.topk_weights_Tk = topk_weights_Tk
+        self.num_experts = num_experts
+        self.capacity = capacity
+        self.drop_policy = drop_policy
+        self.block_size = block_size
+        self.unit_weights = False  # every weight is 1.0 (rows after an all-to-all): kernels may skip the scaling
 
     @property
     def num_tokens(self) -> int:
@@ -75,32 +72,122 @@ class Routing:
     def num_assignments(self) -> int:
         return self.topk_ids_Tk.numel()
 
-    @property
-    def max_tiles(self) -> int:
-        return self.tile_expert_B.shape[0]
+    # -- counts, queues and drops
+
+    @cached_property
+    def counts_E(self) -> torch.Tensor:
+        return torch.bincount(self.topk_ids_Tk.view(-1), minlength=self.num_experts)
+
+    @cached_property
+    def _queue_A(self) -> torch.Tensor:
+        """Assignments sorted by expert; inside an expert, in the order the drop policy serves them."""
+        return _queue_order(self.topk_ids_Tk.view(-1), self.topk_weights_Tk.view(-1), self.drop_policy)
+
+    @cached_property
+    def rank_Tk(self) -> torch.Tensor:
+        """Each assignment's place in its expert's queue (before drops)."""
+        ids_A, order_A = self.topk_ids_Tk.view(-1), self._queue_A
+        starts_E = torch.cumsum(self.counts_E, 0) - self.counts_E
+        rank_A = torch.empty_like(ids_A)
+        rank_A[order_A] = torch.arange(ids_A.numel(), device=ids_A.device) - starts_E[ids_A[order_A]]
+        return rank_A.view(self.topk_ids_Tk.shape)
+
+    @cached_property
+    def kept_Tk(self) -> torch.Tensor:
+        if self.capacity is None:
+            return torch.ones_like(self.topk_ids_Tk, dtype=torch.bool)
+        return self.rank_Tk < self.capacity
+
+    @cached_property
+    def kept_counts_E(self) -> torch.Tensor:
+        return self.counts_E if self.capacity is None else self.counts_E.clamp(max=self.capacity)
+
+    @cached_property
+    def num_dropped(self):
+        return 0 if self.capacity is None else (~self.kept_Tk).sum()
+
+    @cached_property
+    def sort_idx_A(self) -> torch.Tensor:
+        """Kept assignments in expert order first, dropped ones after offsets_E1[E]."""
+        order_A = self._queue_A
+        if self.capacity is None:
+            return order_A
+        ids_A = self.topk_ids_Tk.view(-1)
+        dropped_last_A = torch.where(self.kept_Tk.view(-1)[order_A], ids_A[order_A], self.num_experts)
+        return order_A[torch.sort(dropped_last_A, stable=True).indices]
+
+    @cached_property
+    def offsets_E1(self) -> torch.Tensor:
+        host = self.__dict__.get("offsets_list")
+        if host is not None:
+            return torch.tensor(host, dtype=torch.int64, device=self.topk_ids_Tk.device)
+        kept_E = self.kept_counts_E
+        return torch.cat([kept_E.new_zeros(1), torch.cumsum(kept_E, 0)])
+
+    @cached_property
+    def offsets_list(self) -> list[int]:
+        """offsets_E1 on the host (a sync on GPU): what a CPU kernel plans its row ranges with."""
+        return self.offsets_E1.tolist()
 
     @property
-    def num_kept(self) -> torch.Tensor:
-        """Kept assignments (0-d tensor, no sync until read)."""
-        return self.offsets_E1[-1]
+    def num_kept(self):
+        """Kept assignments (0-d tensor, no sync until read; an int where the offsets are on the host)."""
+        host = self.__dict__.get("offsets_list")
+        return host[-1] if host is not None else self.offsets_E1[-1]
 
     @property
     def sorted_pos_Tk(self) -> torch.Tensor:
         """Row of each assignment in the exact sorted order (meaningful where kept)."""
         return self.offsets_E1[self.topk_ids_Tk] + self.rank_Tk
 
+    # -- the block-aligned layout (block_sparse, the Triton kernels)
+
+    @cached_property
+    def _blocks(self) -> dict:
+        return _block_layout(self.kept_counts_E, self.offsets_E1, self.block_size, self.num_assignments)
+
+    @property
+    def block_offsets_E1(self) -> torch.Tensor:
+        return self._blocks["block_offsets_E1"]
+
+    @property
+    def tile_expert_B(self) -> torch.Tensor:
+        return self._blocks["tile_expert_B"]
+
+    @property
+    def tile_row_B(self) -> torch.Tensor:
+        return self._blocks["tile_row_B"]
+
+    @property
+    def max_tiles(self) -> int:
+        return max_tiles(self.num_assignments, self.num_experts, self.block_size)
+
     @property
     def block_pos_Tk(self) -> torch.Tensor:
         """Row of each assignment in the block-aligned layout (meaningful where kept)."""
         return self.block_offsets_E1[self.topk_ids_Tk] + self.rank_Tk
+
+    LAZY = ("counts_E", "rank_Tk", "kept_Tk", "kept_counts_E", "num_dropped", "sort_idx_A", "offsets_E1", "_blocks")
+
+    def to(self, device) -> Routing:
+        """Every field computed where it is now, then moved to `device` (to inspect a GPU layout on the host)."""
+        other = copy.copy(self)
+        for name in self.LAZY:
+            value = getattr(self, name)
+            move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
+            other.__dict__[name] = {k: move(v) for k, v in value.items()} if isinstance(value, dict) else move(value)
+        other.topk_ids_Tk, other.topk_weights_Tk = self.topk_ids_Tk.to(device), self.topk_weights_Tk.to(device)
+        return other
 
     def with_block_size(self, block_size: int) -> Routing:
         """The same routing with block-aligned offsets and the tile map for another block size."""
         if block_size == self.block_size:
             return self
         _check_block_size(block_size)
-        blocks = _block_layout(self.kept_counts_E, self.offsets_E1, block_size, self.num_assignments)
-        return dataclasses.replace(self, block_size=block_size, **blocks)
+        other = copy.copy(self)
+        other.block_size = block_size
+        other.__dict__.pop("_blocks", None)
+        return other
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -261,40 +348,34 @@ def routing_from_topk(
     _check_options(num_experts, k, capacity_factor, drop_policy, block_size)
     if validate and topk_ids_Tk.numel() and not 0 <= int(topk_ids_Tk.min()) <= int(topk_ids_Tk.max()) < num_experts:
         raise ValueError(f"expert ids must be in 0..{num_experts - 1}, got a value outside that range")
-    ids_A = topk_ids_Tk.reshape(-1).long()
-    weights_A = topk_weights_Tk.reshape(-1).float()
+    ids_Tk = topk_ids_Tk if topk_ids_Tk.dtype == torch.int64 else topk_ids_Tk.long()
+    weights_Tk = topk_weights_Tk if topk_weights_Tk.dtype == torch.float32 else topk_weights_Tk.float()
     capacity = capacity_for(T, k, num_experts, capacity_factor)
-    order_A = _queue_order(ids_A, weights_A, drop_policy)
-    counts_E = torch.zeros(num_experts, dtype=torch.int64, device=ids_A.device).scatter_add_(
-        0, ids_A, torch.ones_like(ids_A)
-    )
-    starts_E = torch.cumsum(counts_E, 0) - counts_E
-    rank_A = torch.empty_like(ids_A)
-    rank_A[order_A] = torch.arange(ids_A.numel(), device=ids_A.device) - starts_E[ids_A[order_A]]
-    if capacity is None:
-        kept_A = torch.ones_like(ids_A, dtype=torch.bool)
-        kept_counts_E = counts_E
-    else:
-        kept_A = rank_A < capacity
-        kept_counts_E = counts_E.clamp(max=capacity)
-        dropped_last_A = torch.where(kept_A[order_A], ids_A[order_A], num_experts)
-        order_A = order_A[torch.sort(dropped_last_A, stable=True).indices]
-    offsets_E1 = torch.cat([counts_E.new_zeros(1), torch.cumsum(kept_counts_E, 0)])
-    return Routing(
-        topk_ids_Tk=ids_A.view(T, k),
-        topk_weights_Tk=weights_A.view(T, k),
-        num_experts=num_experts,
-        capacity=capacity,
-        counts_E=counts_E,
-        kept_counts_E=kept_counts_E,
-        kept_Tk=kept_A.view(T, k),
-        rank_Tk=rank_A.view(T, k),
-        num_dropped=(~kept_A).sum(),
-        sort_idx_A=order_A,
-        offsets_E1=offsets_E1,
-        block_size=block_size,
-        **_block_layout(kept_counts_E, offsets_E1, block_size, ids_A.numel()),
-    )
+    return Routing(ids_Tk.contiguous(), weights_Tk.contiguous(), num_experts, capacity, drop_policy, block_size)
+
+
+HOST_ROWS = 256  # up to this many rows on the CPU, the grouping is a few Python lines, not tensor ops
+
+
+def routing_for_rows(expert_ids_R, num_experts: int, block_size: int = DEFAULT_BLOCK_SIZE, device=None) -> Routing:
+    """The routing of rows that arrive already grouped by destination (after an all-to-all): k = 1, weight 1,
+    dropless. Built once per received batch, cheaply: the order and offsets come straight from the ids (on
+    the host for a CPU batch of up to HOST_ROWS rows), so no general queue/drop machinery runs.
+    expert_ids_R: int64 [R] (a tensor, or a list of ints on the host) local expert of each row, 0..num_experts-1."""
+    host_ids = expert_ids_R if isinstance(expert_ids_R, list) else None
+    ids_R = torch.tensor(host_ids, dtype=torch.int64, device=device) if host_ids is not None else expert_ids_R
+    R, device = ids_R.shape[0], ids_R.device
+    routing = Routing(ids_R.view(R, 1), torch.ones(R, 1, device=device), num_experts, None, "position", block_size)
+    routing.unit_weights = True
+    if device.type == "cpu" and R <= HOST_ROWS:
+        ids = host_ids if host_ids is not None else ids_R.tolist()
+        order = sorted(range(R), key=ids.__getitem__)
+        counts = [0] * num_experts
+        for e in ids:
+            counts[e] += 1
+        order_R = torch.tensor(order, dtype=torch.int64)
+        routing.__dict__.update(sort_idx_A=order_R, _queue_A=order_R, offsets_list=[0, *itertools.accumulate(counts)])
+    return routing
 
 
 def route(

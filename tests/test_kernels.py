@@ -17,7 +17,15 @@ import math
 import pytest
 import torch
 
-from moebench.kernels import BASELINES, EXPERT_KERNELS, get_kernel, reference, route, routing_from_topk
+from moebench.kernels import (
+    BASELINES,
+    EXPERT_KERNELS,
+    get_kernel,
+    reference,
+    route,
+    routing_for_rows,
+    routing_from_topk,
+)
 from moebench.kernels.loop import loop_experts
 from moebench.kernels.triton_utils import interpreter_active
 
@@ -219,6 +227,32 @@ def test_grouped_rows_as_k1(name, impl):
     expect_RH = torch.stack([reference.swiglu_expert(x_RH[r].double(), *(w[e].double() for w in weights)).cpu()
                              for r, e in enumerate(ids_R1[:, 0].tolist())])  # fmt: skip
     assert rel_err(y_RH, expect_RH) <= 1e-5
+
+
+@pytest.mark.parametrize("name,impl", PATHS)
+@pytest.mark.parametrize("R,as_list", [(11, True), (11, False), (300, False), (0, True)])
+def test_rows_routing_matches_general_path(name, impl, R, as_list):
+    """routing_for_rows (the layer's metadata for received rows: host lists at small R, tensors beyond
+    HOST_ROWS) gives every kernel the same output as the general k = 1 path, with unsorted ids and an
+    expert that gets no row."""
+    H, F, E = 32, 48, 4
+    ids_R = torch.randint(0, E - 1, (R,), generator=torch.Generator().manual_seed(R))  # expert E-1 empty
+    rows = routing_for_rows(ids_R.tolist() if as_list else ids_R.to(DEVICE), E, block_size=16, device=DEVICE)
+    general = routing_from_topk(ids_R.view(R, 1).to(DEVICE), torch.ones(R, 1, device=DEVICE), E, block_size=16)
+    assert rows.sort_idx_A.tolist() == general.sort_idx_A.tolist()
+    assert rows.offsets_list == general.offsets_E1.tolist() and rows.num_dropped == 0
+    x_RH, weights = make_x(R, H), make_weights(E, H, F)
+    y_RH, _ = get_kernel(name)(x_RH, rows, *weights, impl=impl)
+    expect_RH, _ = get_kernel("loop")(x_RH, general, *weights)
+    assert y_RH.shape == (R, H) and (R == 0 or rel_err(y_RH, expect_RH) <= 1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the torch path of dynamic is the CPU one")
+def test_dynamic_torch_path_builds_no_block_layout():
+    """Routing metadata is lazy: the dynamic torch path never asks for the block layout or tile maps."""
+    routing = random_routing(5, 8, 2)
+    get_kernel("dynamic")(make_x(5, 32), routing, *make_weights(8, 32, 48), impl="torch")
+    assert "_blocks" not in vars(routing) and "sort_idx_A" in vars(routing)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is for CPU runs")

@@ -1,7 +1,6 @@
 # T = tokens, E = experts, k = experts per token, A = T*k assignments, Q = block size, R = rows
 """Routing: the top-k softmax gate (torch and Triton), capacity and drops, and the layout metadata."""
 
-import dataclasses
 import os
 
 # Triton kernels on CPU tensors need the interpreter, chosen before triton is imported;
@@ -42,8 +41,7 @@ def test_gate_weights_are_softmax_over_topk(impl):
 
 
 def on_cpu(r):
-    return dataclasses.replace(r, **{f.name: getattr(r, f.name).cpu() for f in dataclasses.fields(r)
-                                     if isinstance(getattr(r, f.name), torch.Tensor)})  # fmt: skip
+    return r.to("cpu")
 
 
 def check_layout(r):

@@ -25,12 +25,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.workloads import make_expert_weights, sample_topk
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
-from moebench.kernels import KernelStats, get_kernel, reference, route, routing_from_topk
+from moebench.collectives.comm import from_numpy
+from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
+from moebench.kernels.routing import HOST_ROWS
 
 PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
 ID_BYTES = 8  # a local expert id (int64) travels at the end of each packed row
@@ -102,61 +105,115 @@ class LayerConfig:
 
 
 def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None):
-    """Router GEMM + top-k + capacity -> Routing over all E experts. `forced`: (ids_Tk, weights_Tk) to use instead."""
-    logits_TE = x_TH.float() @ weights.w_router_HE.float()
+    """Router GEMM + top-k + capacity -> Routing over all E experts (its layout is built only where a kernel
+    asks for it). `forced`: (ids_Tk, weights_Tk) to use instead of the router's choice."""
     if forced is None:
-        return route(logits_TE, cfg.preset.k, cfg.capacity_factor)
+        x = x_TH if x_TH.dtype == torch.float32 else x_TH.float()
+        w = weights.w_router_HE if weights.w_router_HE.dtype == torch.float32 else weights.w_router_HE.float()
+        return route(x @ w, cfg.preset.k, cfg.capacity_factor)
     return routing_from_topk(forced[0], forced[1], cfg.preset.E, cfg.capacity_factor, validate=False)
 
 
 @dataclass(frozen=True)
 class Permuted:
-    """send_AW: packed rows [A, W] (uint8) in destination order; token_A, weight_A: their token and weight."""
+    """send_AW: packed rows [A, W] (uint8) in destination order; token_A, weight_A: their token and weight
+    (tensors [A], or lists for a small CPU batch)."""
 
     send_AW: torch.Tensor
-    send_splits: list[int]
+    send_splits: tuple[int, ...]
     token_A: torch.Tensor
     weight_A: torch.Tensor
+
+
+def _host_order(routing, num_ranks: int, experts_per_rank: int):
+    """Small batches on the CPU: the kept assignments' order by destination, in a few Python lines.
+    Returns (assignment ids in send order, their local expert ids, send_splits)."""
+    ids = routing.topk_ids_Tk.view(-1).tolist()
+    kept = None if routing.capacity is None else routing.kept_Tk.view(-1).tolist()
+    dest = [e // experts_per_rank for e in ids]
+    order = sorted((a for a in range(len(ids)) if kept is None or kept[a]), key=dest.__getitem__)
+    splits = [0] * num_ranks
+    for a in order:
+        splits[dest[a]] += 1
+    return order, [ids[a] % experts_per_rank for a in order], tuple(splits)
+
+
+def _device_order(routing, num_ranks: int, experts_per_rank: int):
+    """The same on the device: one stable sort by destination (dropped assignments sort last), and the
+    counts, which the all-to-all needs on the host (the one sync of this phase)."""
+    ids_A = routing.topk_ids_Tk.view(-1)
+    dest_A = ids_A // experts_per_rank
+    if routing.capacity is not None:
+        dest_A = torch.where(routing.kept_Tk.view(-1), dest_A, num_ranks)
+    order_A = torch.sort(dest_A, stable=True).indices
+    counts = torch.bincount(dest_A, minlength=num_ranks + 1).tolist()
+    order_A = order_A[: sum(counts[:num_ranks])]
+    return order_A, ids_A[order_A] % experts_per_rank, tuple(counts[:num_ranks])
+
+
+NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.uint8: np.uint8}
+
+
+def _on_host(x: torch.Tensor, rows: int, dtype=None) -> bool:
+    """Small CPU batches of a numpy-representable dtype go through numpy: a few µs where tensor ops cost ~5 each."""
+    return x.device.type == "cpu" and (dtype or x.dtype) in NUMPY_DTYPES and rows <= HOST_ROWS
 
 
 def permute(x_TH, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
     """Sort kept assignments by destination rank and pack each row with its local expert id."""
     T, k = routing.topk_ids_Tk.shape
-    kept_A = routing.kept_Tk.reshape(-1)
-    ids_A = routing.topk_ids_Tk.reshape(-1)[kept_A]
-    dest_A = ids_A // experts_per_rank
-    order_A = torch.sort(dest_A, stable=True).indices
-    assignment_A = torch.arange(T * k, device=x_TH.device)[kept_A][order_A]
-    token_A = assignment_A // k
-    local_ids_A = (ids_A[order_A] % experts_per_rank).to(torch.int64)
-    x_bytes_TW = x_TH.contiguous().view(torch.uint8).reshape(T, -1)
-    send_AW = torch.cat([x_bytes_TW[token_A], local_ids_A.view(torch.uint8).reshape(-1, ID_BYTES)], dim=1)
-    # The all-to-all needs the counts on the host: the one sync this phase needs.
-    send_splits = torch.bincount(dest_A, minlength=num_ranks).tolist()
-    weight_A = routing.topk_weights_Tk.reshape(-1)[assignment_A]
+    if _on_host(x_TH, T * k):
+        order, local, send_splits = _host_order(routing, num_ranks, experts_per_rank)
+        tokens = [a // k for a in order]
+        x_bytes_TW = x_TH.contiguous().numpy().view(np.uint8)
+        send_AW = np.empty((len(order), x_bytes_TW.shape[1] + ID_BYTES), np.uint8)
+        send_AW[:, :-ID_BYTES] = x_bytes_TW[tokens]
+        send_AW[:, -ID_BYTES:] = np.array(local, dtype=np.int64).view(np.uint8).reshape(-1, ID_BYTES)
+        weights = routing.topk_weights_Tk.view(-1).tolist()
+        return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
+    order_A, local_A, send_splits = _device_order(routing, num_ranks, experts_per_rank)
+    token_A = order_A // k
+    x_bytes_TW = x_TH.contiguous().view(torch.uint8).view(T, -1)
+    send_AW = torch.cat([x_bytes_TW.index_select(0, token_A), local_A.view(torch.uint8).view(-1, ID_BYTES)], dim=1)
+    weight_A = routing.topk_weights_Tk.view(-1)[order_A]
     return Permuted(send_AW, send_splits, token_A, weight_A)
 
 
-def unpack(recv_MW: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed rows [M, W] -> x_MH in `dtype` and local expert ids [M]."""
+def unpack(recv_MW: torch.Tensor, dtype):
+    """Packed rows [M, W] -> x_MH in `dtype` and the local expert ids [M] (a list for a small CPU batch)."""
+    if recv_MW.device.type == "cpu" and dtype in (torch.float32, torch.float16) and recv_MW.shape[0] <= HOST_ROWS:
+        recv = recv_MW.numpy()
+        x_MH = from_numpy(
+            np.ascontiguousarray(recv[:, :-ID_BYTES]).view(np.float32 if dtype == torch.float32 else np.float16)
+        )
+        return x_MH, recv[:, -ID_BYTES:].copy().view(np.int64).reshape(-1).tolist()
     x_MH = recv_MW[:, :-ID_BYTES].contiguous().view(dtype)
-    ids_M = recv_MW[:, -ID_BYTES:].contiguous().view(torch.int64).reshape(-1)
+    ids_M = recv_MW[:, -ID_BYTES:].contiguous().view(torch.int64).view(-1)
     return x_MH, ids_M
 
 
 def run_experts(x_MH, ids_M, weights: MoeWeights, cfg: LayerConfig):
     """Each received row through its expert (k = 1, weight 1): y_MH and the kernel's stats."""
-    num_local = weights.w_gate_EHF.shape[0]
-    ones_M1 = torch.ones(ids_M.shape[0], 1, device=x_MH.device)
-    routing = routing_from_topk(ids_M.reshape(-1, 1), ones_M1, num_local, validate=False)
+    routing = routing_for_rows(ids_M, weights.w_gate_EHF.shape[0], device=x_MH.device)
     return get_kernel(cfg.kernel)(x_MH, routing, *weights.experts, impl=cfg.impl)
+
+
+LOOP_ROWS = 16  # up to this many rows, unpermute adds each row in numpy; beyond, one index_add
 
 
 def unpermute(out_AH, permuted: Permuted, T: int) -> torch.Tensor:
     """y[t] = sum of token t's expert outputs, each times its combine weight (fp32 accumulate)."""
-    y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=out_AH.device)
-    y_TH.index_add_(0, permuted.token_A, out_AH.float() * permuted.weight_A[:, None])
-    return y_TH.to(out_AH.dtype)
+    if isinstance(permuted.token_A, list) and len(permuted.token_A) <= LOOP_ROWS:  # the host path of permute
+        out, y_TH = out_AH.numpy(), np.zeros((T, out_AH.shape[1]), np.float32)
+        for row, (token, weight) in enumerate(zip(permuted.token_A, permuted.weight_A)):
+            y_TH[token] += weight * out[row]
+        return from_numpy(y_TH).to(out_AH.dtype)
+    device = out_AH.device
+    token_A, weight_A = (torch.as_tensor(v, device=device) for v in (permuted.token_A, permuted.weight_A))
+    y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=device)
+    rows_AH = out_AH.float() if out_AH.dtype != torch.float32 else out_AH
+    y_TH.index_add_(0, token_A, rows_AH * weight_A[:, None].float())
+    return y_TH if out_AH.dtype == torch.float32 else y_TH.to(out_AH.dtype)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from moebench.collectives.comm import (
     Group,
     SpecCache,
     Traffic,
+    from_numpy,
     launched_by_mpi,
     launched_by_torchrun,
     row_numel,
@@ -39,15 +40,6 @@ def _mpi_view(x: torch.Tensor, cuda_aware: bool):
 def _as_bytes(x: torch.Tensor) -> torch.Tensor:
     """The contiguous tensor's bytes as a flat uint8 tensor (any dtype, zero rows included)."""
     return x.contiguous().reshape(-1).view(torch.uint8)
-
-
-def _as_tensor(recv: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """A received numpy buffer as a tensor of `dtype` (bf16 arrives as int16); empty ones get ordinary strides
-    (numpy gives an empty array zero strides)."""
-    if recv.shape[0] == 0:
-        return torch.empty(recv.shape, dtype=dtype)
-    out = torch.from_numpy(recv)
-    return out if out.dtype == dtype else out.view(dtype)
 
 
 class _VectorSpec:
@@ -140,7 +132,7 @@ class MpiGroup(Group):
             spin(meter.spin_s)
         if spec.view is None and spec.recv_shape[0]:
             return torch.from_numpy(recv)
-        return _as_tensor(recv, send.dtype)
+        return from_numpy(recv, send.dtype)
 
     def _new_spec(self, key, send) -> _VectorSpec:
         spec = self._specs[key] = _VectorSpec(self, key[0], key[1], send)
@@ -208,7 +200,7 @@ class MpiGroup(Group):
             recv = np.empty(spec.recv_shape, spec.np_dtype)
             self.mpi.Allgatherv([self._address(x.contiguous().data_ptr(), nbytes), nbytes, byte],
                                 [recv, spec.recv_args, byte])  # fmt: skip
-            out = _as_tensor(recv, x.dtype)
+            out = from_numpy(recv, x.dtype)
         self.traffic.add(*self.call_traffic(np.full(self.size, nbytes)))
         return out
 
