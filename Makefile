@@ -32,23 +32,23 @@ bench: bench-collectives bench-kernels bench-moe
 	$(MOEBENCH) report
 
 bench-collectives: install
-	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) collectives -b 1K -e 16M -f 4 -n 20 -w 5 --save --tag p2
-	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) collectives -b 16K -e 16M -f 4 -n 10 -w 3 \
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) collectives -b 1K -e 16M -f 4 --save --tag p2
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) collectives -b 16K -e 16M -f 4 --budget 0.5 \
 		--ranks-per-node 2 --tp 2 --save --tag p4-g2-tp2
 
 bench-kernels: install
 	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --batch 1,16,128,1024,4096 --skew uniform \
-		--capacity-factor none,2.0 -n 10 -w 2 --save --tag mixtral-uniform
+		--capacity-factor none,2.0 --save --tag mixtral-uniform
 	$(MOEBENCH) kernels --model mixtral-8x7b-tiny --batch 4096 --skew zipf:1.2 --capacity-factor none,2.0 \
-		-n 10 -w 2 --save --tag mixtral-zipf1.2
+		--save --tag mixtral-zipf1.2
 	$(MOEBENCH) kernels --model deepseek-v3-tiny --batch 128 --skew uniform --capacity-factor 1.0,2.0 \
-		-n 10 -w 2 --save --tag deepseek-t128
+		--save --tag deepseek-t128
 
 bench-moe: install
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
-		-n 10 -w 3 --save --tag p2
+		--save --tag p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
-		--ranks-per-node 2 --tp 2 -n 5 -w 2 --save --tag p4-g2-tp2
+		--ranks-per-node 2 --tp 2 --budget 0.5 --save --tag p4-g2-tp2
 
 report: install
 	$(MOEBENCH) report
@@ -64,7 +64,8 @@ clean:
 # calibration and predicted-vs-measured validation of every algorithm (2x2, 2x2 with +1 ms per inter-node
 # message, 4x1, and plain one-host runs), then projections to 1..256 nodes of 8-GPU nodes; results under
 # $(TOPO_DIR). One rank busy-polls per core: timings move with other load, so each point is spread over rounds.
-TOPO_DIR ?= results/cpu-$(shell nproc)core
+# cores from getconf, not nproc: nproc follows OMP_NUM_THREADS=1 (it wrote results/cpu-1core/)
+TOPO_DIR ?= results/cpu-$(shell getconf _NPROCESSORS_ONLN)core
 CLUSTER := $(MOEBENCH) cluster --timeout 1500
 VALIDATE := --validate -n 30 --rounds 10
 .PHONY: bench-topology

@@ -121,6 +121,36 @@ def exchange_cases(comm, names, size: int, skew: Skew, hidden: int, dtype, seed:
     return cases, logical, send
 
 
+def count_cases(comm, names, send: torch.Tensor, size: int, skew: Skew, seed: int) -> list[Case]:
+    """Each exchange's count exchange alone (its plan: after it every rank knows what it receives), timed
+    beside the exchanges so every algorithm row can show what its counts cost."""
+    R = send.shape[0]
+    send_splits = tuple(int(n) for n in split_matrix(R, comm.world_size, skew, seed)[comm.rank])
+    return [
+        Case({"algo": name, "size": size}, lambda algo=ALGORITHMS[name]: algo.plan(comm, send_splits)) for name in names
+    ]
+
+
+def library_cases(comm, send: torch.Tensor, size: int, skew: Skew, seed: int, check: bool = True) -> list[Case]:
+    """The backend's all-to-all-v with the counts already known: `native-data` (the Group's call as an algorithm
+    makes it, after its plan: what OSU's osu_alltoallv measures) and `floor` (the library call on arguments
+    built once, in a tight loop: what Python can reach; its traffic is not metered, so neither checked nor
+    counted)."""
+    P, me = comm.world_size, comm.rank
+    R, H = send.shape
+    splits = split_matrix(R, P, skew, seed)
+    send_splits, recv_splits = [int(n) for n in splits[me]], [int(n) for n in splits[:, me]]
+    want = expected_recv(me, splits, H, send.dtype, seed).to(comm.device) if check else None
+    row_bytes = H * send.element_size()
+    schedule = ALGORITHMS["native"].schedule(splits, row_bytes, comm.topology, plan=False)
+    data = checked_case(comm, {"algo": "native-data", "size": size},
+                        lambda: comm.world.alltoallv(send, send_splits, recv_splits),
+                        check and (lambda out: count_wrong(out, want)), schedule)  # fmt: skip
+    floor_fn = comm.world.prepared_alltoallv(send, send_splits, recv_splits)
+    floor = Case({"algo": "floor", "size": size, "wrong": None}, floor_fn)
+    return [data, floor]
+
+
 def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits):
     """A dispatch + combine call with identity processing: out must equal send."""
 
@@ -142,7 +172,8 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
     send = rank_rows(int(leaders[me]), R, H, dtype, seed).to(comm.device)
     send_splits = splits[leaders[me]]
     row_bytes = H * send.element_size()
-    logical = int(splits.sum(axis=1).max()) * row_bytes
+    # Both directions: dispatch sends the busiest rank's rows out, combine brings the same rows back.
+    logical = 2 * int(splits.sum(axis=1).max()) * row_bytes
     cases = []
     for inner in inners:
         for name in pairs:

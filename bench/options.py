@@ -121,14 +121,27 @@ def capacity_factor_list(text: str) -> list[float | None]:
 # ---------------------------------------------------------------------------------------------- flag groups
 
 
-def add_iterations(p, iters: int, warmup: int) -> None:
-    p.add_argument("-n", "--iters", type=int, default=iters, help="timed iterations")
+def add_iterations(p, iters: int, warmup: int, budget: float | None = 1.0) -> None:
+    """Timing flags: timed iterations per row, warmup, interleaved rounds and a time budget per row."""
+    p.add_argument("-n", "--iters", type=int, default=iters, help="timed iterations per row (at most; see --budget)")
     p.add_argument("-w", "--warmup", type=int, default=warmup, help="warmup iterations (not timed)")
+    p.add_argument("--rounds", type=int, default=5, help="spread each row's iterations round-robin over these rounds")
+    p.add_argument("--budget", type=float, default=budget,
+                   help="seconds of timed iterations per row (fewer than -n if slow; 0: no limit)")  # fmt: skip
 
 
 def check_iterations(args, min_iters: int = 1) -> None:
     if args.iters < min_iters or args.warmup < 0:
         raise ValueError(f"need -n >= {min_iters} and -w >= 0 (got -n {args.iters} -w {args.warmup})")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be >= 1 (got {args.rounds})")
+    if args.budget is not None and args.budget < 0:
+        raise ValueError(f"--budget must be >= 0 seconds (got {args.budget})")
+
+
+def budget_seconds(args) -> float | None:
+    """--budget as run_interleaved takes it: None when unlimited."""
+    return args.budget or None
 
 
 def add_dtype(p, default: str) -> None:

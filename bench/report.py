@@ -142,20 +142,16 @@ def write_json(path: Path, meta: dict, rows: Sequence[dict]) -> None:
 
 
 def save_run(meta: dict, rows: Sequence[dict], markdown: str, out_dir: Path | None = None) -> list[Path]:
-    """Store one run under `out_dir` (default results/<machine>/) without overwriting any earlier run.
-
-    Writes `<benchmark>-<tag>-<timestamp>.{json,csv,md}` and refreshes `<benchmark>-<tag>-latest.md`,
-    where tag is `meta["tag"]` (e.g. "p2") if present. Returns the paths written.
-    """
+    """Store one run under `out_dir` (default results/<machine>/) as `<benchmark>-<tag>.{json,csv,md}`, where tag
+    is `meta["tag"]` (e.g. "p2") if present: a new run of the same benchmark and tag replaces the one it
+    supersedes (git history keeps the old). Returns the paths written."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR / meta["machine"]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     name = meta["benchmark"] + (f"-{meta['tag']}" if meta.get("tag") else "")
-    base = f"{name}-{stamp}"  # not Path.with_suffix: a tag may hold a dot ("zipf1.2")
-    paths = [out_dir / f"{base}.{ext}" for ext in ("json", "csv", "md")] + [out_dir / f"{name}-latest.md"]
+    # not Path.with_suffix: a tag may hold a dot ("zipf1.2")
+    paths = [out_dir / f"{name}.{ext}" for ext in ("json", "csv", "md")]
     write_json(paths[0], meta, rows)
     atomic_write(paths[1], rows_to_csv(rows))
     atomic_write(paths[2], markdown)
-    atomic_write(paths[3], markdown)
     return paths
 
 
@@ -171,9 +167,11 @@ def emit(args, meta: dict, rows: Sequence[dict], markdown: str) -> None:
 def exit_status(rows: Sequence[dict], say: bool = True) -> int:
     """1 when any row is wrong (`wrong` > 0 or `correct` False) or its traffic differs from its schedule; else 0.
     Says which rows on stderr (where `say`: rank 0)."""
-    bad = [r for r in rows if r.get("wrong") or r.get("correct") is False or r.get("schedule_matches") is False]
+    bad = [r for r in rows if r.get("wrong") or r.get("correct") is False or r.get("schedule_matches") is False
+           or r.get("phases_add_up") is False]  # fmt: skip
     for r in bad if say else []:
         what = "traffic differs from its schedule" if r.get("schedule_matches") is False else "WRONG result"
+        what = "phases do not add up to the total" if r.get("phases_add_up") is False else what
         where = ", ".join(f"{k}={r[k]}" for k in ("size", "batch", "tokens", "algo", "kernel") if k in r)
         print(f"moebench: {what}: {where}", file=sys.stderr, flush=True)
     return 1 if bad else 0

@@ -1,9 +1,12 @@
-"""Timing: warmup, a barrier before every timed iteration, per-iteration samples, statistics.
+# P = ranks, n = timed iterations of a case, C = columns of one sample (phases then the total)
+"""Timing: warmup, a barrier before every timed iteration, per-iteration samples, interleaved rounds.
 
-Conventions (DESIGN.md §3): warmup iterations are excluded; each timed iteration starts after
-a barrier; the headline is the median, with p20/p80/p99 beside it; for multi-rank work each
-iteration's time is the slowest rank's (max over ranks, taken once after the loop so no
-collective runs inside the timed region). On CUDA, time with events; on CPU, perf_counter.
+Conventions (DESIGN.md §3): warmup iterations are excluded; each timed iteration starts after a barrier
+(on CUDA, after a device synchronize and then the barrier); the headline is the median, with p20/p80/p99
+beside it. Multi-rank: each rank keeps its own samples and they are gathered once after the loop, so no
+collective runs inside a timed region; an iteration's time is the slowest rank's (the critical path), and
+a phased case takes every phase of an iteration from that same rank, so phases add up to the total.
+On CUDA, time with events; on CPU, perf_counter.
 """
 
 from __future__ import annotations
@@ -16,60 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-
-def _cuda_samples(fn: Callable[[], object], iters: int, barrier: Callable[[], None] | None) -> np.ndarray:
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for i in range(iters):
-        if barrier is not None:
-            barrier()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    return np.array([s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)])
-
-
-def _host_samples(fn: Callable[[], object], iters: int, barrier: Callable[[], None] | None) -> np.ndarray:
-    samples = np.empty(iters)
-    for i in range(iters):
-        if barrier is not None:
-            barrier()
-        t0 = time.perf_counter()
-        fn()
-        samples[i] = (time.perf_counter() - t0) * 1e6
-    return samples
-
-
-def measure(
-    fn: Callable[[], object],
-    *,
-    iters: int,
-    warmup: int,
-    comm=None,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Run `fn` `warmup` times untimed, then `iters` times timed; return per-iteration µs [iters].
-
-    With `comm` (a collectives Communicator), a barrier precedes every iteration and the
-    returned samples are the max over ranks of each iteration (the slowest rank).
-    """
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got -n {iters} -w {warmup}")
-    barrier = comm.barrier if comm is not None else None
-    for _ in range(warmup):
-        fn()
-    on_cuda = torch.device(device).type == "cuda"
-    if on_cuda:
-        torch.cuda.synchronize()
-    samples = _cuda_samples(fn, iters, barrier) if on_cuda else _host_samples(fn, iters, barrier)
-    if comm is not None:
-        samples = comm.allreduce_max(samples)
-    return samples
+BAND_FRACTION = 0.2  # phases are means over this fraction of iterations: those whose totals lie nearest the median
 
 
 def stats(samples_us: np.ndarray) -> dict[str, float]:
-    """Median, p20, p80, p99, min and mean of per-iteration samples (µs)."""
+    """Median, p20, p80, p99, min and mean of per-iteration samples (µs), and their count."""
     s = np.asarray(samples_us, dtype=np.float64)
     return {
         "time_us": float(np.median(s)),
@@ -78,81 +32,163 @@ def stats(samples_us: np.ndarray) -> dict[str, float]:
         "p99_us": float(np.percentile(s, 99)),
         "min_us": float(s.min()),
         "mean_us": float(s.mean()),
+        "samples": int(s.size),
     }
 
 
-def _cuda_phase_times(fn) -> list[float]:
-    events = [torch.cuda.Event(enable_timing=True)]
-    events[0].record()
-
-    def mark():
-        events.append(torch.cuda.Event(enable_timing=True))
-        events[-1].record()
-
-    fn(mark)
-    torch.cuda.synchronize()
-    return [0.0] + [events[0].elapsed_time(e) * 1e3 for e in events[1:]]
+def median_band(total_n: np.ndarray) -> np.ndarray:
+    """Indices of the BAND_FRACTION of iterations whose totals lie nearest the median (at least one; at least
+    two for an even count, so that n <= 4 gives the median exactly): their mean total is the median up to
+    the noise left inside that narrow band."""
+    n = len(total_n)
+    count = max(math.ceil(n * BAND_FRACTION), 2 - n % 2, 1)
+    return np.argsort(np.abs(total_n - np.median(total_n)), kind="stable")[: min(count, n)]
 
 
-def _host_phase_times(fn) -> list[float]:
-    stamps = [time.perf_counter()]
-    fn(lambda: stamps.append(time.perf_counter()))
-    return [(t - stamps[0]) * 1e6 for t in stamps]
+def critical_path(per_rank_PnC: np.ndarray, phases: tuple[str, ...]) -> dict:
+    """Fields of a phased case from every rank's samples [P, n, len(phases) + 1] (total last).
 
-
-def measure_phases(
-    fn: Callable[[Callable[[], None]], object],
-    *,
-    num_phases: int,
-    iters: int,
-    warmup: int,
-    comm=None,
-    device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Time `fn(mark)`, which calls `mark()` after each of its `num_phases` phases.
-
-    Returns µs samples [iters, num_phases + 1]: one column per phase and the total last. With
-    `comm`, a barrier precedes each iteration and every entry is the max over ranks.
-    """
-    if iters < 1 or warmup < 0:
-        raise ValueError(f"iterations must be >= 1 and warmup >= 0, got -n {iters} -w {warmup}")
-    on_cuda = torch.device(device).type == "cuda"
-    samples = np.empty((iters, num_phases + 1))
-    for i in range(warmup + iters):
-        if comm is not None:
-            comm.barrier()
-        times = _cuda_phase_times(fn) if on_cuda else _host_phase_times(fn)
-        assert len(times) == num_phases + 1, f"fn marked {len(times) - 1} phases, expected {num_phases}"
-        if i >= warmup:
-            samples[i - warmup, :num_phases] = np.diff(times)
-            samples[i - warmup, num_phases] = times[-1]
-    if comm is not None:
-        samples = comm.allreduce_max(samples)
-    return samples
+    For each iteration the critical rank is the one with the largest total; the phases come from it.
+    `<phase>_us` is the mean over the iterations nearest the median total, so the phases sum to about it
+    (`phase_sum_us` says by how much); `<phase>_max_us` is the median over iterations of the per-phase
+    max over ranks (what the slowest rank spent in that phase, ranks taken separately); `<phase>_share`
+    divides by the total."""
+    n = per_rank_PnC.shape[1]
+    critical_n = per_rank_PnC[per_rank_PnC[:, :, -1].argmax(0), np.arange(n)]  # [n, C]
+    out = stats(critical_n[:, -1])
+    band = median_band(critical_n[:, -1])
+    for i, phase in enumerate(phases):
+        out[f"{phase}_us"] = float(critical_n[band, i].mean())
+        out[f"{phase}_max_us"] = float(np.median(per_rank_PnC[:, :, i].max(0)))
+        out[f"{phase}_share"] = out[f"{phase}_us"] / out["time_us"] if out["time_us"] else 0.0
+    out["phase_sum_us"] = float(sum(out[f"{phase}_us"] for phase in phases))
+    return out
 
 
 @dataclass
 class Case:
     """One configuration to time: its result row (filled in), the timed call, its message schedule (for
-    the cost model, where it has one), and the samples of every round."""
+    the cost model, where it has one), and this rank's samples. With `phases`, `fn(mark)` calls `mark()`
+    after each phase; without, `fn()` is timed whole."""
 
     row: dict
-    fn: Callable[[], object]
+    fn: Callable
     schedule: list | None = None
-    samples: list = field(default_factory=list)
+    phases: tuple[str, ...] | None = None
+    samples: list = field(default_factory=list)  # this rank's timed iterations, each [C] µs
+
+    @property
+    def columns(self) -> int:
+        return len(self.phases) + 1 if self.phases else 1
 
 
-def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: int, device="cpu") -> None:
-    """Time every case in `rounds` rounds of ceil(iters / rounds) iterations each, round-robin.
+class Clock:
+    """Time one iteration: perf_counter on the host, events on CUDA (synchronized before returning)."""
+
+    def __init__(self, device="cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def run(self, case: Case) -> list[float]:
+        """µs per phase and the total [C]."""
+        if self.cuda:
+            events = [torch.cuda.Event(enable_timing=True)]
+            events[0].record()
+
+            def mark():
+                events.append(torch.cuda.Event(enable_timing=True))
+                events[-1].record()
+
+            case.fn(mark) if case.phases else (case.fn(), mark())
+            torch.cuda.synchronize()
+            stamps = [events[0].elapsed_time(e) * 1e3 for e in events]
+        else:
+            stamps = [time.perf_counter()]
+            if case.phases:
+                case.fn(lambda: stamps.append(time.perf_counter()))
+            else:
+                case.fn()
+                stamps.append(time.perf_counter())
+            stamps = [(t - stamps[0]) * 1e6 for t in stamps]
+        marked = len(stamps) - 1
+        if case.phases and marked != len(case.phases):
+            raise RuntimeError(f"{case.row}: fn marked {marked} phases, expected {len(case.phases)}")
+        return [*np.diff(stamps), stamps[-1]] if case.phases else [stamps[-1]]
+
+
+def iterations_per_case(estimates_us: np.ndarray, iters: int, budget_s: float | None) -> list[int]:
+    """Timed iterations of each case: `iters`, fewer where that would take longer than `budget_s` (at least 1)."""
+    if budget_s is None:
+        return [iters] * len(estimates_us)
+    return [max(1, min(iters, int(budget_s * 1e6 / max(t, 1e-3)))) for t in estimates_us]
+
+
+def round_plan(counts: list[int], rounds: int) -> list[list[int]]:
+    """Case indices to run in each round, round-robin: case c runs counts[c] iterations spread evenly over
+    the rounds; the starting case rotates each round so no case always runs right after the same one."""
+    plan = []
+    num_cases = len(counts)
+    for rnd in range(rounds):
+        order = [(rnd + j) % num_cases for j in range(num_cases)] if num_cases else []
+        plan.append([c for c in order for _ in range(counts[c] // rounds + (rnd < counts[c] % rounds))])
+    return plan
+
+
+def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: int, device="cpu",
+                    budget_s: float | None = None, clock: Clock | None = None) -> None:  # fmt: skip
+    """Time every case round-robin over `rounds` rounds and add its statistics to its row.
 
     On a shared host, load comes and goes over seconds: spreading each case over the whole run lets a
-    slow spell hit every case alike. Adds median/p20/p80/p99 of the pooled samples (slowest rank per
-    iteration, with `comm`) to each row.
+    slow spell hit every case alike. Each case first runs `warmup` times (at least once: that run's time,
+    the slowest rank's, is the estimate `budget_s` uses), then `iters` timed iterations, fewer if they
+    would take longer than `budget_s` seconds; each later round re-warms a case with one untimed call.
+    Rows get the statistics of the slowest rank per iteration, and `critical_path` fields for phased cases.
     """
-    per_round = max(1, math.ceil(iters / rounds))
-    for rnd in range(rounds):
-        for case in cases:
-            w = warmup if rnd == 0 else 1
-            case.samples.extend(measure(case.fn, iters=per_round, warmup=w, comm=comm, device=device))
-    for case in cases:
-        case.row.update(stats(np.asarray(case.samples)))
+    if iters < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"need -n >= 1, -w >= 0 and --rounds >= 1 (got -n {iters} -w {warmup} --rounds {rounds})")
+    clock = clock or Clock(device)
+    barrier = comm.barrier if comm is not None else (lambda: None)
+    estimates = np.empty(len(cases))
+    for c, case in enumerate(cases):
+        for _ in range(max(warmup, 1)):
+            clock.sync()
+            barrier()
+            estimates[c] = clock.run(case)[-1]
+    if comm is not None:
+        estimates = comm.allreduce_max(estimates)
+    counts = iterations_per_case(estimates, iters, budget_s)
+    for rnd, order in enumerate(round_plan(counts, rounds)):
+        warmed = set() if rnd else set(range(len(cases)))
+        for c in order:
+            case = cases[c]
+            if c not in warmed:
+                warmed.add(c)
+                clock.sync()
+                barrier()
+                clock.run(case)
+            clock.sync()
+            barrier()
+            case.samples.append(clock.run(case))
+    mine = [np.asarray(case.samples, dtype=np.float64).reshape(-1, case.columns) for case in cases]
+    everyone = comm.allgather_object(mine) if comm is not None else [mine]
+    for c, case in enumerate(cases):
+        per_rank_PnC = np.stack([rank[c] for rank in everyone])
+        if case.phases:
+            case.row.update(critical_path(per_rank_PnC, case.phases))
+        else:
+            case.row.update(stats(per_rank_PnC[:, :, 0].max(0)))
+
+
+def measure(fn: Callable[[], object], *, iters: int, warmup: int, comm=None, device="cpu") -> dict:
+    """Statistics of one call timed alone (no interleaving): run_interleaved over a single case."""
+    case = Case({}, fn)
+    run_interleaved(comm, [case], iters, warmup, 1, device)
+    return case.row
+
+
+def ties(a: dict, b: dict) -> bool:
+    """Two timed rows are a tie when their p20-p80 intervals overlap: the difference is inside the spread."""
+    return a["p20_us"] <= b["p80_us"] and b["p20_us"] <= a["p80_us"]

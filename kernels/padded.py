@@ -110,7 +110,8 @@ def padded_experts(
     w_down_EFH: torch.Tensor,
     impl: str = "torch",
 ) -> tuple[torch.Tensor, KernelStats]:
-    """Static-capacity experts. Returns (y_TH in x's dtype, stats); executed rows = E * C."""
+    """Static-capacity experts. Returns (y_TH in x's dtype, stats); executed rows = E * C (torch) or
+    E * ceil(C / BLOCK_M) * BLOCK_M (Triton: its GEMMs run whole tiles of BLOCK_M rows, as dynamic counts)."""
     T, H, F, E = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     C = routing.capacity if routing.capacity is not None else int(routing.counts_E.max()) if T else 0
     meter = MemoryMeter(x_TH.device)
@@ -127,7 +128,7 @@ def padded_experts(
         hidden=H,
         ffn=F,
         num_useful_rows=routing.num_kept,
-        num_executed_rows=E * C,
+        num_executed_rows=E * (triton.cdiv(C, BLOCK_M) * BLOCK_M if impl == "triton" else C),
         num_dropped=routing.num_dropped,
         num_padded_rows=E * C - routing.num_kept,
         peak_extra_bytes=meter.peak_bytes(y_TH),

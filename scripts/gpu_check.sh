@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make gpu-check: on a CUDA machine, run the kernel tests on the GPU (Triton compiled, no interpreter) and
-# `moebench kernels` at real model shapes; results go under results/<gpu-name>/. Takes < 5 minutes
+# `moebench kernels` at real model shapes, then the MoE layer at P=1 (every kernel, triton and torch); results go under results/<gpu-name>/. Takes < 5 minutes
 # on one H100/H200. On a machine without CUDA it says so in one line and exits 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +30,9 @@ for impl in triton torch; do
 done
 bench --model deepseek-v3 --impl triton --batch 128 --capacity-factor 1.0,2.0,none --tag deepseek-v3-t128
 bench --model qwen3-30b-a3b --impl triton --batch 1,128,4096 --tag qwen3-30b-a3b
+echo "== gpu-check on $gpu: the MoE layer at P=1 on the GPU, every kernel, Triton and torch, checked against float64"
+for impl in triton torch; do
+    timeout 150 "$PY" -m moebench moe --model mixtral-8x7b-tiny --batch 1,128 --impl "$impl" -n 50 --budget 0.5 \
+        --save --tag "gpu-p1-$impl"
+done
 echo "gpu-check: done in $((SECONDS - start)) s; results in $out/"

@@ -27,6 +27,7 @@ from moebench.kernels import (
     routing_from_topk,
 )
 from moebench.kernels.loop import loop_experts
+from moebench.kernels.padded import BLOCK_M as PADDED_BLOCK_M
 from moebench.kernels.triton_utils import interpreter_active
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
@@ -182,13 +183,15 @@ def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_padding_accounting(impl):
-    """padded computes E * C rows; dynamic (torch) exactly the kept rows; block_sparse whole blocks."""
+    """padded computes E * C rows (Triton: whole BLOCK_M tiles per expert); dynamic (torch) exactly the kept
+    rows; block_sparse whole blocks."""
     H, F, E = 32, 48, 4
     routing = forced_routing([[0, 1]] * 10 + [[0, 2]] * 3, E, block_size=16)  # counts 13, 10, 3, 0
     args = (make_x(13, H), routing, *make_weights(E, H, F))
     _, padded = EXPERT_KERNELS["padded"](*args, impl=impl)
-    assert padded.executed_flops == 6 * H * F * E * 13 and padded.padded_rows == E * 13 - 26
-    assert padded.padding_waste == pytest.approx(E * 13 / 26)
+    slots = 13 if impl == "torch" else PADDED_BLOCK_M  # C = 13 rows, or one whole tile per expert
+    assert padded.executed_flops == 6 * H * F * E * slots and padded.padded_rows == E * 13 - 26
+    assert padded.padding_waste == pytest.approx(E * slots / 26)
     _, dynamic = EXPERT_KERNELS["dynamic"](*args, impl=impl)
     assert dynamic.padded_rows == 0
     assert dynamic.padding_waste == (1.0 if impl == "torch" else 3 * 16 / 26)  # triton: whole 16-row tiles

@@ -72,9 +72,9 @@ def test_save(tmp_path, monkeypatch):
     args = parse("--model", "qwen3-30b-a3b-tiny", "--tokens", "8", "--kernels", "dynamic", "-n", "1", "-w", "0",
                  "--save", "--tag", "t")  # fmt: skip
     assert kernels_bench.run(args) == 0
-    saved = sorted(p.name for p in tmp_path.rglob("kernels-t-*"))
-    assert len(saved) == 4 and "kernels-t-latest.md" in saved
-    markdown = next(tmp_path.rglob("kernels-t-latest.md")).read_text()
+    saved = sorted(p.name for p in tmp_path.rglob("kernels-t*"))
+    assert saved == ["kernels-t.csv", "kernels-t.json", "kernels-t.md"]  # un-stamped: a new run replaces the old
+    markdown = next(tmp_path.rglob("kernels-t.md")).read_text()
     assert "| dynamic | torch | 8 |" in markdown
 
 

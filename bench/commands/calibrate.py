@@ -35,8 +35,7 @@ TOLERANCE = 0.25  # the goal for the median absolute error
 
 def add_arguments(p) -> None:
     options.add_sizes(p, "1K", "4M", 4.0)
-    options.add_iterations(p, iters=20, warmup=3)
-    p.add_argument("--rounds", type=int, default=5, help="spread each point's iterations over this many rounds")
+    options.add_iterations(p, iters=20, warmup=3, budget=None)
     options.add_launch(p)
     p.add_argument("--validate", action="store_true", help="also measure every algorithm against the model")
     p.add_argument("--sizes", type=options.size_list, default=options.size_list("4K,32K,256K,1M,4M"),
@@ -58,8 +57,6 @@ def validate_args(args) -> dict:
     options.check_launch(args)
     options.check_sizes(args, smallest=calibration.ELEM)
     options.check_iterations(args, min_iters=3)
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be >= 1 (got {args.rounds})")
     options.check_names(args.algos, ALGORITHMS, "algorithm")
     pairs = options.selected_pairs(args)
     options.check_skews(args)

@@ -4,9 +4,11 @@ P = world size, G = ranks per node, L = TP degree, S = bytes each rank sends (in
 
 Rows per size: each exchange of --algos (the ALGORITHMS registry); a `<pair>:<inner>` dispatch+combine
 round trip for each pair of --pairs (the DISPATCH_COMBINE registry) over each selected exchange, on
-rows duplicated across each TP group; and a `host-copy` row: a plain memory copy of S bytes on every
-rank at once, the ceiling on one host. The rows of one size run interleaved, round-robin over
---rounds rounds. `#wrong` counts wrong elements over all ranks (a wrong row exits 1).
+rows duplicated across each TP group; reference rows: `host-copy` (a plain memory copy of S bytes on every
+rank at once, the ceiling on one host), `native-data` (the backend's all-to-all-v with counts known) and
+`floor` (that library call on prebuilt arguments); and each exchange's count exchange timed alone (its
+`counts µs` column). The rows of one size run interleaved, round-robin over --rounds rounds, at most -n
+iterations and --budget seconds each. `#wrong` counts wrong elements over all ranks (a wrong row exits 1).
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ BUFFERS_PER_SIZE = 8  # send, recv, expected and hierarchical's staging copies, 
 
 def add_arguments(p) -> None:
     options.add_sizes(p, "1K", "16M", 2.0)
-    options.add_iterations(p, iters=20, warmup=5)
-    p.add_argument("--rounds", type=int, default=5, help="spread each row's iterations over this many rounds")
+    options.add_iterations(p, iters=100, warmup=5)
     options.add_check(p)
     options.add_dtype(p, "float32")
     options.add_names(p, "--algos", ALGORITHMS, ALGORITHMS, "exchanges")
@@ -48,8 +49,6 @@ def validate(args) -> list[str]:
     pairs = options.selected_pairs(args)
     options.check_sizes(args)
     options.check_iterations(args)
-    if args.rounds < 1:
-        raise ValueError(f"--rounds must be >= 1 (got {args.rounds})")
     if args.hidden < 1:
         raise ValueError(f"--hidden must be >= 1 (got {args.hidden})")
     options.check_skews(args)
@@ -80,22 +79,31 @@ def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
         comm, pairs, args.algos, size, skew, args.hidden, dtype, args.seed, check
     )
     copy = host_copy_case(send, size)
-    timing.run_interleaved(comm, [copy, *exchanges, *trips], args.iters, args.warmup, args.rounds, comm.device)
+    library = cases.library_cases(comm, send, size, skew, args.seed, check)
+    counts = cases.count_cases(comm, args.algos, send, size, skew, args.seed)
+    timed = [copy, *library, *exchanges, *trips, *counts]
+    timing.run_interleaved(comm, timed, args.iters, args.warmup, args.rounds, comm.device, options.budget_seconds(args))
     cases.add_bandwidth(copy.row, send.numel() * send.element_size(), 2)
     copy.row["busbw_gbps"] = copy.row["algbw_gbps"]
-    for case in exchanges:
+    floor = library[1].row
+    for case, count in zip(exchanges, counts):
+        case.row["counts_us"] = count.row["time_us"]
+    for case in [*library, *exchanges]:
         cases.add_bandwidth(case.row, logical, P)
         case.row["host_copy_frac"] = case.row["algbw_gbps"] / copy.row["algbw_gbps"] if copy.row["algbw_gbps"] else 0
+        case.row["x_floor"] = case.row["time_us"] / floor["time_us"]
     native = next((c.row for c in exchanges if c.row["algo"] == "native"), None)
     for case in exchanges:
         case.row["vs_native"] = native["time_us"] / case.row["time_us"] if native else None
+        case.row["tie_native"] = native is not None and case.row is not native and timing.ties(native, case.row)
     for case in trips:
         cases.add_bandwidth(case.row, trip_logical, P)
         plain = next((c.row for c in trips if c.row["pair"] == "plain" and c.row["inner"] == case.row["inner"]), None)
         if plain is not None and case.row["pair"] != "plain":
             case.row["vs_plain"] = plain["time_us"] / case.row["time_us"]
+            case.row["tie_plain"] = timing.ties(plain, case.row)
             case.row["dispatch_volume_frac"] = case.row["dispatch_wire_bytes"] / max(plain["dispatch_wire_bytes"], 1)
-    rows = [c.row for c in (copy, *exchanges, *trips)]
+    rows = [c.row for c in (copy, *library, *exchanges, *trips)]
     for row in rows:
         row["skew"] = str(skew)
     return rows
@@ -105,13 +113,16 @@ def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
 
 COLUMNS = [
     "size", "skew", "algo", "time_us", "p99_us", "algbw GB/s", "busbw GB/s", "wire intra B", "wire inter B",
-    "sched", "#wrong", "vs native", "host-copy frac", "vs plain", "dispatch vol",
+    "sched", "#wrong", "counts µs", "x floor", "vs native", "host-copy frac", "vs plain", "dispatch vol",
 ]  # fmt: skip
 
 
 def table_rows(rows: list[dict]) -> list[list]:
     def opt(row, key, fmt="{:.2f}"):
         return fmt.format(row[key]) if row.get(key) is not None else ""
+
+    def ratio(row, key, tie):
+        return "tie" if row.get(tie) else opt(row, key, "{:.2f}x")
 
     def sched(row):
         return "" if "schedule_matches" not in row else ("ok" if row["schedule_matches"] else "DIFF")
@@ -129,9 +140,11 @@ def table_rows(rows: list[dict]) -> list[list]:
             r.get("wire_inter_bytes", ""),
             sched(r),
             "-" if r["wrong"] is None else r["wrong"],
-            opt(r, "vs_native", "{:.2f}x"),
+            opt(r, "counts_us", "{:.1f}"),
+            opt(r, "x_floor", "{:.2f}x"),
+            ratio(r, "vs_native", "tie_native"),
             opt(r, "host_copy_frac"),
-            opt(r, "vs_plain", "{:.2f}x"),
+            ratio(r, "vs_plain", "tie_plain"),
             opt(r, "dispatch_volume_frac"),
         ]
         for r in rows
@@ -143,8 +156,12 @@ CAPTION = (
     "of a size interleaved over rounds; algbw = busiest rank's logical bytes / time; busbw = algbw x (P-1)/P; wire "
     "B = bytes the busiest rank sent to other ranks per call (intra / inter node); sched = those bytes and messages "
     "equal the algorithm's own schedule (the cost model's input); #wrong: wrong elements over all ranks (- = not "
-    "checked); vs native = native time / time; host-copy frac = algbw / host-copy algbw (a memcpy of S bytes on "
-    "every rank at once); <pair>:<inner> = dispatch + combine round trip; vs plain = plain:<inner> time / time; "
+    "checked); counts µs = the algorithm's count exchange (its plan) timed alone beside it; native-data = the "
+    "backend's all-to-all-v with counts known (what OSU's osu_alltoallv measures); floor = the library call on "
+    "arguments built once (what Python can reach); x floor = time / floor time; vs native = native time / time, "
+    "`tie` when the p20-p80 intervals overlap; host-copy frac = algbw / host-copy algbw (a memcpy of S bytes on "
+    "every rank at once); <pair>:<inner> = dispatch + combine round trip (its bytes count both directions); "
+    "vs plain = plain:<inner> time / time; "
     "dispatch vol = its dispatch wire bytes / plain's."
 )
 
@@ -169,7 +186,7 @@ def run(args) -> int:
     comm = open_comm(args.backend, args.ranks_per_node, args.tp)
     meta = {**report.base_meta("collectives", sys.argv), **report.comm_meta(comm)}
     meta.update(dtype=args.dtype, skew=",".join(map(str, args.skew)), iters=args.iters, warmup=args.warmup,
-                rounds=args.rounds, tag=args.tag)  # fmt: skip
+                rounds=args.rounds, budget_s=args.budget, tag=args.tag)  # fmt: skip
     if comm.rank == 0:
         report.print_header(meta)
     rows = []

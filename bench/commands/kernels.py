@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from moebench import kernels
-from moebench.bench import options, report
+from moebench.bench import options, report, roofline
 from moebench.bench.layer import workloads
 from moebench.bench.layer.presets import Preset, get_preset
-from moebench.bench.timing import measure, stats
+from moebench.bench.timing import Case, run_interleaved
 from moebench.kernels.triton_utils import interpreter_active
 
 HUANG_STATIC_WASTE = 12.8  # Huang et al., NeurIPS'24: static gating executes up to 12.8x the useful rows (LM)
@@ -33,7 +33,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 DROPLESS = ("dynamic", "block_sparse")  # kernels that run without a capacity (one row each, cf none)
 COLUMNS = [
     "kernel", "impl", "tokens", "skew", "cf", "median µs", "p20 µs", "p80 µs", "routing µs", "TFLOP/s", "x dense",
-    "waste", "drop %", "weights MB", "GB/s", "peak MB", "rel err", "ok",
+    "roofline µs", "roof frac", "waste", "drop %", "weights MB", "GB/s", "peak MB", "rel err", "ok",
 ]  # fmt: skip
 
 
@@ -48,7 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_dtype(p, "auto")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--block-size", type=int, default=64, help="rows per tile / block (power of two >= 16)")
-    options.add_iterations(p, iters=10, warmup=3)
+    options.add_iterations(p, iters=100, warmup=3)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--warm-weights", action="store_true",
+                   help="time every call on one weight copy (cache-warm); default: rotate copies (cold)")  # fmt: skip
     options.add_seed(p)
     options.add_output(p)
 
@@ -67,6 +70,9 @@ class Config:
     iters: int
     warmup: int
     seed: int
+    rounds: int = 5
+    budget_s: float | None = None
+    warm: bool = False
 
 
 def parse_config(args: argparse.Namespace) -> Config:
@@ -77,6 +83,11 @@ def parse_config(args: argparse.Namespace) -> Config:
     options.check_skews(args)
     if not args.capacity_factor:
         raise ValueError("--capacity-factor needs at least one value")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+    check_memory(get_preset(args.model), args.batch, options.resolve_dtype(args.dtype, torch.device("cpu")))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
@@ -97,6 +108,9 @@ def parse_config(args: argparse.Namespace) -> Config:
         iters=args.iters,
         warmup=args.warmup,
         seed=args.seed,
+        rounds=args.rounds,
+        budget_s=options.budget_seconds(args),
+        warm=args.warm_weights,
     )
 
 
@@ -114,8 +128,18 @@ class Problem:
     weights: tuple  # (w_gate_EHF, w_up_EHF, w_down_EFH)
 
 
-def _time(fn, config: Config) -> dict:
-    return stats(measure(fn, iters=config.iters, warmup=config.warmup, device=config.device))
+def check_memory(preset: Preset, tokens: list[int], dtype: torch.dtype) -> None:
+    """Refuse a run whose buffers cannot fit, before anything is allocated: one copy of the weights in the
+    run's dtype and one in float64 (the reference), and per token count the rows of every buffer a kernel or
+    the reference holds (x, y and the T*k gathered rows at H + 2F, in float64 for the reference)."""
+    elem = torch.finfo(dtype).bits // 8
+    weights = 3 * preset.E * preset.H * preset.F
+    rows = max(tokens) * preset.k * (preset.H + 2 * preset.F)
+    need = weights * (elem + 8) + rows * (3 * elem + 8)
+    have = options.available_memory_bytes()
+    if need > have:
+        raise ValueError(f"{preset.name} at {max(tokens)} tokens needs about {need / 1e9:.1f} GB "
+                         f"(weights + float64 reference + row buffers), {have / 1e9:.1f} GB available")  # fmt: skip
 
 
 def _rel_err(y_TH: torch.Tensor, ref_TH: torch.Tensor) -> float:
@@ -123,47 +147,53 @@ def _rel_err(y_TH: torch.Tensor, ref_TH: torch.Tensor) -> float:
     return ((y_TH.double().cpu() - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def _row(config: Config, problem: Problem, kernel: str, impl: str, cf, timing: dict, useful_flops: int, **extra):
+def _row(config: Config, problem: Problem, kernel: str, impl: str, cf, useful_flops: int, **extra) -> dict:
     p = config.preset
-    time_s = timing["time_us"] * 1e-6
     row = {
         "kernel": kernel,
         "impl": impl,
         "tokens": problem.x_TH.shape[0],
         "capacity_factor": cf,
-        **timing,
         "useful_flops": useful_flops,
-        "useful_tflops": useful_flops / time_s / 1e12,
         "model": p.name,
         "skew": str(problem.skew),
         "dtype": str(config.dtype).removeprefix("torch."),
         "device": config.device.type,
     }
     row.update(extra)
-    row["weight_gbps"] = row["weight_bytes"] / time_s / 1e9
     return row
 
 
-def _dense_row(config: Config, problem: Problem) -> dict:
-    """One GEMM chain on T*k rows with expert 0's weights into preallocated buffers: the same useful FLOPs,
-    no routing and no allocation — the ceiling."""
-    T, k = problem.ids_Tk.shape
+def _dense_case(config: Config, problem: Problem, routing, copies: int, rotate: roofline.Rotation) -> Case:
+    """The ceiling doing the same work: the same kept rows through the same active experts as one batched
+    GEMM chain over the experts that got rows (each padded to the busiest one's rows), on weights gathered
+    once into contiguous [Ea, H, F] tensors and into preallocated buffers: no routing, no allocation."""
     p = config.preset
-    x_RH = problem.x_TH.repeat_interleave(k, dim=0)
-    w_gate_HF, w_up_HF, w_down_FH = (w[0].contiguous() for w in problem.weights)
-    h_RF, up_RF = x_RH.new_empty(T * k, p.F), x_RH.new_empty(T * k, p.F)
-    out_RH = torch.empty_like(x_RH)
+    counts = routing.kept_counts_E.cpu()
+    active = torch.nonzero(counts).view(-1)
+    Ea, Rmax = len(active), int(counts.max()) if len(counts) else 0
+    x_ERH = problem.x_TH.new_zeros(Ea, Rmax, p.H)
+    order, offsets = routing.sort_idx_A.cpu(), routing.offsets_E1.cpu()
+    for j, e in enumerate(active.tolist()):
+        tokens = order[offsets[e] : offsets[e + 1]] // routing.top_k
+        x_ERH[j, : len(tokens)] = problem.x_TH[tokens.to(problem.x_TH.device)]
+    gathered = [tuple(w[active.to(w.device)].contiguous() for w in problem.weights)]
+    gathered += [tuple(w.clone() for w in gathered[0]) for _ in range(copies - 1)]
+    h_ERF, up_ERF = x_ERH.new_empty(Ea, Rmax, p.F), x_ERH.new_empty(Ea, Rmax, p.F)
+    out_ERH = torch.empty_like(x_ERH)
 
     def dense():
-        torch.mm(x_RH, w_gate_HF, out=h_RF)
-        torch.mm(x_RH, w_up_HF, out=up_RF)
-        torch.nn.functional.silu(h_RF, inplace=True).mul_(up_RF)
-        return torch.mm(h_RF, w_down_FH, out=out_RH)
+        w_gate, w_up, w_down = rotate(gathered)
+        torch.bmm(x_ERH, w_gate, out=h_ERF)
+        torch.bmm(x_ERH, w_up, out=up_ERF)
+        torch.nn.functional.silu(h_ERF, inplace=True).mul_(up_ERF)
+        return torch.bmm(h_ERF, w_down, out=out_ERH)
 
-    weight_bytes = 3 * p.H * p.F * problem.x_TH.element_size()
-    return _row(config, problem, "dense", "torch", None, _time(dense, config), 6 * p.H * p.F * T * k,
-                padding_waste=1.0, dropped_pct=0.0, weight_bytes=weight_bytes, peak_mb=None, rel_err=None,
-                correct=None, role="dense")  # fmt: skip
+    elem = problem.x_TH.element_size()
+    row = _row(config, problem, "dense", "torch", None, 6 * p.H * p.F * int(counts.sum()), padding_waste=1.0,
+               dropped_pct=0.0, weight_bytes=Ea * 3 * p.H * p.F * elem, peak_mb=None, rel_err=None, correct=None,
+               role="dense")  # fmt: skip
+    return Case(row, dense)
 
 
 def _active_weight_bytes(config: Config, routing, elem_size: int) -> int:
@@ -172,8 +202,9 @@ def _active_weight_bytes(config: Config, routing, elem_size: int) -> int:
     return int((routing.kept_counts_E > 0).sum()) * 3 * p.H * p.F * elem_size
 
 
-def _kernel_row(config: Config, problem: Problem, name: str, impl: str, cf, y_ref_TH, role: str) -> dict:
-    """One kernel (or baseline) on one routing: checked once against float64, then timed (the call only)."""
+def _kernel_cases(config: Config, problem: Problem, name: str, impl: str, cf, y_ref_TH, role: str, copies, rotate):
+    """One kernel (or baseline) on one routing, checked once against float64; (its timed case, the timed
+    routing build)."""
     T, k = problem.ids_Tk.shape
 
     def make_routing():
@@ -181,16 +212,12 @@ def _kernel_row(config: Config, problem: Problem, name: str, impl: str, cf, y_re
             problem.ids_Tk, problem.weights_Tk, config.preset.E, cf, block_size=config.block_size, validate=False
         )
 
-    routing_timing = _time(make_routing, config)
     routing = make_routing()
     fn = kernels.get_kernel(name)
-    args = (problem.x_TH, routing, *problem.weights)
-    y_TH, kstats = fn(*args, impl=impl)
-    timing = _time(lambda: fn(*args, impl=impl), config)
+    y_TH, kstats = fn(problem.x_TH, routing, *problem.weights, impl=impl)
     error = _rel_err(y_TH, y_ref_TH)
-    return _row(
-        config, problem, name, impl, cf, timing, kstats.useful_flops,
-        routing_us=routing_timing["time_us"],
+    row = _row(
+        config, problem, name, impl, cf, kstats.useful_flops,
         executed_flops=kstats.executed_flops,
         padding_waste=kstats.padding_waste,
         dropped_pct=100.0 * kstats.dropped / (T * k),
@@ -201,6 +228,8 @@ def _kernel_row(config: Config, problem: Problem, name: str, impl: str, cf, y_re
         correct=error <= TOLERANCE[config.dtype],
         role=role,
     )  # fmt: skip
+    case = Case(row, lambda: fn(problem.x_TH, routing, *rotate(copies), impl=impl))
+    return case, Case({}, make_routing)
 
 
 def _make_problem(config: Config, skew, T: int) -> Problem:
@@ -216,21 +245,44 @@ def _capacity_factors(config: Config, name: str) -> list:
     return [None] if getattr(kernels.get_kernel(name), "dropless", False) else config.capacity_factors
 
 
-def bench_tokens(config: Config, skew, T: int) -> list[dict]:
-    """All rows for one token count: dense, the baselines, then each kernel (per capacity factor where it has one)."""
+def bench_tokens(config: Config, skew, T: int, roof) -> list[dict]:
+    """All rows for one token count, timed interleaved on cold weights: dense, the baselines, then each kernel
+    (per capacity factor where it has one); each with its roofline."""
     problem = _make_problem(config, skew, T)
+    p = config.preset
+    dropless = kernels.routing_from_topk(problem.ids_Tk, problem.weights_Tk, p.E, None)
+    elem = problem.x_TH.element_size()
+    active = _active_weight_bytes(config, dropless, elem)
+    total = sum(w.numel() * w.element_size() for w in problem.weights)
+    budget = options.available_memory_bytes() // 3
+    n = 1 if config.warm else roofline.cold_copies(active, roof.llc_bytes, total + active, budget)
+    rotate = roofline.Rotation(n)
+    copies = [problem.weights] + [tuple(w.clone() for w in problem.weights) for _ in range(n - 1)]
     plan = [(name, "torch", cf, "baseline") for name in kernels.BASELINES for cf in _capacity_factors(config, name)]
     plan += [(name, config.impl, cf, "kernel") for name in config.kernels for cf in _capacity_factors(config, name)]
     y_refs = {}
-    rows = [_dense_row(config, problem)]
+    dense = _dense_case(config, problem, dropless, n, rotate)
+    rows_cases, routing_cases = [dense], []
     for name, impl, cf, role in plan:
         if cf not in y_refs:  # the float64 truth with the same drops
-            routing = kernels.routing_from_topk(problem.ids_Tk, problem.weights_Tk, config.preset.E, cf)
+            routing = kernels.routing_from_topk(problem.ids_Tk, problem.weights_Tk, p.E, cf)
             y_refs[cf] = kernels.reference.moe_experts(problem.x_TH, routing, *problem.weights)
-        rows.append(_kernel_row(config, problem, name, impl, cf, y_refs[cf], role))
-    dense_tflops = rows[0]["useful_tflops"]
+        case, routing_case = _kernel_cases(config, problem, name, impl, cf, y_refs[cf], role, copies, rotate)
+        rows_cases.append(case)
+        routing_cases.append(routing_case)
+    run_interleaved(None, rows_cases + routing_cases, config.iters, config.warmup, config.rounds, config.device,
+                    config.budget_s)  # fmt: skip
+    for case, routing_case in zip(rows_cases[1:], routing_cases):
+        case.row["routing_us"] = routing_case.row["time_us"]
+    rows = [c.row for c in rows_cases]
     for row in rows:
-        row["frac_dense"] = row["useful_tflops"] / dense_tflops
+        time_s = row["time_us"] * 1e-6
+        row["useful_tflops"] = row["useful_flops"] / time_s / 1e12
+        row["weight_gbps"] = row["weight_bytes"] / time_s / 1e9
+        row["roofline_us"] = roof.time_us(row["useful_flops"], row["weight_bytes"])
+        row["roofline_frac"] = row["roofline_us"] / row["time_us"]
+        row["weight_copies"] = n
+        row["frac_dense"] = dense.row["time_us"] / row["time_us"]
     return rows
 
 
@@ -245,7 +297,8 @@ def _table_row(row: dict) -> list:
     return [
         row["kernel"], row["impl"], row["tokens"], row["skew"], row["capacity_factor"] or "none",
         row["time_us"], row["p20_us"], row["p80_us"], opt(row.get("routing_us")), row["useful_tflops"],
-        row["frac_dense"], row["padding_waste"], row["dropped_pct"], row["weight_bytes"] / 1e6,
+        row["frac_dense"], opt(row.get("roofline_us")), opt(row.get("roofline_frac")), row["padding_waste"],
+        row["dropped_pct"], row["weight_bytes"] / 1e6,
         row["weight_gbps"], opt(row["peak_mb"]), opt(row["rel_err"]), ok,
     ]  # fmt: skip
 
@@ -290,13 +343,19 @@ def _title(config: Config) -> str:
             f"{config.device.type}, impl {config.impl}")  # fmt: skip
 
 
-def _caption(config: Config) -> str:
+def _caption(config: Config, roof) -> str:
     threads = f"{torch.get_num_threads()} torch threads" if config.device.type == "cpu" else "CUDA events"
     act = "" if config.preset.act == "swiglu" else f" (this preset's original expert is {config.preset.act})"
     return (
         f"{report.CONVENTIONS}; {threads}. Experts are SwiGLU{act}: 6*H*F FLOPs per kept (token, expert) pair. "
-        "TFLOP/s = useful FLOPs / median; x dense = that / dense row's; waste = executed / useful FLOPs; "
-        "dense = one GEMM chain on T*k rows with one expert's weights into preallocated buffers (the ceiling); "
+        "TFLOP/s = useful FLOPs / median; x dense = dense time / time; waste = executed / useful FLOPs; "
+        "dense = the same kept rows through the same active experts as one batched GEMM chain (bmm over the experts "
+        "that got rows, each padded to the busiest) on weights gathered once, into preallocated buffers; "
+        "roofline = max(useful FLOPs / GEMM rate, active weight bytes / read bandwidth), both measured in this run "
+        f"(read {roof.read_gbps:.1f} GB/s: a sum over >= 3x the {roof.llc_bytes / 2**20:.0f} MiB last-level cache; "
+        f"GEMM {roof.gemm_tflops * 1e3:.0f} GFLOP/s at 1024^3), roof frac = roofline / median. Cold weights: every "
+        "call reads the next of `weight_copies` copies (their active parts > 3x the cache; --warm-weights: one). "
+        "Rows of one token count run interleaved over rounds. "
         f"baselines: {', '.join(kernels.BASELINES)} (loop = the per-expert Python loop). "
         "cf: capacity factor of a static-capacity kernel (none = pad to the busiest expert); dropless kernels run "
         "once. routing µs: building the routing metadata from the top-k ids, not in the kernel's time. "
@@ -320,11 +379,13 @@ def plot(rows: list[dict], base) -> list:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table and summary, write --json / --save; returns the exit code."""
     config = parse_config(args)
+    p = config.preset
+    roof = roofline.measure_roofline(config.dtype, config.device, 3 * p.E * p.H * p.F * 4)
     rows = []
     for skew in config.skews:
         for T in config.tokens:
-            rows += bench_tokens(config, skew, T)
-    title, caption = _title(config), _caption(config)
+            rows += bench_tokens(config, skew, T, roof)
+    title, caption = _title(config), _caption(config, roof)
     table = [_table_row(row) for row in rows]
     report.print_table(title, COLUMNS, table, caption)
     lines = summary_lines(rows)
@@ -333,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
     meta = report.base_meta("kernels", sys.argv) | {
         "tag": args.tag, "model": config.preset.name, "skew": ",".join(map(str, config.skews)), "impl": config.impl,
         "dtype": str(config.dtype).removeprefix("torch."), "device": config.device.type,
-        "torch_threads": torch.get_num_threads(), "summary": lines,
+        "torch_threads": torch.get_num_threads(), "summary": lines, "roofline": roof.fields(),
+        "warm_weights": config.warm, "iters": config.iters, "rounds": config.rounds, "budget_s": config.budget_s,
     }  # fmt: skip
     markdown = f"## {title}\n\n" + report.rows_to_markdown(COLUMNS, table, caption)
     markdown += "\n" + "".join(f"- {line}\n" for line in lines)

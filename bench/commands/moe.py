@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from moebench.bench import options, plots, report, timing
+from moebench.bench import options, plots, report, roofline, timing
 from moebench.bench.cli import open_comm
 from moebench.bench.layer import forward as moe
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.layer.workloads import Skew, make_tokens
+from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.kernels import BASELINES, EXPERT_KERNELS
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+PHASE_SUM_TOLERANCE = 0.02  # phases (critical rank, median band) must sum to the median total within 2%
 BASELINE_ALGO = "native"  # the baselines run over the backend's own all-to-all
 DEFAULT_ALGOS = [*ALGORITHMS, *(f"{pair}:{moe.DEFAULT_INNER}" for pair in DISPATCH_COMBINE if pair != "plain")]
 
@@ -47,7 +49,9 @@ def add_arguments(p) -> None:
     options.add_capacity_factor(p, "none")
     options.add_launch(p)
     options.add_dtype(p, "auto")
-    options.add_iterations(p, iters=10, warmup=3)
+    options.add_iterations(p, iters=100, warmup=3)
+    p.add_argument("--warm-weights", action="store_true",
+                   help="time every call on one weight copy (cache-warm); default: rotate copies (cold)")  # fmt: skip
     options.add_seed(p)
     options.add_output(p)
 
@@ -66,6 +70,9 @@ class Config:
     warmup: int
     seed: int
     tp: int
+    rounds: int = 5
+    budget_s: float | None = None
+    warm: bool = False
 
 
 def validate(args) -> Config:
@@ -86,7 +93,8 @@ def validate(args) -> Config:
         raise ValueError("--capacity-factor needs at least one value")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return Config(preset, args.batch, algos, args.kernels, args.impl, args.skew, args.capacity_factor,
-                  options.resolve_dtype(args.dtype, device), args.iters, args.warmup, args.seed, args.tp)  # fmt: skip
+                  options.resolve_dtype(args.dtype, device), args.iters, args.warmup, args.seed, args.tp, args.rounds,
+                  options.budget_seconds(args), args.warm_weights)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- one config
@@ -121,51 +129,71 @@ def rel_error(y_TH: torch.Tensor, ref_TH: torch.Tensor) -> float:
     return float(diff / norm) if norm > 0 else float(diff)
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's resident-set high-water mark (Linux: `5` into /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
+    """VmHWM: the peak resident set since the last reset_peak_rss (else the process lifetime), MB = 1e6 B."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
-def phase_fields(samples: np.ndarray) -> dict:
-    fields = {f"{ph}_us": float(np.median(samples[:, i])) for i, ph in enumerate(moe.PHASES)}
-    fields.update({f"{ph}_p99_us": float(np.percentile(samples[:, i], 99)) for i, ph in enumerate(moe.PHASES)})
-    total = timing.stats(samples[:, -1])
-    fields.update(total_us=total["time_us"], p99_us=total["p99_us"], p20_us=total["p20_us"], p80_us=total["p80_us"])
-    return fields
+def weight_copies(comm, cfg: Config, weights, dense_w, warm: bool) -> tuple[list, list, roofline.Rotation, int]:
+    """(expert weight copies, dense-equivalent copies, their rotation, LLC bytes): enough copies that the k
+    experts a token reads, over the copies, exceed 3x the last-level cache (all ranks share it), within half
+    the memory available; one copy with --warm-weights."""
+    p = cfg.preset
+    llc = roofline.last_level_cache_bytes(comm.device)
+    elem = torch.finfo(cfg.dtype).bits // 8
+    active = p.k * 3 * p.H * p.F * elem  # the least a rank's experts stream at batch 1: the dense-equivalent's bytes
+    local_bytes = sum(w.numel() * w.element_size() for w in weights.experts)
+    budget = options.available_memory_bytes() // (2 * comm.world_size)
+    n = 1 if warm else roofline.cold_copies(active, llc, local_bytes + active, budget)
+    experts = [weights] + [
+        moe.MoeWeights(weights.w_router_HE, *(w.clone() for w in weights.experts), weights.first_expert)
+        for _ in range(n - 1)
+    ]
+    dense = [dense_w] + [tuple(w.clone() for w in dense_w) for _ in range(n - 1)]
+    return experts, dense, roofline.Rotation(n), llc
 
 
-def measure_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerConfig, role: str) -> dict:
-    """Check once against the reference, then time the layer phase by phase."""
+def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerConfig, role: str):
+    """One forward checked against the reference: the row's correctness, load and memory fields (collective)."""
     info = moe.ForwardInfo()
+    reset_peak_rss()
     y_TH = moe.forward(comm, work.x_TH, weights, layer, lambda: None, work.forced[0], info)
+    rss = peak_rss_mb()
     error = rel_error(y_TH, work.y_ref_TH)
-    forced = itertools.cycle(work.forced)
-    samples = timing.measure_phases(
-        lambda mark: moe.forward(comm, work.x_TH, weights, layer, mark, next(forced)),
-        num_phases=len(moe.PHASES),
-        iters=cfg.iters,
-        warmup=cfg.warmup,
-        comm=comm,
-        device=comm.device,
-    )
+    stats = info.stats
     per_rank = comm.allgather_object(
         {
             "recv_rows": info.recv_rows,
             "expert_counts": info.routing.kept_counts_E.cpu().tolist(),
             "dropped": int(info.routing.num_dropped),
-            "useful": info.stats.useful_flops,
-            "executed": info.stats.executed_flops,
-            "kernel_peak_mb": info.stats.peak_extra_bytes / 1e6,
-            "rss_mb": peak_rss_mb(),
+            "useful": stats.useful_flops,
+            "executed": stats.executed_flops,
+            "active_experts": info.active_experts,
+            "kernel_peak_mb": stats.peak_extra_bytes / 1e6,
+            "rss_mb": rss,
             "error": error,
+            "send_splits": list(info.permuted.send_splits),
         }
     )
-    return {
-        "algo": layer.label,
-        "kernel": layer.kernel,
-        "role": role,
-        **phase_fields(samples),
-        **load_fields(cfg, work, per_rank),
-    }
+    row = {"algo": layer.label, "kernel": layer.kernel, "role": role, **load_fields(cfg, work, per_rank)}
+    return row, per_rank, info
 
 
 def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
@@ -187,33 +215,84 @@ def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
     }
 
 
-def measure_dense(comm, cfg: Config, work: Workload) -> dict:
-    """dense-equivalent: the same tokens through one dense SwiGLU FFN with the active parameter count."""
-    w = moe.dense_equivalent_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed)
+def layer_case(comm, work: Workload, copies: list, rotate: roofline.Rotation, layer: moe.LayerConfig, row: dict):
+    """The timed forward of one configuration, phase by phase, each call on the next weight copy."""
+    forced = itertools.cycle(work.forced)
+    fn = lambda mark: moe.forward(comm, work.x_TH, rotate(copies), layer, mark, next(forced))
+    return Case(row, fn, phases=moe.PHASES)
+
+
+def dense_case(work: Workload, copies: list, rotate: roofline.Rotation, row: dict) -> Case:
+    """dense-equivalent: the same tokens through one dense SwiGLU FFN with the active parameter count; its
+    time is all `experts` (the other phases are marked empty)."""
 
     def fn(mark):
         for phase in moe.PHASES:
             if phase == "experts":
-                moe.dense_forward(work.x_TH, *w)
+                moe.dense_forward(work.x_TH, *rotate(copies))
             mark()
 
-    samples = timing.measure_phases(
-        fn, num_phases=len(moe.PHASES), iters=cfg.iters, warmup=cfg.warmup, comm=comm, device=comm.device
-    )
+    return Case(row, fn, phases=moe.PHASES)
+
+
+def floor_cases(comm, per_rank: list[dict], row_bytes: int) -> list[Case]:
+    """The backend's all-to-all-v on prebuilt arguments at the dispatch's splits and at the combine's (the
+    reverse): what the exchanges cost at least, for the layer's roofline."""
+    splits = np.array([r["send_splits"] for r in per_rank], dtype=np.int64)
+    me = comm.rank
+    out = []
+    directions = (("dispatch", splits[me], splits[:, me]), ("combine", splits[:, me], splits[me]))
+    for name, send_splits, recv_splits in directions:
+        send = torch.zeros(int(send_splits.sum()), row_bytes, dtype=torch.uint8, device=comm.device)
+        fn = comm.world.prepared_alltoallv(send, [int(n) for n in send_splits], [int(n) for n in recv_splits])
+        out.append(Case({"floor": name}, fn))
+    return out
+
+
+def layer_roofline(cfg: Config, roof, per_rank: list[dict], T: int, floor_us: float) -> float:
+    """Least time of the layer: the router GEMM, the critical rank's experts (active weights or FLOPs), and the
+    floor all-to-alls at the dispatch's and combine's bytes."""
+    p, elem = cfg.preset, torch.finfo(cfg.dtype).bits // 8
+    gate = roof.time_us(2 * T * p.H * p.E, p.H * p.E * elem)
+    experts = max(roof.time_us(r["useful"], r["active_experts"] * 3 * p.H * p.F * elem) for r in per_rank)
+    return gate + experts + floor_us
+
+
+def dense_row(cfg: Config, roof, T: int) -> dict:
+    p, elem = cfg.preset, torch.finfo(cfg.dtype).bits // 8
+    flops, nbytes = 6 * T * p.H * p.k * p.F, 3 * p.H * p.k * p.F * elem
     return {
-        "algo": "dense-equivalent",
-        "kernel": "dense",
-        "role": "dense",
-        **phase_fields(samples),
-        "imbalance_rank": 1.0,
-        "imbalance_expert": 1.0,
-        "padding_waste": 1.0,
-        "dropped_pct": 0.0,
-        "kernel_peak_mb": 0.0,
-        "peak_rss_mb": peak_rss_mb(),
-        "rel_error": None,
-        "correct": None,
-    }
+        "algo": "dense-equivalent", "kernel": "dense", "role": "dense", "imbalance_rank": 1.0,
+        "imbalance_expert": 1.0, "padding_waste": 1.0, "dropped_pct": 0.0, "kernel_peak_mb": 0.0,
+        "peak_rss_mb": None, "rel_error": None, "correct": None, "roofline_us": roof.time_us(flops, nbytes),
+    }  # fmt: skip
+
+
+def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) -> list[dict]:
+    """Every configuration, the baselines and the dense-equivalent at one (skew, cf, batch): each checked once,
+    then all timed interleaved (phases from the critical rank of each iteration), cold weights unless warm."""
+    dense_w = moe.dense_equivalent_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed)
+    copies, dense_copies, rotate, _ = weight_copies(comm, cfg, weights, dense_w, warm)
+    timed, checks = [], []
+    for layer, role in layer_configs(cfg, work.capacity_factor):
+        row, per_rank, info = checked_layer(comm, cfg, work, weights, layer, role)
+        timed.append(layer_case(comm, work, copies, rotate, layer, row))
+        checks.append(per_rank)
+    floors = floor_cases(comm, checks[0], info.permuted.send_AW.shape[1])  # packed row width: same in every config
+    dense = dense_case(work, dense_copies, rotate, dense_row(cfg, roof, work.T))
+    timed_all = [*timed, dense, *floors]
+    timing.run_interleaved(comm, timed_all, cfg.iters, cfg.warmup, cfg.rounds, comm.device, cfg.budget_s)
+    floor_us = sum(c.row["time_us"] for c in floors)
+    for case, per_rank in zip(timed, checks):
+        case.row["roofline_us"] = layer_roofline(cfg, roof, per_rank, work.T, floor_us)
+    rows = [c.row for c in (*timed, dense)]
+    for row in rows:
+        row["roofline_frac"] = row["roofline_us"] / row["time_us"]
+        row["total_us"] = row["time_us"]
+        row["phases_add_up"] = abs(row["phase_sum_us"] - row["time_us"]) <= PHASE_SUM_TOLERANCE * row["time_us"]
+        row["weight_copies"] = rotate.n
+        row["floor_a2a_us"] = floor_us
+    return rows
 
 
 def layer_configs(cfg: Config, cf) -> list[tuple[moe.LayerConfig, str]]:
@@ -231,59 +310,47 @@ def layer_configs(cfg: Config, cf) -> list[tuple[moe.LayerConfig, str]]:
 # ---------------------------------------------------------------------------------------------- output
 
 COLUMNS = [
-    "batch",
-    "algo",
-    "kernel",
-    "skew",
-    "cf",
-    *moe.PHASES,
-    "total",
-    "p99",
-    "tok/s",
-    "imb rank",
-    "imb expert",
-    "pad waste",
-    "drop %",
-    "kernel MB",
-    "rss MB",
-    "rel err",
-    "ok",
-]
+    "batch", "algo", "kernel", "skew", "cf", *moe.PHASES, "total", "p20", "p80", "p99", "Σ/total", "roofline",
+    "roof frac", "tok/s", "imb rank", "imb expert", "pad waste", "drop %", "kernel MB", "rss MB", "rel err", "ok",
+]  # fmt: skip
+
+
+def _opt(value, fmt="{:.1f}"):
+    return "-" if value is None else fmt.format(value)
 
 
 def table_rows(rows: list[dict]) -> list[list]:
     out = []
     for r in rows:
-        ok = "" if r["correct"] is None else ("yes" if r["correct"] else "NO")
-        err = "" if r["rel_error"] is None else f"{r['rel_error']:.1e}"
+        ok = "-" if r["correct"] is None else ("yes" if r["correct"] else "NO")
+        sums = r.get("phase_sum_us")
         out.append(
             [
-                r["batch"],
-                r["algo"],
-                r["kernel"],
-                r["skew"],
-                r["capacity_factor"] or "none",
+                r["batch"], r["algo"], r["kernel"], r["skew"], r["capacity_factor"] or "none",
                 *(r[f"{p}_us"] for p in moe.PHASES),
-                r["total_us"],
-                r["p99_us"],
-                r["tokens_per_s"],
-                r["imbalance_rank"],
-                r["imbalance_expert"],
-                r["padding_waste"],
-                r["dropped_pct"],
-                r["kernel_peak_mb"],
-                r["peak_rss_mb"],
-                err,
-                ok,
+                r["total_us"], r.get("p20_us", "-"), r.get("p80_us", "-"), r["p99_us"],
+                "-" if sums is None else f"{sums / r['total_us']:.3f}",
+                _opt(r.get("roofline_us")), _opt(r.get("roofline_frac"), "{:.2f}"),
+                r["tokens_per_s"], r["imbalance_rank"], r["imbalance_expert"], r["padding_waste"], r["dropped_pct"],
+                r["kernel_peak_mb"], _opt(r["peak_rss_mb"]), _opt(r["rel_error"], "{:.1e}"), ok,
             ]
-        )
+        )  # fmt: skip
     return out
 
 
+def _versus(a: dict, b: dict) -> str:
+    """b's time / a's, or `tie` when their p20-p80 intervals overlap (inside the spread)."""
+    if "p20_us" in a and "p20_us" in b and timing.ties(a, b):
+        return "tie"
+    return f"{b['total_us'] / a['total_us']:.2f}x"
+
+
 def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """Per (skew, cf, batch): the fastest correct configuration and its speedup over each baseline."""
-    columns = ["batch", "skew", "cf", "best config", "total", "baseline", "baseline µs", "speedup", "dense-equiv",
-               "dominant phase"]  # fmt: skip
+    """Per (skew, cf, batch): the fastest correct configuration, the others it ties with (p20-p80 overlap), its
+    speedup over the baseline and its ratio to the dense-equivalent (or `tie`), roofline fraction and the
+    dominant phase's share of the total."""
+    columns = ["batch", "skew", "cf", "best config", "ties with", "total", "baseline", "vs baseline", "dense-equiv",
+               "x dense", "non-expert / dense", "roof frac", "dominant phase"]  # fmt: skip
     out = []
     for key, group in itertools.groupby(rows, key=lambda r: (r["skew"], r["capacity_factor"], r["batch"])):
         group = list(group)
@@ -293,33 +360,41 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
         if not candidates:
             continue
         best = min(candidates, key=lambda r: r["total_us"])
+        tied = [r for r in candidates if r is not best and _versus(best, r) == "tie"]
         dominant = max(moe.PHASES, key=lambda p: best[f"{p}_us"])
-        share = best[f"{dominant}_us"] / sum(best[f"{p}_us"] for p in moe.PHASES)
+        non_expert = sum(best[f"{p}_us"] for p in moe.PHASES if p != "experts")
         out.append(
             [
-                key[2],
-                key[0],
-                key[1] or "none",
-                f"{best['algo']} + {best['kernel']}",
-                best["total_us"],
+                key[2], key[0], key[1] or "none", f"{best['algo']} + {best['kernel']}", len(tied), best["total_us"],
                 f"{baseline['algo']} + {baseline['kernel']}" if baseline else "",
-                baseline["total_us"] if baseline else "",
-                f"{baseline['total_us'] / best['total_us']:.2f}x" if baseline else "",
+                _versus(best, baseline) if baseline else "",
                 dense["total_us"] if dense else "",
-                f"{dominant} ({share:.0%})",
+                f"{best['total_us'] / dense['total_us']:.2f}x" if dense else "",
+                f"{non_expert / dense['total_us']:.2f}x" if dense else "",
+                _opt(best.get("roofline_frac"), "{:.2f}"),
+                f"{dominant} ({best[f'{dominant}_us'] / best['total_us']:.0%})",
             ]
-        )
+        )  # fmt: skip
     return columns, out
 
 
 CAPTION = (
-    "Phases: median µs of the slowest rank per iteration; total = whole forward (median, p99). tok/s = distinct "
-    "tokens (P/L x batch) / total. imb = max/mean rows received per rank, and kept assignments per expert. "
-    "pad waste = executed / useful expert FLOPs. drop % of T*k assignments (capacity per rank's tokens). kernel MB "
-    "= the expert kernel's peak extra memory (MB = 1e6 B); rss MB = process peak RSS (max over ranks). rel err = "
-    "||y - ref|| / ||ref|| against a single-process float64 reference; ok: within 1e-5 (fp32) or 2e-2 (bf16/fp16). "
-    "algo: an exchange (the plain pair over it) or pair:exchange. Baselines: each of BASELINES (loop = the "
-    "per-expert Python loop) over native; dense-equivalent = one dense SwiGLU FFN with k*F columns."
+    "Phases: µs per phase of the critical rank (the rank whose total is largest in that iteration), mean over the "
+    "20% of iterations whose totals lie nearest the median, so they sum to the total (Σ/total; a row outside "
+    "1 +- 0.02 fails); "
+    "<phase>_max_us in the JSON is each phase's max over ranks. total = whole forward, median (p20, p80, p99) of "
+    "the critical rank; configurations of a batch run interleaved over rounds. Cold weights: every call reads "
+    "the next of several weight copies (together > 3x the last-level cache), as one layer of a deep model does; "
+    "--warm-weights reuses one. roofline = router GEMM + the critical rank's active experts (their weight bytes "
+    "at the measured read bandwidth, or their FLOPs at the measured GEMM rate) + the floor all-to-all (the "
+    "library call on prebuilt arguments) at the dispatch's and combine's splits; roof frac = roofline / total. "
+    "tok/s = distinct tokens (P/L x batch) / total. imb = max/mean rows received per rank, and kept assignments per "
+    "expert. pad waste = executed / useful expert FLOPs. drop % of T*k assignments. kernel MB = the expert kernel's "
+    "ledger of its own buffers (MB = 1e6 B); rss MB = peak resident set during this configuration's checked "
+    "forward (high-water mark reset before it; max over ranks). rel err = ||y - ref|| / ||ref|| against a "
+    "single-process float64 reference; ok: within 1e-5 (fp32) or 2e-2 (bf16/fp16). algo: an exchange (the plain "
+    "pair over it) or pair:exchange. Baselines: each of BASELINES (loop = the per-expert Python loop) over native; "
+    "dense-equivalent = one dense SwiGLU FFN with k*F columns. Summary: `tie` = p20-p80 intervals overlap."
 )
 
 
@@ -359,23 +434,25 @@ def run(args) -> int:
     p = cfg.preset
     meta = {**report.base_meta("moe", sys.argv), **report.comm_meta(comm), "tag": args.tag}
     meta.update(model=p.name, H=p.H, F=p.F, E=p.E, k=p.k, dtype=str(cfg.dtype).removeprefix("torch."), impl=cfg.impl,
-                iters=cfg.iters, warmup=cfg.warmup)  # fmt: skip
+                iters=cfg.iters, warmup=cfg.warmup, rounds=cfg.rounds, budget_s=cfg.budget_s)  # fmt: skip
     if comm.rank == 0:
         report.print_header(meta)
     P = comm.world_size
     weights = moe.make_weights(p, cfg.dtype, comm.device, cfg.seed, comm.rank * (p.E // P), p.E // P)
+    comm.barrier()  # every rank measures its ceilings at once, as the layer runs
+    roof = roofline.measure_roofline(cfg.dtype, comm.device)
+    best = comm.allreduce_max(np.array([roof.read_gbps, roof.gemm_tflops]))
+    roof = roofline.Roofline(float(best[0]), float(best[1]), roof.llc_bytes)
+    meta.update(roofline=roof.fields(), warm_weights=cfg.warm)
     cases = list(itertools.product(cfg.skews, cfg.capacity_factors, cfg.batches))
     rows = []
     with Progress(disable=comm.rank != 0, transient=True, console=report.console) as progress:
-        task = progress.add_task("moe", total=len(cases) * (len(layer_configs(cfg, None)) + 1))
+        task = progress.add_task("moe", total=len(cases))
         for skew, cf, T in cases:
+            progress.update(task, description=f"batch {T} skew {skew} cf {cf or 'none'}")
             work = make_workload(comm, cfg, skew, cf, T)
             fields = {"batch": T, "skew": str(skew), "capacity_factor": cf}
-            for layer, role in layer_configs(cfg, cf):
-                progress.update(task, description=f"batch {T} {layer.label}+{layer.kernel}")
-                rows.append({**fields, **measure_layer(comm, cfg, work, weights, layer, role)})
-                progress.advance(task)
-            rows.append({**fields, **measure_dense(comm, cfg, work)})
+            rows += [{**fields, **row} for row in bench_batch(comm, cfg, work, weights, roof, cfg.warm)]
             progress.advance(task)
     for r in rows:
         r["tokens_per_s"] = P // cfg.tp * r["batch"] / (r["total_us"] * 1e-6)
@@ -388,7 +465,8 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
     caption = report.CONVENTIONS + ". " + CAPTION
     report.print_table(title(meta), COLUMNS, table_rows(rows), caption)
     sum_cols, sum_rows = summary(rows)
-    report.print_table("Best configuration per batch (fastest correct; speedup over the baseline)", sum_cols, sum_rows)
+    report.print_table("Best configuration per batch (fastest correct; vs baseline = baseline / best, or tie)",
+                       sum_cols, sum_rows)  # fmt: skip
     md = (
         f"# {title(meta)}\n\n{report.header_markdown(meta)}\n## Best configuration per batch\n\n"
         + report.rows_to_markdown(sum_cols, sum_rows)

@@ -1,19 +1,18 @@
 """Render stored results: tables and plots from result JSON files, without rerunning anything.
 
-moebench report [PATH ...]: each PATH a result JSON or a folder (default: results/). From a folder the
-newest JSON of each benchmark and tag is taken. Each benchmark's own subcommand renders its rows
-(`render`) and writes its plots beside the JSON (`plot`): the registry is the subcommands'.
+moebench report [PATH ...]: each PATH a result JSON or a folder (default: results/). From a folder every
+stored run is taken (one `<benchmark>-<tag>.json` per benchmark and tag: a new run replaces the old).
+Each benchmark's own subcommand renders its rows (`render`) and writes its plots beside the JSON
+(`plot`): the registry is the subcommands'.
 """
 
 from __future__ import annotations
 
-import re
+import json
 from pathlib import Path
 
 from moebench.bench import report
 from moebench.bench.commands import SUBCOMMANDS, command
-
-STAMP = re.compile(r"-\d{8}-\d{6}$")
 
 
 def add_arguments(p) -> None:
@@ -21,17 +20,18 @@ def add_arguments(p) -> None:
     p.add_argument("--no-plots", action="store_true", help="tables only")
 
 
-def newest_per_benchmark(folder: Path) -> list[Path]:
-    """The newest `<name>-<timestamp>.json` for each name under `folder` (recursively); other JSON is skipped."""
-    newest: dict[tuple[Path, str], Path] = {}
+def stored_runs(folder: Path) -> list[Path]:
+    """Every stored run under `folder` (recursively): JSON files with `meta.benchmark` and `rows`; other JSON
+    (a link profile, say) is skipped: name it explicitly to render it."""
+    runs = []
     for path in sorted(folder.rglob("*.json")):
-        if not STAMP.search(path.stem):
-            continue  # not a stored run (a link profile, say); name it explicitly to render it
-        name = STAMP.sub("", path.stem)
-        key = (path.parent, name)
-        if key not in newest or path.stem > newest[key].stem:
-            newest[key] = path
-    return sorted(newest.values())
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("meta"), dict) and "benchmark" in data["meta"]:
+            runs.append(path)
+    return runs
 
 
 def resolve(paths: list[str]) -> list[Path]:
@@ -40,7 +40,7 @@ def resolve(paths: list[str]) -> list[Path]:
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += newest_per_benchmark(p)
+            files += stored_runs(p)
         else:
             files.append(p)
     if not files:

@@ -223,6 +223,8 @@ class ForwardInfo:
     recv_rows: int = 0
     stats: KernelStats | None = None
     routing: object = None
+    permuted: object = None  # the Permuted rows this rank dispatched
+    active_experts: int = 0  # local experts that received at least one row
 
 
 def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None):
@@ -242,7 +244,8 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     y_TH = unpermute(out_AH, permuted, x_TH.shape[0])
     mark()
     if info is not None:
-        info.recv_rows, info.stats, info.routing = x_MH.shape[0], stats, routing
+        info.recv_rows, info.stats, info.routing, info.permuted = x_MH.shape[0], stats, routing, permuted
+        info.active_experts = len(set(ids_M if isinstance(ids_M, list) else ids_M.tolist()))
     return y_TH
 
 

@@ -1,0 +1,193 @@
+# P = ranks, n = iterations, C = columns of a sample (phases, then the total)
+"""The harness itself: interleaving, the critical-path phases, ties, the bandwidth formulas, rooflines, and
+benchmarks that fail loudly when a deliberately broken algorithm or kernel is registered."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import mpirun
+
+from moebench.bench import roofline, timing, units
+
+# ------------------------------------------------------------------------------------------- timing
+
+
+def test_round_plan_interleaves_and_rotates():
+    plan = timing.round_plan([3, 3, 3], rounds=3)
+    assert plan == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]  # every case once per round, the first one rotating
+    uneven = timing.round_plan([5, 1], rounds=2)
+    assert sorted(c for rnd in uneven for c in rnd) == [0, 0, 0, 0, 0, 1]
+    assert uneven[0].count(0) == 3 and uneven[1].count(0) == 2
+
+
+def test_budget_bounds_iterations_of_slow_cases_only():
+    counts = timing.iterations_per_case(np.array([10.0, 500_000.0, 3e6]), iters=100, budget_s=1.0)
+    assert counts == [100, 2, 1]
+    assert timing.iterations_per_case(np.array([3e6]), iters=7, budget_s=None) == [7]
+
+
+class FakeClock(timing.Clock):
+    """Deterministic samples: case c's i-th call takes times[c][i] µs (split evenly over its phases)."""
+
+    def __init__(self, times):
+        super().__init__("cpu")
+        self.times, self.calls, self.order = times, {}, []
+
+    def run(self, case):
+        c = case.row["id"]
+        i = self.calls.get(c, 0)
+        self.calls[c] = i + 1
+        self.order.append(c)
+        total = self.times[c][i % len(self.times[c])]
+        return [total / len(case.phases)] * len(case.phases) + [total] if case.phases else [total]
+
+
+class FakeComm:
+    """Two ranks in one process: rank 1's samples are rank 0's plus `extra` µs in the last phase."""
+
+    def __init__(self, extra: float):
+        self.extra, self.barriers = extra, 0
+
+    def barrier(self):
+        self.barriers += 1
+
+    def allreduce_max(self, values):
+        return values
+
+    def allgather_object(self, mine):
+        other = [a.copy() for a in mine]
+        for a in other:
+            if a.shape[1] > 1:
+                a[:, -2] += self.extra
+            a[:, -1] += self.extra
+        return [mine, other]
+
+
+def test_run_interleaved_takes_the_slowest_rank_and_its_phases():
+    times = {0: [100.0, 110.0, 120.0, 130.0], 1: [10.0, 20.0, 30.0, 40.0]}
+    cases = [timing.Case({"id": 0}, None, phases=("a", "b")), timing.Case({"id": 1}, None)]
+    comm, clock = FakeComm(extra=5.0), FakeClock(times)
+    timing.run_interleaved(comm, cases, iters=3, warmup=1, rounds=3, clock=clock)
+    # warmup (one call each), round 0 timed; later rounds re-warm each case once before its timed call, and
+    # the first case rotates
+    assert clock.order == [0, 1, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1]
+    assert comm.barriers == len(clock.order)  # a barrier before every call
+    # timed calls are the 2nd, 4th and 6th of each case: 110, 130, 110 (+5 µs on the slower rank 1)
+    phased = cases[0].row
+    assert phased["time_us"] == 115.0 and phased["samples"] == 3
+    assert phased["a_us"] == 55.0 and phased["b_us"] == 60.0  # rank 1's phases: the critical path
+    assert phased["phase_sum_us"] == phased["time_us"]
+    assert cases[1].row["time_us"] == 20.0 + 5.0
+
+
+def test_critical_path_phases_add_up_where_per_phase_max_does_not():
+    # rank 0 is slow in phase a, rank 1 in phase b: per-phase maxima add up to more than any rank's total
+    rank0 = np.array([[90.0, 10.0, 100.0]] * 5)
+    rank1 = np.array([[10.0, 80.0, 90.0]] * 5)
+    out = timing.critical_path(np.stack([rank0, rank1]), ("a", "b"))
+    assert out["time_us"] == 100.0 and out["phase_sum_us"] == 100.0
+    assert (out["a_us"], out["b_us"]) == (90.0, 10.0)
+    assert (out["a_max_us"], out["b_max_us"]) == (90.0, 80.0)
+    assert out["a_share"] == pytest.approx(0.9)
+
+
+def test_median_band_is_the_middle():
+    totals = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 100.0, 0.5, 6.0, 7.0, 8.0])
+    assert sorted(totals[timing.median_band(totals)]) == [4.0, 5.0]
+    assert list(timing.median_band(np.array([3.0]))) == [0]
+
+
+def test_ties_are_overlapping_spreads():
+    a = {"p20_us": 10.0, "p80_us": 12.0}
+    assert timing.ties(a, {"p20_us": 11.5, "p80_us": 13.0})
+    assert not timing.ties(a, {"p20_us": 12.5, "p80_us": 13.0})
+
+
+def test_bandwidth_formulas():
+    assert units.algbw_gbs(2e9, 1e6) == pytest.approx(2.0)  # 2 GB in 1 s
+    assert units.busbw_gbs(2e9, 1e6, 4) == pytest.approx(1.5)  # x (P - 1) / P
+    assert units.busbw_gbs(2e9, 1e6, 1) == pytest.approx(2.0)
+    assert units.algbw_gbs(1.0, 0.0) == 0.0
+
+
+def test_roofline_and_cold_copies():
+    roof = roofline.Roofline(read_gbps=10.0, gemm_tflops=1.0, llc_bytes=32 << 20)
+    assert roof.time_us(flops=0, read_bytes=1e6) == pytest.approx(100.0)  # memory-bound
+    assert roof.time_us(flops=1e9, read_bytes=1e6) == pytest.approx(1000.0)  # compute-bound
+    llc = 32 << 20
+    n = roofline.cold_copies(5_500_000, llc, 22_000_000, budget_bytes=10**12)
+    assert (n - 1) * 5_500_000 >= 3 * llc  # the other copies alone exceed 3x the cache
+    assert roofline.cold_copies(5_500_000, llc, 22_000_000, budget_bytes=44_000_000) == 2  # memory caps it
+    assert roofline.last_level_cache_bytes(torch.device("cpu")) > 0
+    measured = roofline.measure_roofline(torch.float32, torch.device("cpu"), reps=1)
+    assert measured.read_gbps > 0 and measured.gemm_tflops > 0
+
+
+# ---------------------------------------------------------------------------- benchmarks that fail
+
+BROKEN = """
+import sys
+import torch
+from moebench import collectives, kernels
+from moebench.bench.cli import main
+from moebench.collectives import flat
+from moebench.collectives.exchange import Algorithm
+from moebench.kernels.dynamic import dynamic_experts
+
+
+def corrupted_forward(comm, send, plan):
+    recv = flat.forward(comm, send, plan)
+    if recv.numel():
+        recv.view(-1)[0] += 1  # one wrong element
+    return recv
+
+
+def off_by_a_percent(*args, **kwargs):
+    y, stats = dynamic_experts(*args, **kwargs)
+    return y * 1.01, stats
+
+
+off_by_a_percent.dropless = True
+collectives.ALGORITHMS["flat_broken"] = Algorithm(
+    "flat_broken", flat.plan, corrupted_forward, flat.backward, flat.schedule
+)
+kernels.EXPERT_KERNELS["dynamic_broken"] = off_by_a_percent
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    path = tmp_path_factory.mktemp("broken") / "launch.py"
+    path.write_text(BROKEN)
+    return path
+
+
+def test_collectives_counts_a_corrupted_algorithm_wrong_and_exits_1(mpiexec_available, broken, tmp_path):
+    out = tmp_path / "c.json"
+    args = [str(broken), "collectives", "--algos", "flat_broken,native", "--pairs", "plain", "-b", "4K", "-e", "4K"]
+    result = mpirun(2, [*args, "-n", "2", "-w", "0", "--json", str(out)])
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {r["algo"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["flat_broken"]["wrong"] >= 2 and rows["native"]["wrong"] == 0  # one element per rank
+    assert rows["floor"]["wrong"] is None and rows["native-data"]["wrong"] == 0
+    assert "WRONG result: size=4096, algo=flat_broken" in result.stderr
+
+
+def test_kernels_exits_1_on_a_wrong_kernel(broken, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "k.json"
+    cmd = [sys.executable, str(broken), "kernels", "--model", "mixtral-8x7b-tiny",
+           "--kernels", "dynamic_broken,dynamic", "--batch", "4", "--capacity-factor", "none",
+           "-n", "2", "-w", "0", "--json", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["dynamic_broken"]["correct"] is False and rows["dynamic"]["correct"] is True
+    assert "kernel=dynamic_broken" in result.stderr
