@@ -189,6 +189,26 @@ def test_project_command_writes_rows_and_rejects_unknown_profile(tmp_path):
     ]
 
 
+def test_report_renders_a_stored_projection_and_its_plots(tmp_path):
+    out = tmp_path / "project-t.json"
+    cmd = [sys.executable, "-m", "moebench", "project", "--profile", "h100-8gpu", "--nodes", "1,2,4", "--sizes", "1M",
+           "--tp", "2,4", "--json", str(out)]  # fmt: skip
+    assert subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120).returncode == 0
+    result = subprocess.run([sys.executable, "-m", "moebench", "report", str(out)], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "projected all-to-all, h100-8gpu" in result.stdout and "coordinated TP4 saving" in result.stdout
+    for suffix in ("time-vs-gpus", "busbw", "coordinated"):
+        assert (tmp_path / f"project-h100-8gpu-t-{suffix}.png").stat().st_size > 1000
+
+
+def test_every_committed_result_renders():
+    """`make bench` ends in `moebench report`: every stored run under results/ must render from its JSON."""
+    result = subprocess.run([sys.executable, "-m", "moebench", "report", "--no-plots", "results"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_calibrate_on_one_host_writes_predicted_and_measured(mpiexec_available, tmp_path):
     out, prof = tmp_path / "cal.json", tmp_path / "profile.json"
     args = ["-m", "moebench", "calibrate", "--ranks-per-node", "1", "-b", "4K", "-e", "64K", "-n", "3", "--rounds", "1"]

@@ -125,8 +125,9 @@ def profile_text(profile: Profile) -> list[str]:
     return lines
 
 
-def plot(profile: Profile, rows, prows, tps, out_dir: Path, stem: str) -> list[Path]:
-    """Time vs GPUs per algorithm, the best busbw vs size, and each pair's saving vs GPUs: PNG files."""
+def plot_profile(name: str, rows, prows, tps, out_dir: Path, stem: str) -> list[Path]:
+    """Time vs GPUs per algorithm, the best busbw vs size, and each pair's saving vs GPUs for one profile
+    `name` (rows: its exchange rows; prows: its pair rows): PNG files `<stem>-*.png` in out_dir."""
     plt = plots._pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -138,9 +139,7 @@ def plot(profile: Profile, rows, prows, tps, out_dir: Path, stem: str) -> list[P
         pts = sorted((r for r in rows if r["size"] == S), key=lambda r: r["nodes"])
         for algo in ALGORITHMS:
             ax.plot([r["gpus"] for r in pts], [r[f"{algo}_us"] for r in pts], marker="o", label=algo)
-        ax.set(
-            xscale="log", yscale="log", xlabel="GPUs", ylabel="predicted µs", title=f"{profile.name}, S={size_label(S)}"
-        )
+        ax.set(xscale="log", yscale="log", xlabel="GPUs", ylabel="predicted µs", title=f"{name}, S={size_label(S)}")
         ax.axvline(field.TUTEL_CROSSOVER_GPUS, color="grey", ls=":", lw=1, label="Tutel: ~256 GPUs")
         ax.legend(fontsize=8)
     paths.append(plots.save(fig, out_dir / f"{stem}-time-vs-gpus.png"))
@@ -152,7 +151,7 @@ def plot(profile: Profile, rows, prows, tps, out_dir: Path, stem: str) -> list[P
         ax.plot([r["size"] for r in pts], best, marker="o", label=f"{N} nodes (best algorithm)")
     ax.axhspan(*field.NCCL_INTRA_BUSBW, color="tab:green", alpha=0.15, label="NCCL intra-node 340-370")
     ax.axhspan(*field.NCCL_NIC_GBS, color="tab:red", alpha=0.15, label="NCCL per NIC 46-49")
-    ax.set(xscale="log", yscale="log", xlabel="S bytes per rank", ylabel="busbw GB/s", title=f"{profile.name}")
+    ax.set(xscale="log", yscale="log", xlabel="S bytes per rank", ylabel="busbw GB/s", title=name)
     ax.legend(fontsize=8)
     paths.append(plots.save(fig, out_dir / f"{stem}-busbw.png"))
 
@@ -167,6 +166,46 @@ def plot(profile: Profile, rows, prows, tps, out_dir: Path, stem: str) -> list[P
         ax.set(xscale="log", xlabel="GPUs", ylabel=f"plain / {pair}", title=f"{pair} saving, S={size_label(S)}")
         ax.legend(fontsize=8)
         paths.append(plots.save(fig, out_dir / f"{stem}-{pair}.png"))
+    return paths
+
+
+def stored_profiles(rows: list[dict]) -> dict[str, tuple[list[dict], list[dict], list[int]]]:
+    """A stored run's rows by profile: {name: (exchange rows, pair rows, TP degrees in the pair rows)}."""
+    out: dict[str, tuple[list[dict], list[dict], list[int]]] = {}
+    for r in rows:
+        exchange, pairs, _ = out.setdefault(r["profile"], ([], [], []))
+        if r["kind"] == "exchange":
+            exchange.append(r)
+        elif r["kind"] == "pairs":
+            pairs.append(r)
+    for name, (exchange, pairs, _) in out.items():
+        tps = sorted({int(k.rsplit("_tp", 1)[1][: -len("_saving")]) for r in pairs for k in r if k.endswith("_saving")})
+        out[name] = (exchange, pairs, tps)
+    return out
+
+
+def render(data: dict, path) -> None:
+    """A stored projection: its exchange and pair tables per profile, and its comparison with the field."""
+    rows = data["rows"]
+    for name, (exchange, pairs, tps) in stored_profiles(rows).items():
+        report.print_table(f"projected all-to-all, {name} ({path})", EXCHANGE_COLUMNS, exchange_table(exchange))
+        if pairs:
+            report.print_table(f"dispatch/combine pairs' saving, {name}", pair_columns(tps), pair_table(pairs, tps))
+        frows = [r for r in rows if r["kind"] == "field" and r["profile"] == name]
+        if frows:
+            cols = ["item", "field", "model", "verdict"]
+            report.print_table(f"model vs the field, {name}", cols, [[r[c] for c in cols] for r in frows])
+
+
+def plot(rows: list[dict], base) -> list[Path]:
+    """A stored projection's plots, written beside its JSON `base` as project-<profile>[-<tag>]-*.png."""
+    base = Path(base)
+    tag = base.stem[len("project-") :] if base.stem.startswith("project-") else ""
+    paths = []
+    for name, (exchange, pairs, tps) in stored_profiles(rows).items():
+        if exchange:
+            stem = f"project-{name}" + (f"-{tag}" if tag else "")
+            paths += plot_profile(name, exchange, pairs, tps, base.parent, stem)
     return paths
 
 
@@ -211,7 +250,7 @@ def run(args) -> int:
         if args.save or args.plots:
             out_dir = Path(args.plots) if args.plots else report.RESULTS_DIR / meta["machine"]
             stem = f"project-{profile.name}" + (f"-{args.tag}" if args.tag else "")
-            for path in plot(profile, rows, prows, args.tp, out_dir, stem):
+            for path in plot_profile(profile.name, rows, prows, args.tp, out_dir, stem):
                 report.console.print(f"wrote {path}")
                 md.append(f"\n![{path.stem}]({path.name})\n")
     header = f"# projections ({', '.join(p.name for p in profiles)})\n\n" + report.header_markdown(meta)
