@@ -26,6 +26,7 @@ from moebench.kernels import (
     routing_for_rows,
     routing_from_topk,
 )
+from moebench.kernels.common import host_gemv_applies, rows_matmul
 from moebench.kernels.loop import loop_experts
 from moebench.kernels.padded import BLOCK_M as PADDED_BLOCK_M
 from moebench.kernels.triton_utils import interpreter_active
@@ -256,6 +257,21 @@ def test_dynamic_torch_path_builds_no_block_layout():
     routing = random_routing(5, 8, 2)
     get_kernel("dynamic")(make_x(5, 32), routing, *make_weights(8, 32, 48), impl="torch")
     assert "_blocks" not in vars(routing) and "sort_idx_A" in vars(routing)
+
+
+@pytest.mark.parametrize(
+    ("R", "dtype", "gemv"),
+    [(1, torch.float32, True), (1, torch.float64, True), (2, torch.float32, False), (1, torch.bfloat16, False),
+     (0, torch.float32, False)],
+)  # fmt: skip
+def test_rows_matmul_takes_gemv_only_for_one_row(R, dtype, gemv):
+    """One CPU row in float32/64 goes through numpy's gemv; every case equals the float64 product."""
+    x_RK, w_KN = torch.randn(R, 40, dtype=torch.float64), torch.randn(40, 24, dtype=torch.float64)
+    assert host_gemv_applies(x_RK.to(dtype)) is gemv
+    y_RN = rows_matmul(x_RK.to(dtype), w_KN.to(dtype))
+    assert y_RN.shape == (R, 24) and y_RN.dtype == dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2e-2
+    assert R == 0 or rel_err(y_RN.double(), x_RK @ w_KN) <= tol
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter is for CPU runs")

@@ -26,6 +26,7 @@ from moebench.bench import options, report, roofline
 from moebench.bench.layer import workloads
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.timing import Case, run_interleaved
+from moebench.kernels.common import host_gemv_applies, rows_matmul
 from moebench.kernels.triton_utils import interpreter_active
 
 HUANG_STATIC_WASTE = 12.8  # Huang et al., NeurIPS'24: static gating executes up to 12.8x the useful rows (LM)
@@ -167,7 +168,9 @@ def _row(config: Config, problem: Problem, kernel: str, impl: str, cf, useful_fl
 def _dense_case(config: Config, problem: Problem, routing, copies: int, rotate: roofline.Rotation) -> Case:
     """The ceiling doing the same work: the same kept rows through the same active experts as one batched
     GEMM chain over the experts that got rows (each padded to the busiest one's rows), on weights gathered
-    once into contiguous [Ea, H, F] tensors and into preallocated buffers: no routing, no allocation."""
+    once into contiguous [Ea, H, F] tensors and into preallocated buffers: no routing, no allocation. Where
+    every active expert has one row (on the CPU), each expert's chain runs on the gemv the kernels use
+    (common.rows_matmul), faster there than bmm, so the ceiling is not below the kernels."""
     p = config.preset
     counts = routing.kept_counts_E.cpu()
     active = torch.nonzero(counts).view(-1)
@@ -189,11 +192,19 @@ def _dense_case(config: Config, problem: Problem, routing, copies: int, rotate: 
         torch.nn.functional.silu(h_ERF, inplace=True).mul_(up_ERF)
         return torch.bmm(h_ERF, w_down, out=out_ERH)
 
+    def dense_one_row():  # one row per expert: each expert's chain on the kernels' own gemv (rows_matmul)
+        w_gate, w_up, w_down = rotate(gathered)
+        for j in range(Ea):
+            h_1F = rows_matmul(x_ERH[j], w_gate[j])
+            torch.nn.functional.silu(h_1F, inplace=True).mul_(rows_matmul(x_ERH[j], w_up[j]))
+            out_ERH[j] = rows_matmul(h_1F, w_down[j])
+        return out_ERH
+
     elem = problem.x_TH.element_size()
     row = _row(config, problem, "dense", "torch", None, 6 * p.H * p.F * int(counts.sum()), padding_waste=1.0,
                dropped_pct=0.0, weight_bytes=Ea * 3 * p.H * p.F * elem, peak_mb=None, rel_err=None, correct=None,
                role="dense")  # fmt: skip
-    return Case(row, dense)
+    return Case(row, dense_one_row if Rmax == 1 and host_gemv_applies(x_ERH[0]) else dense)
 
 
 def _active_weight_bytes(config: Config, routing, elem_size: int) -> int:

@@ -33,6 +33,7 @@ from moebench.bench.layer.workloads import make_expert_weights, sample_topk
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.comm import from_numpy
 from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
+from moebench.kernels.common import rows_matmul
 from moebench.kernels.routing import HOST_ROWS
 
 PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
@@ -270,8 +271,11 @@ def dense_equivalent_weights(preset: Preset, dtype, device, seed: int):
 
 
 def dense_forward(x_TH, w_gate, w_up, w_down):
-    """The dense-equivalent FFN: same tokens, same active parameter count, no routing, no communication."""
-    return (torch.nn.functional.silu(x_TH @ w_gate) * (x_TH @ w_up)) @ w_down
+    """The dense-equivalent FFN: same tokens, same active parameter count, no routing, no communication; its
+    matmuls are the experts' own (kernels.common.rows_matmul: numpy's gemv for one row on the CPU)."""
+    h_TW = rows_matmul(x_TH, w_gate)
+    torch.nn.functional.silu(h_TW, inplace=True).mul_(rows_matmul(x_TH, w_up))
+    return rows_matmul(h_TW, w_down)
 
 
 def forced_routing(skew, T: int, preset: Preset, seed: int, batch: int = 0):
