@@ -191,3 +191,20 @@ def test_kernels_exits_1_on_a_wrong_kernel(broken, tmp_path):
     rows = {r["kernel"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["dynamic_broken"]["correct"] is False and rows["dynamic"]["correct"] is True
     assert "kernel=dynamic_broken" in result.stderr
+
+
+def test_result_files_are_readable_by_others(tmp_path):
+    """atomic_write's temporary file is mkstemp's 0600; the result file must get 0666 less the umask."""
+    import os
+    import stat
+
+    from moebench.bench.report import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "r.md", "x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.md").stat().st_mode) == 0o644
+    assert (tmp_path / "r.md").read_text() == "x\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]  # no temporary left behind

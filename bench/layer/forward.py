@@ -169,7 +169,7 @@ def permute(x_TH, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
         x_bytes_TW = x_TH.contiguous().numpy().view(np.uint8)
         send_AW = np.empty((len(order), x_bytes_TW.shape[1] + ID_BYTES), np.uint8)
         send_AW[:, :-ID_BYTES] = x_bytes_TW[tokens]
-        send_AW[:, -ID_BYTES:] = np.array(local, dtype=np.int64).view(np.uint8).reshape(-1, ID_BYTES)
+        send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
         weights = routing.topk_weights_Tk.view(-1).tolist()
         return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
     order_A, local_A, send_splits = _device_order(routing, num_ranks, experts_per_rank)
@@ -208,7 +208,8 @@ def unpermute(out_AH, permuted: Permuted, T: int) -> torch.Tensor:
         out, y_TH = out_AH.numpy(), np.zeros((T, out_AH.shape[1]), np.float32)
         for row, (token, weight) in enumerate(zip(permuted.token_A, permuted.weight_A)):
             y_TH[token] += weight * out[row]
-        return from_numpy(y_TH).to(out_AH.dtype)
+        y = from_numpy(y_TH)
+        return y if out_AH.dtype == torch.float32 else y.to(out_AH.dtype)
     device = out_AH.device
     token_A, weight_A = (torch.as_tensor(v, device=device) for v in (permuted.token_A, permuted.weight_A))
     y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=device)

@@ -26,6 +26,9 @@ from moebench.collectives.comm import (
 )
 from moebench.collectives.topology import from_hostnames
 
+# torch >= 2.13 names the equal-size all-gather all_gather_single (all_gather_into_tensor warns on every call)
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 def _torch_view(x: torch.Tensor) -> torch.Tensor:
     return x.view(torch.uint8) if x.dtype == torch.bool else x
@@ -112,7 +115,7 @@ class TorchGroup(Group):
         padded = x.new_zeros((most, *x.shape[1:]))
         padded[: x.shape[0]] = x
         gathered = x.new_empty((self.size * most, *x.shape[1:]))
-        dist.all_gather_into_tensor(_torch_view(gathered), _torch_view(padded), group=self.pg)
+        _all_gather_single(_torch_view(gathered), _torch_view(padded), group=self.pg)
         # real rows; gloo also moves the padding
         self.traffic.add(*self.call_traffic(np.full(self.size, x.numel() * x.element_size())))
         return torch.cat([gathered[i * most : i * most + int(c)] for i, c in enumerate(counts)])
