@@ -111,10 +111,11 @@ def exchange_cases(comm, names, size: int, skew: Skew, hidden: int, dtype, seed:
     row_bytes = H * send.element_size()
     # Logical bytes (nccl-tests): what the busiest rank sends or receives, its own chunk included.
     logical = int(max(splits.sum(axis=1).max(), splits.sum(axis=0).max())) * row_bytes
+    my_splits = tuple(int(n) for n in splits[me])  # a tuple, as the MoE layer passes its split counts
     cases = []
     for name in names:
         algo = ALGORITHMS[name]
-        fn = lambda algo=algo: algo(comm, send, splits[me])
+        fn = lambda algo=algo: algo(comm, send, my_splits)
         schedule = algo.schedule(splits, row_bytes, comm.topology)
         row = {"algo": name, "size": size}
         cases.append(checked_case(comm, row, fn, check and (lambda out: count_wrong(out[0], want)), schedule))
@@ -139,7 +140,8 @@ def library_cases(comm, send: torch.Tensor, size: int, skew: Skew, seed: int, ch
     P, me = comm.world_size, comm.rank
     R, H = send.shape
     splits = split_matrix(R, P, skew, seed)
-    send_splits, recv_splits = [int(n) for n in splits[me]], [int(n) for n in splits[:, me]]
+    # tuples, as a plan hands them to the algorithm's data call
+    send_splits, recv_splits = tuple(int(n) for n in splits[me]), tuple(int(n) for n in splits[:, me])
     want = expected_recv(me, splits, H, send.dtype, seed).to(comm.device) if check else None
     row_bytes = H * send.element_size()
     schedule = ALGORITHMS["native"].schedule(splits, row_bytes, comm.topology, plan=False)
@@ -170,7 +172,7 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
     splits = split_matrix(R, P, skew, seed)
     leaders = np.arange(P) // L * L  # every TP rank holds its group's first rank's rows
     send = rank_rows(int(leaders[me]), R, H, dtype, seed).to(comm.device)
-    send_splits = splits[leaders[me]]
+    send_splits = tuple(int(n) for n in splits[leaders[me]])  # a tuple, as the MoE layer passes them
     row_bytes = H * send.element_size()
     # Both directions: dispatch sends the busiest rank's rows out, combine brings the same rows back.
     logical = 2 * int(splits.sum(axis=1).max()) * row_bytes

@@ -67,7 +67,7 @@ def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
     splits = send_splits if type(send_splits) is tuple else tuple(map(int, send_splits))
     if len(splits) != comm.world.size:
         raise ValueError(f"send_splits has {len(splits)} entries; the world has P={comm.world_size} ranks")
-    if min(splits, default=0) < 0:
+    if splits and min(splits) < 0:
         raise ValueError(f"send_splits has a negative count: {list(splits)}")
     if send.dim() < 1 or sum(splits) != send.shape[0]:
         raise ValueError(f"send_splits sum to {sum(splits)} but send has {send.shape[0] if send.dim() else 0} rows")
