@@ -99,6 +99,13 @@ def test_median_band_is_the_middle():
     totals = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 100.0, 0.5, 6.0, 7.0, 8.0])
     assert sorted(totals[timing.median_band(totals)]) == [4.0, 5.0]
     assert list(timing.median_band(np.array([3.0]))) == [0]
+    # an odd count keeps the median itself: the mean of the two nearest (here 140 and 150) would be 3.4% off
+    seven = np.array([100.0, 120.0, 140.0, 150.0, 170.0, 175.0, 190.0])
+    assert list(seven[timing.median_band(seven)]) == [150.0]
+    hundred = np.arange(100.0)[::-1]
+    band = hundred[timing.median_band(hundred)]
+    assert len(band) == 20 and band.mean() == np.median(hundred)  # 40 .. 59, centred
+    assert len(timing.median_band(np.arange(101.0))) == 21 and len(timing.median_band(np.arange(2.0))) == 2
 
 
 def test_ties_are_overlapping_spreads():
