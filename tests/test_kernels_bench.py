@@ -105,6 +105,7 @@ BAD_FLAGS = [
     (["--capacity-factor=-1,none"], "argument --capacity-factor: '-1': must be > 0 or none"),
     (["-n", "0"], "need -n >= 1"),
     (["-d", "int8"], "unknown dtype 'int8'"),
+    (["--model", "mixtral-8x7b", "--tokens", "1000000"], "at 1000000 tokens needs about"),  # refused before it starts
 ]
 
 

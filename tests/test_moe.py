@@ -87,6 +87,7 @@ BAD_MOE = [
     (2, ["--kernels", "fancy"], "unknown kernel fancy"),
     (2, ["--capacity-factor", "0"], "argument --capacity-factor: '0': must be > 0 or none"),
     (2, ["--algos", "coordinated:ring"], "unknown algorithm 'coordinated:ring'"),
+    (2, ["--model", "mixtral-8x7b", "--batch", "1000000"], "at batch 1000000 needs about"),  # before allocating
 ]
 
 

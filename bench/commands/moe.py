@@ -428,11 +428,31 @@ def plot(rows: list[dict], base) -> list:
     return paths + plots.phase_bars(panels, moe.PHASES, base, "phases", "µs (median per phase)")
 
 
+def check_memory(comm, cfg: Config, ranks_per_host: int) -> None:
+    """Refuse a run whose buffers cannot fit, before any is allocated (the same answer on every rank: the least
+    memory any rank sees). Per rank: its experts in the run's dtype; the reference's full weights in the
+    dtype and in float64; the dense-equivalent; per batch the tokens (x and the float64 reference's x and y)
+    and the rows the layer holds (T*k rows at H + 2F, three buffers). Cold weight copies then take at most
+    half of what is left (weight_copies)."""
+    p, P = cfg.preset, comm.world_size
+    elem = torch.finfo(cfg.dtype).bits // 8
+    expert = 3 * p.H * p.F
+    T = max(cfg.batches)
+    per_rank = (p.E // P * expert * elem + p.E * expert * (elem + 8) + p.k * expert * elem
+                + T * p.H * (elem + 16) + T * p.k * (p.H + 2 * p.F) * 3 * elem)  # fmt: skip
+    need = per_rank * ranks_per_host
+    have = -comm.allreduce_max(np.array([-float(options.available_memory_bytes())]))[0]
+    if need > have:
+        raise ValueError(f"{p.name} at batch {T} needs about {need / 1e9:.1f} GB on this host ({ranks_per_host} ranks: "
+                         f"weights + float64 reference + row buffers), {have / 1e9:.1f} GB available")  # fmt: skip
+
+
 def run(args) -> int:
     cfg = validate(args)
     comm = open_comm(args.backend, args.ranks_per_node, args.tp)
     p = cfg.preset
     meta = {**report.base_meta("moe", sys.argv), **report.comm_meta(comm), "tag": args.tag}
+    check_memory(comm, cfg, meta["ranks_per_host"])
     meta.update(model=p.name, H=p.H, F=p.F, E=p.E, k=p.k, dtype=str(cfg.dtype).removeprefix("torch."), impl=cfg.impl,
                 iters=cfg.iters, warmup=cfg.warmup, rounds=cfg.rounds, budget_s=cfg.budget_s)  # fmt: skip
     if comm.rank == 0:
