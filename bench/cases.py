@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moebench.bench.layer.workloads import Skew, sample_topk
+from moebench.bench.layer.skews import Skew, sample_topk
 from moebench.bench.timing import Case
 from moebench.bench.units import algbw_gbs, busbw_gbs
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE

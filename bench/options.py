@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from moebench.bench.layer.workloads import Skew, parse_skew
+from moebench.bench.layer.skews import Skew, grammar, parse_skew
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -217,7 +217,7 @@ def add_skew(p, default: str, gate: bool) -> None:
     """--skew: a list in the one grammar; `gate` (the real router) only where the subcommand has one."""
     kind = skew_or_gate_list if gate else skew_list
     real = "gate (the real router), " if gate else ""
-    p.add_argument("--skew", type=kind, default=kind(default), help=f"list: {real}uniform, zipf:S, hot:F, shift")
+    p.add_argument("--skew", type=kind, default=kind(default), help=f"list: {real}{grammar()}")
 
 
 def check_skews(args) -> None:

@@ -7,6 +7,7 @@ import os
 os.environ["TRITON_INTERPRET"] = "1" if os.environ.get("MOEBENCH_TEST_DEVICE", "cpu") == "cpu" else "0"
 
 import argparse
+import itertools
 import json
 import re
 
@@ -15,7 +16,7 @@ import torch
 
 from moebench.bench import cli
 from moebench.bench.commands import kernels as kernels_bench
-from moebench.bench.layer import presets, workloads
+from moebench.bench.layer import presets, skews
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
@@ -80,7 +81,8 @@ def test_save(tmp_path, monkeypatch):
 
 def test_summary_lines():
     def row(kernel, time_us, cf=None, role="kernel", **kw):
-        fields = {"frac_dense": 0.8, "dropped_pct": 1.5, "padding_waste": 1.0, "role": role, "correct": True}
+        fields = {"frac_dense": 0.8, "dropped_pct": 1.5 if cf else 0.0, "padding_waste": 1.0, "role": role,
+                  "correct": True, "p20_us": 0.95 * time_us, "p80_us": 1.05 * time_us}  # fmt: skip
         return {"tokens": 128, "skew": "uniform", "kernel": kernel, "capacity_factor": cf, "time_us": time_us,
                 **fields, **kw}  # fmt: skip
 
@@ -91,6 +93,10 @@ def test_summary_lines():
     assert line.startswith("T=128 uniform: fastest dynamic 100 µs, 0.80x dense throughput")
     assert "2.00x faster than loop" in line and "padded cf=2.0 3.00x its time (drops 1.5%, waste 2.00x)" in line
     assert "block_sparse 1.10x its time" in line and "12.8x" in line and "broken" not in line
+    # a baseline inside the spread is a tie, not a speedup; a fastest row that drops work says so
+    rows += [row("loop", 104.0, role="baseline", tokens=64), row("padded", 100.0, 1.0, tokens=64, padding_waste=1.5)]
+    line = kernels_bench.summary_lines(rows)[1]
+    assert line.startswith("T=64 uniform: fastest padded cf=1.0 (drops 1.5%) 100 µs") and "ties with loop" in line
 
 
 BAD_FLAGS = [
@@ -140,32 +146,78 @@ def test_presets_exact():
         presets.get_preset("mixtral")
 
 
-@pytest.mark.parametrize("skew", ["uniform", "zipf:1.2", "hot:0.9", "shift", "shift:0.5"])
+SKEW_SPECS = [
+    "uniform", "zipf:1.2", "lognormal:1.0", "lognormal:0", "hot:0.9", "shift", "shift:0.5", "sticky", "sticky:0",
+]  # fmt: skip
+
+
+def test_every_registered_skew_is_covered():
+    assert {skews.parse_skew(spec).kind for spec in SKEW_SPECS} == set(skews.SKEWS)
+
+
+@pytest.mark.parametrize("skew", SKEW_SPECS)
 @pytest.mark.parametrize("E,k", [(8, 2), (256, 8), (128, 1), (4, 4)])
 def test_skews_give_distinct_experts_deterministically(skew, E, k):
-    ids_Tk, weights_Tk = workloads.sample_topk(skew, 300, E, k, seed=7)
+    ids_Tk, weights_Tk = skews.sample_topk(skew, 300, E, k, seed=7)
     assert ids_Tk.shape == (300, k) and ids_Tk.dtype == torch.int64
     assert ids_Tk.min() >= 0 and ids_Tk.max() < E
     assert (ids_Tk.sort(dim=1).values.diff(dim=1) != 0).all()  # distinct per token
     torch.testing.assert_close(weights_Tk.sum(1), torch.ones(300))
-    again_Tk, _ = workloads.sample_topk(skew, 300, E, k, seed=7)
+    again_Tk, _ = skews.sample_topk(skew, 300, E, k, seed=7)
     assert torch.equal(ids_Tk, again_Tk)
 
 
 def test_hot_fraction_and_shift():
     E, k = 64, 2
-    ids_Tk, _ = workloads.sample_topk("hot:0.9", 20000, E, k)
+    ids_Tk, _ = skews.sample_topk("hot:0.9", 20000, E, k)
     counts_E = torch.bincount(ids_Tk.view(-1), minlength=E).sort(descending=True).values
-    n_hot = workloads.hot_set_size(E, k)
+    n_hot = skews.hot_set_size(E, k)
     assert counts_E[:n_hot].sum() / counts_E.sum() == pytest.approx(0.9, abs=0.01)
     hot_sets = []
     for batch in range(3):
-        ids_Tk, _ = workloads.sample_topk("shift", 4000, E, k, batch=batch)
+        ids_Tk, _ = skews.sample_topk("shift", 4000, E, k, batch=batch)
         hot_sets.append(set(torch.bincount(ids_Tk.view(-1), minlength=E).topk(n_hot).indices.tolist()))
     assert hot_sets[0] != hot_sets[1] != hot_sets[2]
 
 
+@pytest.mark.parametrize(
+    "spec", ["lognormal", "lognormal:-1", "lognormal:nan", "sticky:1.5", "sticky:x", "uniform:1", "nodeskew:2"]
+)
+def test_bad_skews(spec):
+    with pytest.raises(ValueError, match=re.escape(f"bad --skew {spec!r}; expected uniform, zipf:S")):
+        skews.parse_skew(spec)
+
+
+def test_lognormal_loads_follow_the_drawn_popularity():
+    E, sigma = 256, 1.0
+    ids_Tk, _ = skews.sample_topk(f"lognormal:{sigma}", 200_000, E, 1, seed=3)
+    log_counts_E = torch.bincount(ids_Tk.view(-1), minlength=E).double().clamp(min=1).log()
+    log_p_E = skews.lognormal_log_popularity(E, sigma, seed=3)
+    assert torch.corrcoef(torch.stack([log_counts_E, log_p_E]))[0, 1] > 0.97
+    assert log_counts_E.std() == pytest.approx(sigma, rel=0.2)  # per-expert loads are log-normal with sigma
+    flat_Tk, _ = skews.sample_topk("lognormal:0", 200_000, E, 1, seed=3)
+    counts_E = torch.bincount(flat_Tk.view(-1), minlength=E).double()
+    assert counts_E.max() / counts_E.mean() < 1.3  # sigma 0: uniform
+
+
+def test_sticky_hot_set_is_a_markov_chain():
+    E, k = 64, 2
+    n_hot = skews.hot_set_size(E, k)
+    stays = skews.sticky_hot_sets(E, k, 1.0, seed=5, batches=20)
+    assert all(torch.equal(s, stays[0]) for s in stays)
+    moves = skews.sticky_hot_sets(E, k, 0.0, seed=5, batches=20)
+    assert sum(set(a.tolist()) != set(b.tolist()) for a, b in itertools.pairwise(moves)) >= 18
+    chain = skews.sticky_hot_sets(E, k, 0.9, seed=5, batches=400)
+    kept = sum(a is b for a, b in itertools.pairwise(chain)) / 399
+    assert kept == pytest.approx(0.9, abs=0.05)
+    for batch in (0, 7, 30):  # the drawn routing puts its hot mass on that batch's hot set
+        ids_Tk, _ = skews.sample_topk("sticky:0.5", 4000, E, k, seed=5, batch=batch)
+        top = set(torch.bincount(ids_Tk.view(-1), minlength=E).topk(n_hot).indices.tolist())
+        assert top == set(skews.sticky_hot_sets(E, k, 0.5, seed=5, batches=batch + 1)[-1].tolist())
+    assert skews.varies_by_batch(skews.parse_skew("sticky")) and not skews.varies_by_batch(skews.parse_skew("hot:1"))
+
+
 def test_zipf_is_skewed():
-    ids_Tk, _ = workloads.sample_topk("zipf:1.2", 8000, 8, 2)
+    ids_Tk, _ = skews.sample_topk("zipf:1.2", 8000, 8, 2)
     counts_E = torch.bincount(ids_Tk.view(-1), minlength=8).float()
     assert counts_E.max() / counts_E.mean() > 2.0

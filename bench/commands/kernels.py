@@ -23,9 +23,9 @@ import torch
 
 from moebench import kernels
 from moebench.bench import options, report, roofline
-from moebench.bench.layer import workloads
+from moebench.bench.layer import skews, workloads
 from moebench.bench.layer.presets import Preset, get_preset
-from moebench.bench.timing import Case, run_interleaved
+from moebench.bench.timing import Case, run_interleaved, ties
 from moebench.kernels.common import host_gemv_applies, rows_matmul
 from moebench.kernels.triton_utils import interpreter_active
 
@@ -122,7 +122,7 @@ def parse_config(args: argparse.Namespace) -> Config:
 class Problem:
     """One token count's tensors, shared by every row."""
 
-    skew: workloads.Skew
+    skew: skews.Skew
     x_TH: torch.Tensor
     ids_Tk: torch.Tensor
     weights_Tk: torch.Tensor
@@ -245,7 +245,7 @@ def _kernel_cases(config: Config, problem: Problem, name: str, impl: str, cf, y_
 
 def _make_problem(config: Config, skew, T: int) -> Problem:
     p, dev = config.preset, config.device
-    ids_Tk, weights_Tk = workloads.sample_topk(skew, T, p.E, p.k, seed=config.seed)
+    ids_Tk, weights_Tk = skews.sample_topk(skew, T, p.E, p.k, seed=config.seed)
     weights = workloads.make_expert_weights(p, config.dtype, dev, seed=config.seed)
     x_TH = workloads.make_tokens(T, p.H, config.dtype, dev, seed=config.seed)
     return Problem(skew, x_TH, ids_Tk.to(dev), weights_Tk.to(dev), weights)
@@ -328,10 +328,11 @@ def summary_lines(rows: list[dict]) -> list[str]:
         if not candidates:
             continue
         best = min(candidates, key=lambda r: r["time_us"])
-        parts = [f"fastest {_label(best)} {best['time_us']:.4g} µs, {best['frac_dense']:.2f}x dense throughput"]
-        parts += [
-            f"{b['time_us'] / best['time_us']:.2f}x faster than {_label(b)}" for b in group if b["role"] == "baseline"
-        ]
+        drops = f" (drops {best['dropped_pct']:.1f}%)" if best["dropped_pct"] > 0 else ""
+        parts = [f"fastest {_label(best)}{drops} {best['time_us']:.4g} µs, {best['frac_dense']:.2f}x dense throughput"]
+        for b in (b for b in group if b["role"] == "baseline"):
+            speedup = f"{b['time_us'] / best['time_us']:.2f}x faster than {_label(b)}"
+            parts.append(f"ties with {_label(b)}" if ties(best, b) else speedup)
         for r in candidates:
             if r is not best:
                 extra = (

@@ -26,7 +26,8 @@ from moebench.bench import options, plots, report, roofline, timing
 from moebench.bench.cli import open_comm
 from moebench.bench.layer import forward as moe
 from moebench.bench.layer.presets import Preset, get_preset
-from moebench.bench.layer.workloads import Skew, make_tokens
+from moebench.bench.layer.skews import Skew, varies_by_batch
+from moebench.bench.layer.workloads import make_tokens
 from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.kernels import BASELINES, EXPERT_KERNELS
@@ -116,7 +117,7 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     """Tokens shared inside each TP group (as after a TP attention block), seeded by TP group."""
     group_seed = cfg.seed * 1000 + comm.rank // comm.tp.size
     x_TH = make_tokens(T, cfg.preset.H, cfg.dtype, "cpu", seed=group_seed)
-    batches = range(cfg.iters + cfg.warmup) if skew.kind == "shift" else [0]
+    batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     forced = [moe.forced_routing(skew, T, cfg.preset, group_seed, b) for b in batches]
     y_ref_TH = moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0])
     return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH)

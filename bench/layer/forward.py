@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from moebench.bench.layer.presets import Preset
-from moebench.bench.layer.workloads import make_expert_weights, sample_topk
+from moebench.bench.layer.skews import sample_topk
+from moebench.bench.layer.workloads import make_expert_weights
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.comm import from_numpy
 from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
