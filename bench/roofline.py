@@ -9,13 +9,17 @@ the ceiling. The GEMM rate is a 1024^3 matmul in the run's dtype. On CUDA the ca
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 GEMM_SIZE = 1024
+SYNCS_PER_REP = 2  # measure_roofline calls `sync` once per repetition of the read and of the GEMM
 CPU_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
 FALLBACK_LLC_BYTES = 32 * 2**20
 
@@ -78,9 +82,29 @@ def measure_roofline(
     nbytes = max(int(min_bytes), 3 * llc)
     buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     a = torch.randn(GEMM_SIZE, GEMM_SIZE, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    read_us = _best_us(buf.sum, device, reps, sync)
+    read_us = _best_us(buf.sum, device, reps, sync)  # SYNCS_PER_REP: this and the GEMM's, one sync per repetition
     gemm_us = _best_us(lambda: a @ a, device, reps, sync)
     return Roofline(buf.numel() * 4 / (read_us * 1e-6) / 1e9, 2 * GEMM_SIZE**3 / (gemm_us * 1e-6) / 1e12, llc)
+
+
+def measure_roofline_ranks(comm, dtype: torch.dtype, reps: int = 20) -> Roofline:
+    """The ceilings of a multi-rank run, the same on every rank: ranks of a host read together, as the layer's
+    ranks run, but at most one per core at a time (with more ranks than cores, waves of `cores` ranks: a rank
+    time-sliced with another would measure the scheduler, not the memory, and its roofline would exceed what
+    the rank itself reaches); the best over ranks is the machine's."""
+    hosts = comm.allgather_object(socket.gethostname())
+    cores = (os.cpu_count() or 1) if comm.device.type == "cpu" else len(hosts)  # a GPU each: one wave
+    local_index = hosts[: comm.rank].count(hosts[comm.rank])
+    waves = -(-max(hosts.count(h) for h in hosts) // cores)
+    mine = None
+    for wave in range(waves):
+        if local_index // cores == wave:
+            mine = measure_roofline(dtype, comm.device, reps=reps, sync=comm.barrier)
+        else:
+            for _ in range(SYNCS_PER_REP * reps):
+                comm.barrier()
+    best = comm.allreduce_max(np.array([mine.read_gbps, mine.gemm_tflops]))
+    return Roofline(float(best[0]), float(best[1]), mine.llc_bytes)
 
 
 def cold_copies(active_bytes: int, llc_bytes: int, total_bytes: int, budget_bytes: int) -> int:

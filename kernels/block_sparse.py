@@ -24,7 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine, grouped_swiglu
+from moebench.kernels.common import (
+    KernelStats,
+    MemoryMeter,
+    check_inputs,
+    combine,
+    grouped_swiglu,
+    scatter_rows,
+)
 from moebench.kernels.routing import Routing
 from moebench.kernels.triton_utils import load_weight_tile, swiglu_tile, triton_flags
 
@@ -163,13 +170,11 @@ def block_sparse_experts(
     impl: str = "torch",
 ) -> tuple[torch.Tensor, KernelStats]:
     """MegaBlocks-style experts with block size routing.block_size. Returns (y_TH in x's dtype, stats)."""
-    T, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
+    _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     R = routing.max_tiles * routing.block_size
     pos_Tk = routing.block_pos_Tk
     meter = MemoryMeter(x_TH.device)
-    # padded gather into R + 1 rows: zero rows pad each expert; dropped assignments go to the spare row R
-    x_pad_RH = meter.alloc(x_TH.new_zeros(R + 1, H))
-    x_pad_RH[torch.where(routing.kept_Tk, pos_Tk, R)] = x_TH[:, None, :].expand(T, routing.top_k, H)
+    x_pad_RH = scatter_rows(x_TH, routing, pos_Tk, R, meter)  # zero rows pad each expert's segment
     ffn = _ffn_triton if impl == "triton" else _ffn_torch
     out_RH = ffn(x_pad_RH[:R], routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
     meter.free(x_pad_RH)

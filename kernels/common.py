@@ -54,8 +54,8 @@ def check_inputs(
             raise ValueError(f"{name} dtype {w.dtype} does not match x dtype {x_TH.dtype}")
         if w.device != x_TH.device:
             raise ValueError(f"{name} is on {w.device} but x is on {x_TH.device}")
-    if routing.topk_ids_Tk.device != x_TH.device:
-        raise ValueError(f"routing is on {routing.topk_ids_Tk.device} but x is on {x_TH.device}")
+    if routing.device != x_TH.device:
+        raise ValueError(f"routing is on {routing.device} but x is on {x_TH.device}")
     if impl == "triton":
         require_triton(x_TH)
     return T, H, F, E
@@ -173,19 +173,36 @@ def combine(
     return y_TH.to(dtype)
 
 
+def scatter_rows(x_TH: torch.Tensor, routing: Routing, pos_Tk: torch.Tensor, num_rows: int, meter: MemoryMeter):
+    """A zeroed [num_rows + 1, H] buffer with each kept assignment's token row at pos_Tk (dropped assignments go
+    to the spare last row, so no sync is needed): the padded kernels' input layout."""
+    T, H = x_TH.shape
+    rows_RH = meter.alloc(x_TH.new_zeros(num_rows + 1, H))
+    rows_RH[torch.where(routing.kept_Tk, pos_Tk, num_rows)] = x_TH[:, None, :].expand(T, routing.top_k, H)
+    return rows_RH
+
+
 HOST_GEMV_DTYPES = (torch.float32, torch.float64)
 
 
 def host_gemv_applies(x_RK: torch.Tensor) -> bool:
-    """Whether rows_matmul takes numpy's gemv for x [R, K]: one row, on the CPU, in a dtype numpy has."""
-    return x_RK.shape[0] == 1 and x_RK.device.type == "cpu" and x_RK.dtype in HOST_GEMV_DTYPES
+    """Whether rows_matmul takes numpy's gemv for x [R, K]: one row, on the CPU, in a dtype numpy has, while torch
+    runs on one thread (numpy's BLAS gemv is single-threaded; with more threads torch.matmul splits the columns)."""
+    return (
+        x_RK.shape[0] == 1
+        and x_RK.device.type == "cpu"
+        and x_RK.dtype in HOST_GEMV_DTYPES
+        and torch.get_num_threads() == 1
+    )
 
 
 def rows_matmul(x_RK: torch.Tensor, w_KN: torch.Tensor) -> torch.Tensor:
-    """x [R, K] @ w [K, N] -> [R, N], the formulation fastest at R. One row on the CPU goes through numpy's
-    BLAS (OpenBLAS sgemv streams w near the memory bandwidth: one row through one mixtral-8x7b-tiny expert,
-    cold weights, one core here: 92 µs = 30 GB/s, torch.matmul 130 µs = 21 GB/s); from 2 rows torch.matmul
-    is as fast or faster (numpy's sgemm at 2-4 rows: 1.4-1.5x slower), as it is everywhere else."""
+    """x [R, K] @ w [K, N] -> [R, N], the formulation fastest at R. One row on one CPU thread goes through numpy's
+    BLAS (OpenBLAS sgemv streams w near the memory bandwidth: one row through one mixtral-8x7b-tiny expert, cold
+    weights, one core of an AMD EPYC: 92 µs = 30 GB/s, torch.matmul 130 µs = 21 GB/s; on one core of a Xeon
+    with a 480 MiB L3 the two tie at 15-16 GB/s); with two threads torch.matmul reads a cold [256, 896] matrix
+    at 25-27 GB/s there, numpy 15; from 2 rows torch.matmul is as fast or faster (numpy's sgemm at 2-4 rows:
+    1.4-2x slower), as it is everywhere else."""
     if host_gemv_applies(x_RK):
         return torch.from_numpy(x_RK.numpy() @ w_KN.numpy())
     return x_RK @ w_KN

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine, swiglu_ffn
+from moebench.kernels.common import KernelStats, MemoryMeter, check_inputs, combine, scatter_rows, swiglu_ffn
 from moebench.kernels.routing import Routing
 from moebench.kernels.triton_utils import down_tile, swiglu_tile, triton_flags
 
@@ -85,23 +85,6 @@ def _ffn_torch(x_ECH, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter) -> t
     return swiglu_ffn(x_ECH, w_gate_EHF, w_up_EHF, w_down_EFH, meter, torch.bmm)
 
 
-def _ffn_triton(x_ECH, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter) -> torch.Tensor:
-    """The same batched GEMMs as two Triton kernels (gate+up fused with SwiGLU, then down)."""
-    E, C, H = x_ECH.shape
-    F = w_gate_EHF.shape[2]
-    flags = triton_flags(x_ECH)
-    h_ECF = meter.alloc(x_ECH.new_empty(E, C, F))
-    out_ECH = meter.alloc(x_ECH.new_empty(E, C, H))
-    row_tiles = E * triton.cdiv(C, BLOCK_M)
-    if row_tiles:
-        grid_up = (row_tiles, triton.cdiv(F, flags["BLOCK_N"]))
-        _padded_gate_up_kernel[grid_up](x_ECH, w_gate_EHF, w_up_EHF, h_ECF, C, H, F, BLOCK_M=BLOCK_M, **flags)
-        grid_down = (row_tiles, triton.cdiv(H, flags["BLOCK_N"]))
-        _padded_down_kernel[grid_down](h_ECF, w_down_EFH, out_ECH, C, H, F, BLOCK_M=BLOCK_M, **flags)
-    meter.free(h_ECF)
-    return out_ECH
-
-
 def padded_experts(
     x_TH: torch.Tensor,
     routing: Routing,
@@ -116,9 +99,7 @@ def padded_experts(
     C = routing.capacity if routing.capacity is not None else int(routing.counts_E.max()) if T else 0
     meter = MemoryMeter(x_TH.device)
     slot_Tk = routing.topk_ids_Tk * C + routing.rank_Tk
-    # Dropped assignments are written to one spare row past the E * C slots, so no sync is needed.
-    x_slots_RH = meter.alloc(x_TH.new_zeros(E * C + 1, H))
-    x_slots_RH[torch.where(routing.kept_Tk, slot_Tk, E * C)] = x_TH[:, None, :].expand(T, routing.top_k, H)
+    x_slots_RH = scatter_rows(x_TH, routing, slot_Tk, E * C, meter)
     x_ECH = x_slots_RH[: E * C].view(E, C, H)
     ffn = _ffn_triton if impl == "triton" else _ffn_torch
     out_ECH = ffn(x_ECH, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
@@ -134,3 +115,20 @@ def padded_experts(
         peak_extra_bytes=meter.peak_bytes(y_TH),
     )
     return y_TH, stats
+
+
+def _ffn_triton(x_ECH, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter) -> torch.Tensor:
+    """The same batched GEMMs as two Triton kernels (gate+up fused with SwiGLU, then down)."""
+    E, C, H = x_ECH.shape
+    F = w_gate_EHF.shape[2]
+    flags = triton_flags(x_ECH)
+    h_ECF = meter.alloc(x_ECH.new_empty(E, C, F))
+    out_ECH = meter.alloc(x_ECH.new_empty(E, C, H))
+    row_tiles = E * triton.cdiv(C, BLOCK_M)
+    if row_tiles:
+        grid_up = (row_tiles, triton.cdiv(F, flags["BLOCK_N"]))
+        _padded_gate_up_kernel[grid_up](x_ECH, w_gate_EHF, w_up_EHF, h_ECF, C, H, F, BLOCK_M=BLOCK_M, **flags)
+        grid_down = (row_tiles, triton.cdiv(H, flags["BLOCK_N"]))
+        _padded_down_kernel[grid_down](h_ECF, w_down_EFH, out_ECH, C, H, F, BLOCK_M=BLOCK_M, **flags)
+    meter.free(h_ECF)
+    return out_ECH

@@ -61,6 +61,10 @@ class Routing:
         self.unit_weights = False  # every weight is 1.0 (rows after an all-to-all): kernels may skip the scaling
 
     @property
+    def device(self) -> torch.device:
+        return self.topk_ids_Tk.device
+
+    @property
     def num_tokens(self) -> int:
         return self.topk_ids_Tk.shape[0]
 
@@ -123,6 +127,21 @@ class Routing:
             return torch.tensor(host, dtype=torch.int64, device=self.topk_ids_Tk.device)
         kept_E = self.kept_counts_E
         return torch.cat([kept_E.new_zeros(1), torch.cumsum(kept_E, 0)])
+
+    @cached_property
+    def topk_ids_list(self) -> list[int]:
+        """topk_ids_Tk flattened on the host ([T * k], assignment order; a sync on GPU)."""
+        return self.topk_ids_Tk.view(-1).tolist()
+
+    @cached_property
+    def topk_weights_list(self) -> list[float]:
+        """topk_weights_Tk flattened on the host ([T * k], assignment order; a sync on GPU)."""
+        return self.topk_weights_Tk.view(-1).tolist()
+
+    @cached_property
+    def sort_idx_list(self) -> list[int]:
+        """sort_idx_A on the host (a sync on GPU): what a CPU kernel walks a small batch with."""
+        return self.sort_idx_A.tolist()
 
     @cached_property
     def offsets_list(self) -> list[int]:
@@ -188,6 +207,63 @@ class Routing:
         other.block_size = block_size
         other.__dict__.pop("_blocks", None)
         return other
+
+
+class HostRouting(Routing):
+    """A Routing decided on the CPU host for a small batch: the host lists (topk_ids_list, topk_weights_list, and
+    where known sort_idx_list and offsets_list) are the truth, and the [T, k] tensors and every other field are
+    built from them only on first use (a torch.tensor of a short list costs ~13 µs with cold caches, a kernel
+    walking the lists needs none)."""
+
+    def __init__(self, ids: list[int], weights: list[float] | None, shape: tuple[int, int], num_experts: int,
+                 capacity: int | None, block_size: int = DEFAULT_BLOCK_SIZE):  # fmt: skip
+        self.num_experts, self.capacity, self.block_size = num_experts, capacity, block_size
+        self.drop_policy = "position"
+        self.shape = shape
+        self.unit_weights = weights is None
+        self.topk_ids_list = ids
+        if weights is not None:
+            self.topk_weights_list = weights
+
+    @cached_property
+    def topk_ids_Tk(self) -> torch.Tensor:
+        return torch.tensor(self.topk_ids_list, dtype=torch.int64).view(self.shape)
+
+    @cached_property
+    def topk_weights_Tk(self) -> torch.Tensor:
+        if self.unit_weights:
+            return torch.ones(self.shape)
+        return torch.tensor(self.topk_weights_list, dtype=torch.float32).view(self.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.shape[0]
+
+    @property
+    def top_k(self) -> int:
+        return self.shape[1]
+
+    @property
+    def num_assignments(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @cached_property
+    def sort_idx_A(self) -> torch.Tensor:
+        host = self.__dict__.get("sort_idx_list")
+        return torch.tensor(host, dtype=torch.int64) if host is not None else Routing.sort_idx_A.func(self)
+
+    LAZY = (*Routing.LAZY, "topk_ids_Tk", "topk_weights_Tk")
+
+    def to(self, device) -> Routing:
+        """A plain Routing of the same choice on `device`, every field computed."""
+        plain = Routing(self.topk_ids_Tk, self.topk_weights_Tk, self.num_experts, self.capacity, self.drop_policy,
+                        self.block_size)  # fmt: skip
+        plain.unit_weights = self.unit_weights
+        return plain.to(device)
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -363,19 +439,50 @@ def routing_for_rows(expert_ids_R, num_experts: int, block_size: int = DEFAULT_B
     the host for a CPU batch of up to HOST_ROWS rows), so no general queue/drop machinery runs.
     expert_ids_R: int64 [R] (a tensor, or a list of ints on the host) local expert of each row, 0..num_experts-1."""
     host_ids = expert_ids_R if isinstance(expert_ids_R, list) else None
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if host_ids is not None and on_cpu and len(host_ids) <= HOST_ROWS:  # decode: lists only, tensors if asked
+        routing = HostRouting(host_ids, None, (len(host_ids), 1), num_experts, None, block_size)
+        routing.__dict__.update(_host_layout(host_ids, num_experts))
+        return routing
     ids_R = torch.tensor(host_ids, dtype=torch.int64, device=device) if host_ids is not None else expert_ids_R
     R, device = ids_R.shape[0], ids_R.device
     routing = Routing(ids_R.view(R, 1), torch.ones(R, 1, device=device), num_experts, None, "position", block_size)
     routing.unit_weights = True
     if device.type == "cpu" and R <= HOST_ROWS:
-        ids = host_ids if host_ids is not None else ids_R.tolist()
-        order = sorted(range(R), key=ids.__getitem__)
-        counts = [0] * num_experts
-        for e in ids:
-            counts[e] += 1
-        order_R = torch.tensor(order, dtype=torch.int64)
-        routing.__dict__.update(sort_idx_A=order_R, _queue_A=order_R, offsets_list=[0, *itertools.accumulate(counts)])
+        layout = _host_layout(ids_R.tolist(), num_experts)
+        order_R = torch.tensor(layout["sort_idx_list"], dtype=torch.int64)
+        routing.__dict__.update(layout, sort_idx_A=order_R, _queue_A=order_R)
     return routing
+
+
+def _host_layout(ids: list[int], num_experts: int) -> dict:
+    """Rows' order by expert (stable) and the segment offsets, in a few Python lines."""
+    counts = [0] * num_experts
+    for e in ids:
+        counts[e] += 1
+    return {"sort_idx_list": sorted(range(len(ids)), key=ids.__getitem__),
+            "offsets_list": [0, *itertools.accumulate(counts)]}  # fmt: skip
+
+
+HOST_GATE_LOGITS = 128  # up to this many logits (T * E), the host gate's Python loop beats torch's topk + softmax
+
+
+def route_host(logits_TE: list[list[float]], k: int, capacity_factor: float | None = None) -> Routing:
+    """The top-k softmax gate of `route` for a small batch whose logits are on the host (T * E <= HOST_GATE_LOGITS:
+    a few Python lines where tensor ops cost ~5 µs each, more with cold caches): the same choice (ids in descending
+    logit order, equal logits to the lower expert id) and weights, as a HostRouting.
+    logits_TE: T rows of E floats."""
+    E = len(logits_TE[0]) if logits_TE else 0
+    _check_options(E, k, capacity_factor, "position", DEFAULT_BLOCK_SIZE)
+    ids, weights = [], []
+    for row in logits_TE:
+        top = sorted(range(E), key=row.__getitem__, reverse=True)[:k]  # stable: equal logits keep the lower id first
+        exps = [math.exp(row[e] - row[top[0]]) for e in top]
+        total = sum(exps)
+        ids += top
+        weights += [v / total for v in exps]
+    T = len(logits_TE)
+    return HostRouting(ids, weights, (T, k), E, capacity_for(T, k, E, capacity_factor))
 
 
 def route(

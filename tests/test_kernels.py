@@ -264,11 +264,18 @@ def test_dynamic_torch_path_builds_no_block_layout():
     [(1, torch.float32, True), (1, torch.float64, True), (2, torch.float32, False), (1, torch.bfloat16, False),
      (0, torch.float32, False)],
 )  # fmt: skip
-def test_rows_matmul_takes_gemv_only_for_one_row(R, dtype, gemv):
-    """One CPU row in float32/64 goes through numpy's gemv; every case equals the float64 product."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rows_matmul_takes_gemv_only_for_one_row_on_one_thread(R, dtype, gemv, threads):
+    """One CPU row in float32/64 on one torch thread goes through numpy's gemv (with more threads, torch's
+    parallel matmul); every case equals the float64 product."""
     x_RK, w_KN = torch.randn(R, 40, dtype=torch.float64), torch.randn(40, 24, dtype=torch.float64)
-    assert host_gemv_applies(x_RK.to(dtype)) is gemv
-    y_RN = rows_matmul(x_RK.to(dtype), w_KN.to(dtype))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert host_gemv_applies(x_RK.to(dtype)) is (gemv and threads == 1)
+        y_RN = rows_matmul(x_RK.to(dtype), w_KN.to(dtype))
+    finally:
+        torch.set_num_threads(before)
     assert y_RN.shape == (R, 24) and y_RN.dtype == dtype
     tol = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2e-2
     assert R == 0 or rel_err(y_RN.double(), x_RK @ w_KN) <= tol

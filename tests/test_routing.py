@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from moebench.kernels import capacity_for, route, routing_from_topk, topk_softmax
+from moebench.kernels import capacity_for, route, routing_for_rows, routing_from_topk, topk_softmax
+from moebench.kernels.routing import HostRouting, Routing, route_host
 
 DEVICE = os.environ.get("MOEBENCH_TEST_DEVICE", "cpu")
 
@@ -129,6 +130,37 @@ def test_grouped_rows_routing():
     ids_R1 = torch.tensor([[0]] * 3 + [[1]] * 0 + [[2]] * 4)
     r = routing_from_topk(ids_R1, torch.ones(7, 1), 3)
     assert r.sort_idx_A.tolist() == list(range(7)) and r.offsets_E1.tolist() == [0, 3, 3, 7]
+
+
+@pytest.mark.parametrize("cf", [None, 0.5])
+@pytest.mark.parametrize("T,E,k", [(1, 8, 2), (16, 8, 2), (3, 4, 4), (2, 32, 1)])
+def test_host_gate_is_the_torch_gate(T, E, k, cf):
+    """route_host on the host logits makes route's choice, weights and layout (a HostRouting, lists first)."""
+    logits_TE = logits(T, E, seed=T + E).cpu()
+    host, ref = route_host(logits_TE.tolist(), k, cf), route(logits_TE, k, cf)
+    assert isinstance(host, HostRouting) and host.num_tokens == T and host.top_k == k and host.device.type == "cpu"
+    assert "topk_ids_Tk" not in vars(host)  # no tensor until asked for
+    assert host.topk_ids_list == ref.topk_ids_Tk.view(-1).tolist()
+    torch.testing.assert_close(host.topk_weights_Tk, ref.topk_weights_Tk, rtol=1e-6, atol=1e-7)
+    assert host.capacity == ref.capacity and torch.equal(host.kept_Tk, ref.kept_Tk)
+    assert torch.equal(host.sort_idx_A, ref.sort_idx_A) and host.offsets_list == ref.offsets_list
+    check_layout(host)
+    assert type(host.to("cpu")) is Routing
+
+
+def test_host_gate_breaks_ties_to_the_lower_expert():
+    host = route_host([[0.5, 2.0, 2.0, 2.0]], 2)
+    assert host.topk_ids_list == [1, 2] and host.topk_weights_list == [0.5, 0.5]
+
+
+@pytest.mark.parametrize("ids", [[2, 0, 2, 1, 0], [3], [], [1, 1, 1]])
+def test_grouped_rows_on_the_host_match_the_tensor_path(ids):
+    """routing_for_rows from a host list (HostRouting, lists only) and from a tensor give one layout."""
+    host, ref = routing_for_rows(ids, 4), routing_for_rows(torch.tensor(ids, dtype=torch.int64), 4)
+    assert isinstance(host, HostRouting) and host.unit_weights and host.num_assignments == len(ids)
+    assert host.sort_idx_list == ref.sort_idx_list and host.offsets_list == ref.offsets_list
+    assert torch.equal(host.sort_idx_A, ref.sort_idx_A) and torch.equal(host.topk_weights_Tk, ref.topk_weights_Tk)
+    check_layout(host)
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU: MOEBENCH_TEST_DEVICE=cuda (scripts/gpu_check.sh)")

@@ -460,9 +460,7 @@ def run(args) -> int:
         report.print_header(meta)
     P = comm.world_size
     weights = moe.make_weights(p, cfg.dtype, comm.device, cfg.seed, comm.rank * (p.E // P), p.E // P)
-    roof = roofline.measure_roofline(cfg.dtype, comm.device, sync=comm.barrier)  # every rank at once, as the layer runs
-    best = comm.allreduce_max(np.array([roof.read_gbps, roof.gemm_tflops]))
-    roof = roofline.Roofline(float(best[0]), float(best[1]), roof.llc_bytes)
+    roof = roofline.measure_roofline_ranks(comm, cfg.dtype)
     meta.update(roofline=roof.fields(), warm_weights=cfg.warm)
     cases = list(itertools.product(cfg.skews, cfg.capacity_factors, cfg.batches))
     rows = []

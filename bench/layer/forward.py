@@ -35,7 +35,7 @@ from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.comm import from_numpy
 from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
 from moebench.kernels.common import rows_matmul
-from moebench.kernels.routing import HOST_ROWS
+from moebench.kernels.routing import HOST_GATE_LOGITS, HOST_ROWS, route_host
 
 PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
 ID_BYTES = 8  # a local expert id (int64) travels at the end of each packed row
@@ -112,6 +112,8 @@ def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None):
     if forced is None:
         x = x_TH if x_TH.dtype == torch.float32 else x_TH.float()
         w = weights.w_router_HE if weights.w_router_HE.dtype == torch.float32 else weights.w_router_HE.float()
+        if x.device.type == "cpu" and x.shape[0] * cfg.preset.E <= HOST_GATE_LOGITS:  # decode: the host gate
+            return route_host((x.numpy() @ w.numpy()).tolist(), cfg.preset.k, cfg.capacity_factor)
         return route(x @ w, cfg.preset.k, cfg.capacity_factor)
     return routing_from_topk(forced[0], forced[1], cfg.preset.E, cfg.capacity_factor, validate=False)
 
@@ -130,7 +132,7 @@ class Permuted:
 def _host_order(routing, num_ranks: int, experts_per_rank: int):
     """Small batches on the CPU: the kept assignments' order by destination, in a few Python lines.
     Returns (assignment ids in send order, their local expert ids, send_splits)."""
-    ids = routing.topk_ids_Tk.view(-1).tolist()
+    ids = routing.topk_ids_list
     kept = None if routing.capacity is None else routing.kept_Tk.view(-1).tolist()
     dest = [e // experts_per_rank for e in ids]
     order = sorted((a for a in range(len(ids)) if kept is None or kept[a]), key=dest.__getitem__)
@@ -169,9 +171,10 @@ def permute(x_TH, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
         tokens = [a // k for a in order]
         x_bytes_TW = x_TH.contiguous().numpy().view(np.uint8)
         send_AW = np.empty((len(order), x_bytes_TW.shape[1] + ID_BYTES), np.uint8)
-        send_AW[:, :-ID_BYTES] = x_bytes_TW[tokens]
+        for row, token in enumerate(tokens):  # row by row: no gathered temporary (~12 µs less with cold caches)
+            send_AW[row, :-ID_BYTES] = x_bytes_TW[token]
         send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
-        weights = routing.topk_weights_Tk.view(-1).tolist()
+        weights = routing.topk_weights_list
         return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
     order_A, local_A, send_splits = _device_order(routing, num_ranks, experts_per_rank)
     token_A = order_A // k
