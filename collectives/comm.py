@@ -126,18 +126,15 @@ class Group:
     topology: Topology
     traffic: Traffic
     me: int = field(init=False)
+    size: int = field(init=False)  # members (an attribute, not a property: every call of a collective reads it)
 
     def __post_init__(self):
-        self.me = self.ranks[self.rank]
+        self.me, self.size = self.ranks[self.rank], len(self.ranks)
         nodes = np.asarray(self.ranks) // self.topology.ranks_per_node
         here = nodes == self.topology.node_of(self.me)
         others = np.arange(self.size) != self.rank
         self._intra_peer = here & others  # [size] bool: a peer on my node
         self._inter_peer = ~here  # [size] bool: a peer on another node
-
-    @property
-    def size(self) -> int:
-        return len(self.ranks)
 
     def call_traffic(self, nbytes_per_peer) -> tuple[np.ndarray, bool]:
         """One call sending nbytes_per_peer[i] to member i: (its [4] traffic delta, whether it crosses nodes)."""

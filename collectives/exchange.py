@@ -65,13 +65,13 @@ class DispatchCombine:
 def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
     """Check send_splits against send ([R, ...]) and the world size; ValueError naming the problem."""
     splits = send_splits if type(send_splits) is tuple else tuple(map(int, send_splits))
+    if len(splits) == comm.world.size and send.dim() and sum(splits) == send.shape[0] and min(splits, default=0) >= 0:
+        return splits  # the one line a valid call pays
     if len(splits) != comm.world.size:
         raise ValueError(f"send_splits has {len(splits)} entries; the world has P={comm.world_size} ranks")
     if splits and min(splits) < 0:
         raise ValueError(f"send_splits has a negative count: {list(splits)}")
-    if send.dim() < 1 or sum(splits) != send.shape[0]:
-        raise ValueError(f"send_splits sum to {sum(splits)} but send has {send.shape[0] if send.dim() else 0} rows")
-    return splits
+    raise ValueError(f"send_splits sum to {sum(splits)} but send has {send.shape[0] if send.dim() else 0} rows")
 
 
 def offsets(splits) -> list[int]:

@@ -44,3 +44,42 @@ def test_split_parts_cover_every_row_once():
     parts = split_parts([0, 1, 5, 7], 3)
     assert parts.sum(axis=1).tolist() == [0, 1, 5, 7]
     assert (parts.max(axis=1) - parts.min(axis=1) <= 1).all()
+
+
+REUSE = """
+import torch
+from moebench.collectives.backends import init_comm
+
+comm = init_comm("mpi", None, 1)
+world, splits = comm.world, (3,)
+send = lambda v, dtype=torch.float32: torch.full((3, 4), float(v)).to(dtype)
+first = world.alltoallv(send(1), splits, splits)
+held = world.alltoallv(send(2), splits, splits)  # `first` is held: a new buffer
+assert held.data_ptr() != first.data_ptr() and (first == 1).all() and (held == 2).all()
+view = held[1:]
+del held
+again = world.alltoallv(send(3), splits, splits)  # a view of the last result is alive: still a new buffer
+assert (view == 2).all() and (again == 3).all()
+address = again.data_ptr()
+del again, view
+reused = world.alltoallv(send(4), splits, splits)  # nothing holds the last result: its buffer comes back
+assert reused.data_ptr() == address and (reused == 4).all()
+as_numpy = reused.numpy()
+del reused
+fresh = world.alltoallv(send(5), splits, splits)  # a numpy view holds it
+assert (as_numpy == 4).all() and (fresh == 5).all()
+for dtype in (torch.bfloat16, torch.float16):
+    a = world.alltoallv(send(6, dtype), splits, splits)
+    b = world.alltoallv(send(7, dtype), splits, splits)
+    assert a.dtype == b.dtype == dtype and (a == 6).all() and (b == 7).all()
+comm.close()
+print("reuse ok")
+"""
+
+
+def test_receive_buffers_are_reused_only_when_nothing_holds_them():
+    """The mpi backend hands a split pattern's last receive buffer out again only once no tensor, view or numpy
+    array of it is alive (a decode loop allocates nothing; a caller that keeps results never sees them change)."""
+    result = subprocess.run([sys.executable, "-c", REUSE], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reuse ok" in result.stdout

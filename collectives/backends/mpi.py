@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from struct import pack_into, unpack_from
+from sys import getrefcount
 
 import numpy as np
 import torch
@@ -24,6 +26,12 @@ from moebench.collectives.comm import (
     spin,
 )
 from moebench.collectives.topology import from_hostnames
+
+
+def _storage_use_count(x: torch.Tensor) -> int:
+    """How many tensors share x's memory (x and its views), not counting the storage handle asked for here."""
+    return torch._C._storage_Use_Count(x.untyped_storage()._cdata) - 1
+
 
 _AS_INTEGERS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.bool: torch.uint8}
 
@@ -47,7 +55,7 @@ class _VectorSpec:
     counts and displacements (the payload moves as MPI.BYTE, whatever its dtype), the receive buffer's shape,
     and the call's traffic meter."""
 
-    __slots__ = ("meter", "np_dtype", "recv_args", "recv_shape", "send_args", "send_nbytes", "view")
+    __slots__ = ("meter", "np_dtype", "recv", "recv_args", "recv_shape", "send_args", "send_nbytes", "view")
 
     def __init__(self, group, send_splits, recv_splits, send: torch.Tensor):
         row = row_numel(send) * send.element_size()
@@ -61,16 +69,31 @@ class _VectorSpec:
         self.view = _AS_INTEGERS.get(send.dtype) if send.dtype == torch.bfloat16 else None
         self.np_dtype = torch.empty(0, dtype=self.view or send.dtype).numpy().dtype
         self.meter = group.traffic.meter(*group.call_traffic(scounts))
+        self.recv = None  # (numpy buffer, the tensor over it) of the last call, reused once nothing else holds it
+
+    def recv_buffer(self, dtype: torch.dtype):
+        """(numpy buffer, tensor over it) for this call: the last call's when no one holds that tensor any more
+        (neither it nor a view of its memory: at decode this saves ~1 µs of allocation a call), else new ones."""
+        last = self.recv
+        if last is not None and getrefcount(last[1]) == 2 and _storage_use_count(last[1]) == 1:
+            return last
+        recv = np.empty(self.recv_shape, self.np_dtype)
+        self.recv = (
+            recv,
+            (torch.from_numpy(recv) if self.view is None and self.recv_shape[0] else from_numpy(recv, dtype)),
+        )
+        return self.recv
 
 
 class _CountsSpec:
     """The count exchange of one width m as an MPI-4 persistent collective (Alltoall_init): buffers, request and
     meter built once; each call is a copy in, Start, Wait and a copy out."""
 
-    __slots__ = ("meter", "recv", "request", "send")
+    __slots__ = ("format", "meter", "recv", "request", "send")
 
     def __init__(self, group, shape):
         self.send, self.recv = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+        self.format = f"={self.send.size}q"  # the split counts go in and out with struct, not numpy's conversions
         self.request = group.mpi.Alltoall_init(self.send, self.recv)
         m = 1 if len(shape) == 1 else shape[1]
         self.meter = group.traffic.meter(*group.call_traffic(np.full(group.size, m * 8)))
@@ -94,7 +117,7 @@ class MpiGroup(Group):
         [size, m] integers (returned as a [size, m] array), row i from member i."""
         if type(counts) is tuple:
             spec = self._split_counts or self._counts_spec((self.size,))
-            spec.send[:] = counts
+            pack_into(spec.format, spec.send, 0, *counts)
         else:
             counts = np.asarray(counts)
             spec = self._counts.get(counts.shape) or self._counts_spec(counts.shape)
@@ -105,7 +128,7 @@ class MpiGroup(Group):
         meter.calls += 1
         if meter.spin_s:
             spin(meter.spin_s)
-        return tuple(spec.recv.tolist()) if spec is self._split_counts else spec.recv.copy()
+        return unpack_from(spec.format, spec.recv) if spec is self._split_counts else spec.recv.copy()
 
     def _counts_spec(self, shape) -> _CountsSpec:
         spec = self._counts[shape] = _CountsSpec(self, shape)
@@ -122,7 +145,7 @@ class MpiGroup(Group):
         assert send.is_contiguous()
         key = (send_splits, recv_splits, send.shape, send.dtype)
         spec = self._specs.get(key) or self._new_spec(key, send)
-        recv = np.empty(spec.recv_shape, spec.np_dtype)
+        recv, out = spec.recv_buffer(send.dtype)
         byte = self._byte
         self.mpi.Alltoallv([self._address(send.data_ptr(), spec.send_nbytes), spec.send_args, byte],
                            [recv, spec.recv_args, byte])  # fmt: skip
@@ -130,9 +153,7 @@ class MpiGroup(Group):
         meter.calls += 1
         if meter.spin_s:
             spin(meter.spin_s)
-        if spec.view is None and spec.recv_shape[0]:
-            return torch.from_numpy(recv)
-        return from_numpy(recv, send.dtype)
+        return out
 
     def _new_spec(self, key, send) -> _VectorSpec:
         spec = self._specs[key] = _VectorSpec(self, key[0], key[1], send)
