@@ -27,7 +27,25 @@ needs_root = pytest.mark.skipif(
 CLUSTER = [sys.executable, "-m", "moebench", "cluster", "--nodes", "2", "--ranks-per-node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 # A benchmark that runs far longer than any test waits: something to kill.
-LONG_RUN = ["collectives", "-b", "1M", "-e", "1M", "-n", "100000", "-w", "0", "-c", "0", "--algos", "native"]
+# --budget 0: every row runs its 100000 iterations (the default 1 s budget per row would end the run within seconds
+# of its header, before the test can signal it)
+LONG_RUN = [
+    "collectives",
+    "-b",
+    "1M",
+    "-e",
+    "1M",
+    "-n",
+    "100000",
+    "-w",
+    "0",
+    "-c",
+    "0",
+    "--algos",
+    "native",
+    "--budget",
+    "0",
+]
 
 
 def run_cluster(args: list[str], timeout: float = 150) -> subprocess.CompletedProcess:
