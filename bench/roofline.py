@@ -91,7 +91,9 @@ def measure_roofline_ranks(comm, dtype: torch.dtype, reps: int = 20) -> Roofline
     """The ceilings of a multi-rank run, the same on every rank: ranks of a host read together, as the layer's
     ranks run, but at most one per core at a time (with more ranks than cores, waves of `cores` ranks: a rank
     time-sliced with another would measure the scheduler, not the memory, and its roofline would exceed what
-    the rank itself reaches); the best over ranks is the machine's."""
+    the rank itself reaches); the best over ranks is the machine's. Every rank passes the same sleeping barriers
+    (one per repetition: SYNCS_PER_REP), so the ranks outside a wave leave it the cores (MPI's own barrier
+    busy-polls: waiting in it, they took the cores and a 4-rank run on 2 cores read half the bandwidth)."""
     hosts = comm.allgather_object(socket.gethostname())
     cores = (os.cpu_count() or 1) if comm.device.type == "cpu" else len(hosts)  # a GPU each: one wave
     local_index = hosts[: comm.rank].count(hosts[comm.rank])
@@ -99,10 +101,10 @@ def measure_roofline_ranks(comm, dtype: torch.dtype, reps: int = 20) -> Roofline
     mine = None
     for wave in range(waves):
         if local_index // cores == wave:
-            mine = measure_roofline(dtype, comm.device, reps=reps, sync=comm.barrier)
+            mine = measure_roofline(dtype, comm.device, reps=reps, sync=comm.idle_barrier)
         else:
             for _ in range(SYNCS_PER_REP * reps):
-                comm.barrier()
+                comm.idle_barrier()
     best = comm.allreduce_max(np.array([mine.read_gbps, mine.gemm_tflops]))
     return Roofline(float(best[0]), float(best[1]), mine.llc_bytes)
 

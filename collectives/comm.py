@@ -10,7 +10,8 @@ A `Communicator` holds the world and three sub-groups — `intra` (the G ranks o
     alltoallv(send, send_splits, recv_splits) -> recv      the library's own all-to-all-v
     sendrecv(send, dest, recv, source)                     one paired point-to-point step
     allgatherv(x, counts) -> rows of every member, in member order
-    barrier()
+    barrier()                                              MPI's busy-polling barrier
+    idle_barrier()                                         the same, sleeping while it waits (frees the core)
     allreduce_max(values) / allgather_object(obj)          for the harness, after timing
 
 Ranks passed to a Group are group-local. Every Group counts the bytes and messages it sends to
@@ -32,6 +33,7 @@ import torch
 
 from moebench.collectives.topology import Topology
 
+IDLE_POLL_S = 1e-4  # how often a sleeping barrier looks whether the others have arrived
 MPI_LAUNCHER_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 
 
@@ -236,6 +238,10 @@ class Communicator:
 
     def barrier(self) -> None:
         self.world.barrier()
+
+    def idle_barrier(self) -> None:
+        """A barrier that sleeps while it waits: ranks that only wait leave the cores to the ranks that work."""
+        self.world.idle_barrier()
 
     def allreduce_max(self, values: np.ndarray) -> np.ndarray:
         """Element-wise max over ranks of a float64 array (used after timing, never inside)."""

@@ -141,7 +141,8 @@ def test_roofline_and_cold_copies():
 
 
 class WaveComm:
-    """Rank `rank` of four on one host, for measure_roofline_ranks: counts barriers; the others' figures are lower."""
+    """Rank `rank` of four on one host, for measure_roofline_ranks: counts sleeping barriers; the others' figures are
+    lower."""
 
     device = torch.device("cpu")
 
@@ -152,6 +153,9 @@ class WaveComm:
         return [obj] * 4
 
     def barrier(self):
+        raise AssertionError("the roofline's ranks wait in the sleeping barrier, never in the busy-polling one")
+
+    def idle_barrier(self):
         self.barriers += 1
 
     def allreduce_max(self, values):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from struct import pack_into, unpack_from
 from sys import getrefcount
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from moebench.collectives.comm import (
+    IDLE_POLL_S,
     Communicator,
     Group,
     SpecCache,
@@ -227,6 +229,11 @@ class MpiGroup(Group):
 
     def barrier(self):
         self.mpi.Barrier()
+
+    def idle_barrier(self):
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            time.sleep(IDLE_POLL_S)
 
     def allreduce_max(self, values: np.ndarray) -> np.ndarray:
         out = np.empty_like(values)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from moebench.collectives.comm import (
+    IDLE_POLL_S,
     Communicator,
     Group,
     SpecCache,
@@ -122,6 +124,11 @@ class TorchGroup(Group):
 
     def barrier(self):
         dist.barrier(group=self.pg)
+
+    def idle_barrier(self):
+        work = dist.barrier(group=self.pg, async_op=True)
+        while not work.is_completed():
+            time.sleep(IDLE_POLL_S)
 
     def allreduce_max(self, values: np.ndarray) -> np.ndarray:
         t = torch.as_tensor(values, device=self.device)
