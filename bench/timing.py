@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-BAND_FRACTION = 0.2  # phases are means over this fraction of iterations: those whose totals lie nearest the median
+BAND_FRACTION = 0.2  # phases are means over at most this fraction of iterations, those nearest the median total
+BAND_REACH = 0.01  # ... and within 1% of it
 
 
 def stats(samples_us: np.ndarray) -> dict[str, float]:
@@ -37,25 +38,27 @@ def stats(samples_us: np.ndarray) -> dict[str, float]:
 
 
 def median_band(total_n: np.ndarray) -> np.ndarray:
-    """Indices of the BAND_FRACTION of iterations whose totals lie nearest the median (by value), with the
-    count's parity that of n: an odd count for an odd n keeps the median iteration itself (n = 7 or 9 gives
-    it alone), an even one for an even n (the two middle ones at least). Their mean total is within the
-    band's reach of the median: nearest by value, not by rank, so a two-mode spread (4 ranks time-sliced on
-    2 cores: half the iterations ~2x faster) cannot pull the band into the other mode (centred by rank, a
-    P=4 dense row's band reached 5.3% below its median)."""
+    """Indices of the iterations whose phases stand for the median one: the median iteration itself (the two
+    middle ones for an even n, whose mean total is the median exactly), then the others nearest the median by
+    value while they lie within BAND_REACH of it, BAND_FRACTION of the iterations at most. Their mean total is
+    within BAND_REACH of the median whatever the spread's shape: a band chosen by count alone reached into
+    the other mode of a two-mode spread (4 ranks time-sliced on 2 cores: centred by rank 5.3% below the
+    median, nearest by value 14.5% below)."""
     n = len(total_n)
-    count = max(math.ceil(n * BAND_FRACTION), 1)
-    if count % 2 != n % 2:
-        count = count - 1 if count > 1 else count + 1
-    count = min(count, n)
-    return np.argsort(np.abs(total_n - np.median(total_n)), kind="stable")[:count]
+    median = np.median(total_n)
+    middle = np.argsort(total_n, kind="stable")[(n - 1) // 2 : n // 2 + 1]
+    nearest = np.argsort(np.abs(total_n - median), kind="stable")
+    near = nearest[np.abs(total_n[nearest] - median) <= BAND_REACH * abs(median)]
+    extra = [i for i in near if i not in middle][: max(math.ceil(n * BAND_FRACTION) - len(middle), 0)]
+    return np.concatenate([middle, np.asarray(extra, dtype=middle.dtype)])
 
 
 def critical_path(per_rank_PnC: np.ndarray, phases: tuple[str, ...]) -> dict:
     """Fields of a phased case from every rank's samples [P, n, len(phases) + 1] (total last).
 
     For each iteration the critical rank is the one with the largest total; the phases come from it.
-    `<phase>_us` is the mean over the iterations nearest the median total, so the phases sum to about it
+    `<phase>_us` is the mean over the iterations nearest the median total (median_band), so the phases sum to it
+    within BAND_REACH
     (`phase_sum_us` says by how much); `<phase>_max_us` is the median over iterations of the per-phase
     max over ranks (what the slowest rank spent in that phase, ranks taken separately); `<phase>_share`
     divides by the total."""

@@ -381,7 +381,8 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
 
 CAPTION = (
     "Phases: µs per phase of the critical rank (the rank whose total is largest in that iteration), mean over the "
-    "20% of iterations whose totals lie nearest the median, so they sum to the total (Σ/total; a row outside "
+    "iterations nearest the median total (the median one(s), then those within 1% of it, 20% at most), so they sum "
+    "to the total (Σ/total; a row outside "
     "1 +- 0.02 fails); "
     "<phase>_max_us in the JSON is each phase's max over ranks. total = whole forward, median (p20, p80, p99) of "
     "the critical rank; configurations of a batch run interleaved over rounds. Cold weights: every call reads "
