@@ -224,13 +224,15 @@ def dynamic_experts(
 ) -> tuple[torch.Tensor, KernelStats]:
     """Exact-segment experts. Returns (y_TH in x's dtype, stats); no padded rows in memory."""
     _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
-    meter, A = MemoryMeter(x_TH.device), routing.num_assignments
+    meter = MemoryMeter(x_TH.device)
     if impl == "triton":
         y_TH = _experts_triton(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
         executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
     else:
-        cpu = x_TH.device.type == "cpu"
-        experts = _experts_torch_gpu if not cpu else _experts_torch_host if A <= HOST_ROWS else _experts_torch_cpu
+        if x_TH.device.type != "cpu":
+            experts = _experts_torch_gpu
+        else:
+            experts = _experts_torch_host if routing.num_assignments <= HOST_ROWS else _experts_torch_cpu
         y_TH = experts(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
         executed = routing.num_kept
     stats = KernelStats(
