@@ -218,9 +218,14 @@ def add_skew(p, default: str, gate: bool) -> None:
     kind = skew_or_gate_list if gate else skew_list
     real = "gate (the real router), " if gate else ""
     p.add_argument("--skew", type=kind, default=kind(default), help=f"list: {real}{grammar()}")
+    p.add_argument("--trace", action="append", default=[], metavar="FILE",
+                   help="replay a routing trace (repeatable): adds trace:FILE to --skew")  # fmt: skip
 
 
 def check_skews(args) -> None:
+    """--skew needs a value; each --trace FILE joins the list as trace:FILE (a bad file: one line)."""
+    args.skew = [*args.skew, *(parse_skew(f"trace:{file}") for file in getattr(args, "trace", []))]
+    args.trace = []
     if not args.skew:
         raise ValueError("--skew needs at least one value")
 

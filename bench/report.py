@@ -172,6 +172,9 @@ def emit(args, meta: dict, rows: Sequence[dict], markdown: str) -> None:
             console.print(f"wrote {path}")
 
 
+WHERE_FIELDS = ("size", "batch", "tokens", "algo", "kernel", "router", "placement", "skew")  # name a wrong row
+
+
 def exit_status(rows: Sequence[dict], say: bool = True) -> int:
     """1 when any row is wrong (`wrong` > 0 or `correct` False) or its traffic differs from its schedule; else 0.
     Says which rows on stderr (where `say`: rank 0)."""
@@ -180,7 +183,11 @@ def exit_status(rows: Sequence[dict], say: bool = True) -> int:
     for r in bad if say else []:
         what = "traffic differs from its schedule" if r.get("schedule_matches") is False else "WRONG result"
         what = "phases do not add up to the total" if r.get("phases_add_up") is False else what
-        where = ", ".join(f"{k}={r[k]}" for k in ("size", "batch", "tokens", "algo", "kernel") if k in r)
+        where = ", ".join(
+            f"{k}={r[k]}"
+            for k in ("size", "batch", "tokens", "algo", "kernel", "router", "placement", "skew")
+            if k in r
+        )
         print(f"moebench: {what}: {where}", file=sys.stderr, flush=True)
     return 1 if bad else 0
 

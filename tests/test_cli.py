@@ -52,10 +52,12 @@ def test_every_flag_has_one_spelling_in_every_subcommand():
     for dest, spelled in SPELLINGS.items():
         assert set(spellings[dest].values()) == {spelled}, dest
     users = {dest: sorted(by_command) for dest, by_command in spellings.items()}
-    assert users["iters"] == users["warmup"] == users["seed"] == sorted(["calibrate", "collectives", "kernels", "moe"])
-    assert users["json"] == users["save"] == users["tag"] == sorted(["calibrate", "collectives", "kernels", "moe",
-                                                                      "project"])  # fmt: skip
-    assert set(users["batch"]) == {"kernels", "moe"} and set(users["skew"]) >= {"collectives", "kernels", "moe"}
+    assert users["iters"] == users["warmup"] == sorted(["calibrate", "collectives", "kernels", "moe"])
+    assert users["seed"] == sorted(["balance", "calibrate", "collectives", "kernels", "moe"])
+    assert users["json"] == users["save"] == users["tag"] == sorted(["balance", "calibrate", "collectives", "kernels",
+                                                                      "moe", "project"])  # fmt: skip
+    assert set(users["batch"]) == {"balance", "kernels", "moe"}
+    assert set(users["skew"]) >= {"balance", "collectives", "kernels", "moe"}
 
 
 def test_kernels_takes_tokens_as_an_alias_of_batch():

@@ -151,8 +151,11 @@ SKEW_SPECS = [
 ]  # fmt: skip
 
 
+CLUSTER_SKEWS = {"nodeskew", "trace"}  # need the cluster's shape or a file: tests/test_balance.py covers them
+
+
 def test_every_registered_skew_is_covered():
-    assert {skews.parse_skew(spec).kind for spec in SKEW_SPECS} == set(skews.SKEWS)
+    assert {skews.parse_skew(spec).kind for spec in SKEW_SPECS} | CLUSTER_SKEWS == set(skews.SKEWS)
 
 
 @pytest.mark.parametrize("skew", SKEW_SPECS)
@@ -181,7 +184,19 @@ def test_hot_fraction_and_shift():
 
 
 @pytest.mark.parametrize(
-    "spec", ["lognormal", "lognormal:-1", "lognormal:nan", "sticky:1.5", "sticky:x", "uniform:1", "nodeskew:2"]
+    "spec",
+    [
+        "lognormal",
+        "lognormal:-1",
+        "lognormal:nan",
+        "sticky:1.5",
+        "sticky:x",
+        "uniform:1",
+        "nodeskew:-1",
+        "nodeskew",
+        "trace",
+        "hot",
+    ],
 )
 def test_bad_skews(spec):
     with pytest.raises(ValueError, match=re.escape(f"bad --skew {spec!r}; expected uniform, zipf:S")):

@@ -12,6 +12,7 @@ SUBCOMMANDS = {
     "collectives": "moebench.bench.commands.collectives",
     "kernels": "moebench.bench.commands.kernels",
     "moe": "moebench.bench.commands.moe",
+    "balance": "moebench.bench.commands.balance",
     "calibrate": "moebench.bench.commands.calibrate",
     "project": "moebench.bench.commands.project",
     "cluster": "moebench.bench.commands.cluster",

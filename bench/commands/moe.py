@@ -118,7 +118,8 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     group_seed = cfg.seed * 1000 + comm.rank // comm.tp.size
     x_TH = make_tokens(T, cfg.preset.H, cfg.dtype, "cpu", seed=group_seed)
     batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
-    forced = [moe.forced_routing(skew, T, cfg.preset, group_seed, b) for b in batches]
+    group, layout = comm.rank // comm.tp.size, (comm.world_size, comm.topology.ranks_per_node)
+    forced = [moe.forced_routing(skew, T, cfg.preset, group_seed, b, group, layout) for b in batches]
     y_ref_TH = moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0])
     return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH)
 

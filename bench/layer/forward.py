@@ -30,7 +30,7 @@ import torch
 
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.skews import sample_topk
-from moebench.bench.layer.workloads import make_expert_weights
+from moebench.bench.layer.workloads import make_expert_weights, make_router_weights
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.comm import from_numpy
 from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
@@ -81,8 +81,7 @@ def make_weights(preset: Preset, dtype, device, seed: int, first_expert: int = 0
     num_local = preset.E if num_local is None else num_local
     local = slice(first_expert, first_expert + num_local)
     experts = [w[local].contiguous() for w in make_expert_weights(preset, dtype, "cpu", seed)]
-    gen = torch.Generator().manual_seed(seed + 7)
-    w_router_HE = torch.randn(preset.H, preset.E, generator=gen) / preset.H**0.5
+    w_router_HE = make_router_weights(preset, seed)
     return MoeWeights(*(w.to(device=device, dtype=dtype) for w in (w_router_HE, *experts)), first_expert)
 
 
@@ -283,8 +282,9 @@ def dense_forward(x_TH, w_gate, w_up, w_down):
     return rows_matmul(h_TW, w_down)
 
 
-def forced_routing(skew, T: int, preset: Preset, seed: int, batch: int = 0):
-    """(ids_Tk, weights_Tk) from a forced distribution (a Skew), or None for the real gate ("gate")."""
+def forced_routing(skew, T: int, preset: Preset, seed: int, batch: int = 0, part: int = 0, layout=(0, 0)):
+    """(ids_Tk, weights_Tk) from a forced distribution (a Skew), or None for the real gate ("gate"). part: which
+    rank (TP group) draws (a trace's tokens); layout: (P, G), the cluster's shape (nodeskew)."""
     if skew.kind == "gate":
         return None
-    return sample_topk(skew, T, preset.E, preset.k, seed=seed, batch=batch)
+    return sample_topk(skew, T, preset.E, preset.k, seed=seed, batch=batch, part=part, layout=layout)

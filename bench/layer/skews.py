@@ -11,13 +11,17 @@ Every kind gives top-k ids with k *distinct* experts per token:
 - shift or shift:F: hot:F (F = 0.8 by default) whose hot set moves by one set-width per batch index;
 - sticky or sticky:P: hot:0.8 whose hot set is a Markov chain over batches: it stays the previous batch's
   with probability P (0.9 by default) and is redrawn at random otherwise (the temporal locality of decoding:
-  consecutive batches reuse experts).
+  consecutive batches reuse experts);
+- nodeskew:S: balanced across nodes, skewed across the ranks of a node: the experts that the first rank of
+  each node holds (under the contiguous placement) are (1 + S) times as popular as the others; needs the
+  cluster's shape (P ranks, G per node), so only the multi-rank benchmarks (moe, balance) take it;
+- trace:FILE[@L]: replay a recorded routing trace (layer.traces: the format, and which tokens a rank gets).
 Popular experts are chosen sampling without replacement (Gumbel top-k over log-popularity). Combine weights
 are a softmax over k seeded normal logits, in descending order. Where a layer has a real router, `gate`
 names it instead (`parse_skew(spec, allow_gate=True)`).
 
 A kind is one `SkewKind` entry: its parameter (parsed and checked), whether it changes between batches, and
-its sampler `(T, E, k, param, gen, popular_E, seed, batch) -> ids_Tk`.
+its sampler `(ctx: Draw) -> ids_Tk` (or (ids_Tk, weights_Tk) where the kind has its own weights).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from moebench.bench.layer import traces
+
 
 @dataclass(frozen=True)
 class Skew:
@@ -35,10 +41,34 @@ class Skew:
 
     kind: str
     param: float = 0.0
+    source: str = ""  # trace:FILE[@L]: the file (and layer)
 
     def __str__(self) -> str:
+        if self.source:
+            return f"{self.kind}:{self.source}"
         spec = SKEWS.get(self.kind)
         return self.kind if spec is None or spec.check is None else f"{self.kind}:{self.param:g}"
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What a sampler draws from: T tokens, E experts, k per token, the skew's param (and source), the batch's
+    generator, the seed's expert popularity order popular_E [E], the seed, the batch index, the rank part
+    (which of the cluster's ranks draws: traces give each its own tokens) and the cluster's shape (P ranks,
+    G per node; 0 where unknown)."""
+
+    T: int
+    E: int
+    k: int
+    param: float
+    gen: torch.Generator
+    popular_E: torch.Tensor
+    seed: int
+    batch: int
+    part: int = 0
+    source: str = ""
+    num_ranks: int = 0
+    ranks_per_node: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,7 +78,7 @@ class SkewKind:
     grammar: how it is written (for errors and --help); check(param) -> bool: whether a value is valid (None:
     the kind takes no value); default: the value when written bare (None: a value is required, or none taken);
     varies_by_batch: whether the batch index changes the distribution (the layer then draws one per iteration);
-    sample(T, E, k, param, gen, popular_E, seed, batch) -> ids_Tk [T, k] int64, distinct per token.
+    sample(draw: Draw) -> ids_Tk [T, k] int64, distinct per token, or (ids_Tk, weights_Tk or None).
     """
 
     grammar: str
@@ -97,13 +127,13 @@ def _mask(E: int, experts) -> torch.Tensor:
     return hot_E
 
 
-def _uniform(T, E, k, param, gen, popular_E, seed, batch):
-    return _by_popularity(torch.zeros(E, dtype=torch.float64), T, k, gen)
+def _uniform(d: Draw):
+    return _by_popularity(torch.zeros(d.E, dtype=torch.float64), d.T, d.k, d.gen)
 
 
-def _zipf(T, E, k, param, gen, popular_E, seed, batch):
-    log_p_E = -param * torch.log(torch.arange(1, E + 1, dtype=torch.float64))
-    return popular_E[_by_popularity(log_p_E, T, k, gen)]
+def _zipf(d: Draw):
+    log_p_E = -d.param * torch.log(torch.arange(1, d.E + 1, dtype=torch.float64))
+    return d.popular_E[_by_popularity(log_p_E, d.T, d.k, d.gen)]
 
 
 def lognormal_log_popularity(E: int, sigma: float, seed: int) -> torch.Tensor:
@@ -112,18 +142,18 @@ def lognormal_log_popularity(E: int, sigma: float, seed: int) -> torch.Tensor:
     return sigma * z_E
 
 
-def _lognormal(T, E, k, param, gen, popular_E, seed, batch):
-    return _by_popularity(lognormal_log_popularity(E, param, seed), T, k, gen)
+def _lognormal(d: Draw):
+    return _by_popularity(lognormal_log_popularity(d.E, d.param, d.seed), d.T, d.k, d.gen)
 
 
-def _hot(T, E, k, param, gen, popular_E, seed, batch):
-    return _hot_ids(T, E, k, param, _mask(E, popular_E[: hot_set_size(E, k)]), gen)
+def _hot(d: Draw):
+    return _hot_ids(d.T, d.E, d.k, d.param, _mask(d.E, d.popular_E[: hot_set_size(d.E, d.k)]), d.gen)
 
 
-def _shift(T, E, k, param, gen, popular_E, seed, batch):
-    n_hot = hot_set_size(E, k)
-    start = (batch * n_hot) % E
-    return _hot_ids(T, E, k, param, _mask(E, popular_E[(start + torch.arange(n_hot)) % E]), gen)
+def _shift(d: Draw):
+    n_hot = hot_set_size(d.E, d.k)
+    start = (d.batch * n_hot) % d.E
+    return _hot_ids(d.T, d.E, d.k, d.param, _mask(d.E, d.popular_E[(start + torch.arange(n_hot)) % d.E]), d.gen)
 
 
 STICKY_HOT_FRACTION = 0.8
@@ -142,9 +172,27 @@ def sticky_hot_sets(E: int, k: int, stay: float, seed: int, batches: int) -> lis
     return sets
 
 
-def _sticky(T, E, k, param, gen, popular_E, seed, batch):
-    hot_set = sticky_hot_sets(E, k, param, seed, batch + 1)[-1]
-    return _hot_ids(T, E, k, STICKY_HOT_FRACTION, _mask(E, hot_set), gen)
+def _sticky(d: Draw):
+    hot_set = sticky_hot_sets(d.E, d.k, d.param, d.seed, d.batch + 1)[-1]
+    return _hot_ids(d.T, d.E, d.k, STICKY_HOT_FRACTION, _mask(d.E, hot_set), d.gen)
+
+
+def nodeskew_log_popularity(E: int, num_ranks: int, ranks_per_node: int, skew: float) -> torch.Tensor:
+    """log popularity [E] of nodeskew:S: log(1 + S) for the experts of each node's first rank (contiguous)."""
+    if num_ranks < 1 or ranks_per_node < 1 or num_ranks % ranks_per_node or E % num_ranks:
+        raise ValueError("nodeskew needs the cluster's shape: P ranks (dividing E), G per node (dividing P); "
+                         "only the multi-rank benchmarks (moe, balance) take it")  # fmt: skip
+    first_of_node_E = (torch.arange(E) // (E // num_ranks)) % ranks_per_node == 0
+    return torch.where(first_of_node_E, math.log1p(skew), 0.0).double()
+
+
+def _nodeskew(d: Draw):
+    return _by_popularity(nodeskew_log_popularity(d.E, d.num_ranks, d.ranks_per_node, d.param), d.T, d.k, d.gen)
+
+
+def _trace(d: Draw):
+    file, layer = traces.split_spec(d.source)
+    return traces.replay(traces.load_trace(file), layer, d.T, d.E, d.k, d.batch, d.part, d.gen)
 
 
 def _fraction(value: float) -> bool:
@@ -158,6 +206,8 @@ SKEWS: dict[str, SkewKind] = {
     "hot": SkewKind("hot:F (0 <= F <= 1)", _hot, check=_fraction),
     "shift": SkewKind("shift[:F] (0 <= F <= 1, default 0.8)", _shift, _fraction, 0.8, varies_by_batch=True),
     "sticky": SkewKind("sticky[:P] (0 <= P <= 1, default 0.9)", _sticky, _fraction, 0.9, varies_by_batch=True),
+    "nodeskew": SkewKind("nodeskew:S (S >= 0)", _nodeskew, check=lambda s: 0 <= s < math.inf),
+    "trace": SkewKind("trace:FILE[@LAYER]", _trace, varies_by_batch=True),
 }
 
 
@@ -171,7 +221,10 @@ def parse_skew(spec: str, allow_gate: bool = False) -> Skew:
     name, colon, value = spec.partition(":")
     if name == "gate" and allow_gate and not colon:
         return Skew("gate")
-    kind = SKEWS.get(name)
+    if name == "trace" and value:
+        traces.load_trace(traces.split_spec(value)[0])  # a bad file fails here, in one line
+        return Skew("trace", source=value)
+    kind = SKEWS.get(name) if name != "trace" else None
     if kind is not None:
         if not colon and (kind.check is None or kind.default is not None):
             return Skew(name, kind.default or 0.0)
@@ -192,11 +245,19 @@ def varies_by_batch(skew: Skew) -> bool:
 
 
 def sample_topk(
-    skew: Skew | str, num_tokens: int, num_experts: int, k: int, seed: int = 0, batch: int = 0
+    skew: Skew | str,
+    num_tokens: int,
+    num_experts: int,
+    k: int,
+    seed: int = 0,
+    batch: int = 0,
+    part: int = 0,
+    layout: tuple[int, int] = (0, 0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced routing: (topk_ids_Tk int64 [T, k] with distinct experts per token, topk_weights_Tk fp32 [T, k]).
 
-    Deterministic in (skew, T, E, k, seed, batch); `batch` moves the hot set of "shift" and "sticky" and reseeds.
+    Deterministic in (skew, T, E, k, seed, batch, part); `batch` moves the hot set of "shift" and "sticky" and
+    reseeds; `part` (the drawing rank) picks a trace's tokens; layout (P, G) is the cluster's shape (nodeskew).
     """
     skew = parse_skew(skew) if isinstance(skew, str) else skew
     assert skew.kind != "gate", "the real router is the layer's, not a forced distribution"
@@ -205,6 +266,10 @@ def sample_topk(
     T, E = num_tokens, num_experts
     gen = _generator(seed, batch)
     popular_E = torch.randperm(E, generator=_generator(seed, 0))  # which experts are popular: fixed per seed
-    ids_Tk = SKEWS[skew.kind].sample(T, E, k, skew.param, gen, popular_E, seed, batch)
-    logits_Tk = torch.randn(T, k, generator=gen).sort(dim=-1, descending=True).values
-    return ids_Tk.long(), torch.softmax(logits_Tk, dim=-1)
+    draw = Draw(T, E, k, skew.param, gen, popular_E, seed, batch, part, skew.source, *layout)
+    ids_Tk = SKEWS[skew.kind].sample(draw)
+    ids_Tk, weights_Tk = ids_Tk if isinstance(ids_Tk, tuple) else (ids_Tk, None)
+    if weights_Tk is None:
+        logits_Tk = torch.randn(T, k, generator=gen).sort(dim=-1, descending=True).values
+        weights_Tk = torch.softmax(logits_Tk, dim=-1)
+    return ids_Tk.long(), weights_Tk.float()

@@ -33,6 +33,12 @@ def make_expert_weights(
     return tuple(w.to(device=device, dtype=dtype) for w in (w_gate_EHF, w_up_EHF, w_down_EFH))
 
 
+def make_router_weights(preset: Preset, seed: int = 0) -> torch.Tensor:
+    """w_router_HE fp32 [H, E], normal / sqrt(H), drawn on the CPU from `seed` (the layer's gate)."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    return torch.randn(preset.H, preset.E, generator=gen) / preset.H**0.5
+
+
 def make_tokens(
     num_tokens: int, hidden: int, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", seed: int = 0
 ) -> torch.Tensor:

@@ -1,0 +1,220 @@
+# E = experts, k = experts per token, P = ranks, G = ranks per node, R = redundant experts, W = batches per window
+"""Expert-parallel load balance, exactly (no timing): every router x placement x workload on a simulated cluster.
+
+    moebench balance --model deepseek-v3-tiny --ranks 4 --ranks-per-node 2 --skew zipf:1.2,lognormal:1.0 \\
+        --redundant 32 --window 4 --json balance.json
+
+Single process. Placements are fit on one window of W batches and measured on the next (`--eval-window
+same`: on the fit window). The figures and their invariants are bench/layer/balance.py's; a row whose
+invariants fail is printed and the run exits 1. `--record-trace FILE` writes the topk gate's routing of the
+first workload (fit and next windows, every rank's tokens in rank order per step) as a routing trace;
+`--trace FILE` adds a trace to the workloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from moebench.bench import options, report
+from moebench.bench.layer import balance, traces
+from moebench.bench.layer.placements import PLACEMENTS, check_shape
+from moebench.bench.layer.presets import get_preset
+from moebench.bench.layer.skews import Skew
+from moebench.kernels import route
+from moebench.kernels.routers import ROUTERS, parse_router
+from moebench.kernels.routers import grammar as router_grammar
+
+SWITCH_DROP_PCT = 1.0  # Switch Transformer (Fedus et al., 2021): < 1% of tokens dropped at capacity factor 1.25
+SWITCH_CF = 1.25
+COLUMNS = [
+    "router", "placement", "skew", "R", "window", "max/mean rank", "max/mean node", "max/mean expert", "drop %",
+    "rerouted %", "gate mass", "out dev", "local KB", "intra KB", "inter KB", "extra weight MB", "ok",
+]  # fmt: skip
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    options.add_model(p)
+    p.set_defaults(model="deepseek-v3-tiny")
+    p.add_argument("--ranks", type=int, default=4, help="P: ranks of the simulated cluster")
+    p.add_argument("--ranks-per-node", type=int, default=2, help="G: ranks per node")
+    options.add_batch(p, "64")
+    p.add_argument("--batch-spread", type=float, default=0.0,
+                   help="each rank's batch drawn uniformly in T * (1 +- spread) per batch (0: all T)")  # fmt: skip
+    options.add_skew(p, "gate,zipf:1.2,lognormal:1.0", gate=True)
+    p.add_argument("--routers", type=options.str_list, default=None,
+                   help=f"comma list: {router_grammar()} (default: all; topk-switch:k/2 where k > 1)")  # fmt: skip
+    options.add_names(p, "--placements", PLACEMENTS, PLACEMENTS, "placements")
+    p.add_argument("--redundant", type=int, default=None,
+                   help="R: redundant experts of eplb / hierarchical (default: E/8 rounded to P, >= P)")  # fmt: skip
+    p.add_argument("--window", type=int, default=4, help="W: batches in the fit window (and in the next)")
+    p.add_argument("--eval-window", choices=("next", "same"), default="next",
+                   help="measure on the window after the fit (next) or on the fit window (same)")  # fmt: skip
+    p.add_argument("--capacity-factor", type=options.capacity_factor_list, default=[1.25],
+                   help="one value: capacity = ceil(cf * T * k / E) per expert per rank; none = no drops")  # fmt: skip
+    options.add_dtype(p, "bfloat16")
+    p.add_argument("--record-trace", default=None, metavar="FILE", help="write the topk gate's routing as a trace")
+    options.add_seed(p)
+    options.add_output(p)
+
+
+def default_routers(k: int) -> list[str]:
+    names = []
+    for name, kind in ROUTERS.items():
+        if kind.check is None:
+            names.append(name)
+        elif kind.default is not None:
+            names.append(f"{name}:{kind.default:g}")
+        elif name == "topk-switch" and k > 1:
+            names.append(f"{name}:{max(1, k // 2)}")
+    return names
+
+
+def default_redundant(E: int, P: int) -> int:
+    return max(P, round(E / 8 / P) * P)
+
+
+def parse_config(args) -> balance.BalanceConfig:
+    """Every check before any work: ValueError (one line) on bad input."""
+    preset = get_preset(args.model)
+    P, G = args.ranks, args.ranks_per_node
+    if P < 1 or G < 1 or P % G:
+        raise ValueError(f"--ranks {P} must be a positive multiple of --ranks-per-node {G}")
+    if preset.E % P:
+        raise ValueError(f"{preset.name} has E={preset.E} experts, not divisible by P={P} ranks")
+    options.check_batch(args)
+    if len(args.batch) != 1:
+        raise ValueError("balance takes one --batch (tokens per rank)")
+    if not 0 <= args.batch_spread < 1:
+        raise ValueError(f"--batch-spread must be in [0, 1), got {args.batch_spread}")
+    if args.window < 1:
+        raise ValueError(f"--window must be >= 1 batch, got {args.window}")
+    if len(args.capacity_factor) != 1:
+        raise ValueError("balance takes one --capacity-factor")
+    routers = [parse_router(r) for r in (args.routers or default_routers(preset.k))]
+    for r in routers:
+        if r.kind == "topk-switch" and not 1 <= r.param < preset.k:
+            raise ValueError(f"{r}: needs 1 <= K2 < k = {preset.k} ({preset.name})")
+    if not routers:
+        raise ValueError("--routers needs at least one router")
+    options.check_names(args.placements, PLACEMENTS, "placement")
+    R = default_redundant(preset.E, P) if args.redundant is None else args.redundant
+    for name in args.placements:
+        if PLACEMENTS[name].replicates:
+            check_shape(preset.E, P, G, R, per_node=name == "hierarchical")
+    options.check_skews(args)
+    elem_bytes = torch.finfo(options.resolve_dtype(args.dtype, torch.device("cpu"))).bits // 8
+    return balance.BalanceConfig(preset, P, G, args.batch[0], args.skew, routers, args.placements, R, args.window,
+                                 args.eval_window, args.capacity_factor[0], elem_bytes, args.seed,
+                                 args.batch_spread)  # fmt: skip
+
+
+def record(cfg: balance.BalanceConfig, skew: Skew, path: str, argv: list[str]) -> None:
+    """The topk gate's routing of `skew` over the fit and next windows, one step per batch, as a trace."""
+    p = cfg.preset
+    w_router_HE = balance.make_router_weights(p, cfg.seed)
+    steps_ids, steps_weights = [], []
+    for b in range(2 * cfg.window):
+        routings = [route(r.logits_TE, p.k) for r in balance.make_batch(cfg, skew, w_router_HE, b)]
+        steps_ids.append(torch.cat([r.topk_ids_Tk for r in routings]))
+        steps_weights.append(torch.cat([r.topk_weights_Tk for r in routings]))
+    source = (f"moebench balance, the topk gate on workload {skew}, seed {cfg.seed}, {cfg.num_ranks} ranks x "
+              f"{cfg.tokens} tokens per step (rank order): {' '.join(argv)}")  # fmt: skip
+    traces.write_trace(path, traces.trace_document(steps_ids, steps_weights, p.E, p.k, p.name, source))
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _table_row(r: dict) -> list:
+    return [
+        r["router"], r["placement"], r["skew"], r["redundant"], r["window"], r["max_mean_rank"], r["max_mean_node"],
+        r["max_mean_expert"], r["dropped_pct"], r["rerouted_pct"], r["gate_mass"], r["out_dev"],
+        r["local_bytes"] / 1e3, r["intra_bytes"] / 1e3, r["inter_bytes"] / 1e3, r["extra_weight_bytes"] / 1e6,
+        "yes" if r["correct"] else f"NO: {r['problems']}",
+    ]  # fmt: skip
+
+
+def _find(rows, **want):
+    return next((r for r in rows if all(r.get(k) == v for k, v in want.items())), None)
+
+
+def summary_lines(rows: list[dict], cfg_meta: dict) -> list[str]:
+    """The comparisons the issue asks for, each beside its number (measured; nothing asserted here)."""
+    lines = []
+    skews = dict.fromkeys(r["skew"] for r in rows)
+    for skew in skews:
+        base = _find(rows, router="topk", placement="contiguous", skew=skew)
+        for name in ("eplb", "hierarchical"):
+            other = _find(rows, router="topk", placement=name, skew=skew)
+            if base and other:
+                before, after = base["max_mean_rank"] - 1, other["max_mean_rank"] - 1
+                cut = f"{before / after:.2f}x less" if after > 0 else "all of it"
+                lines.append(f"{skew}: {name} R={other['redundant']} excess rank imbalance (max/mean - 1) "
+                             f"{after:.3f} vs contiguous {before:.3f} ({cut}), {other['window']} window")  # fmt: skip
+        flat, hier = _find(rows, router="topk", placement="eplb", skew=skew), \
+            _find(rows, router="topk", placement="hierarchical", skew=skew)  # fmt: skip
+        if flat and hier and cfg_meta["P"] > cfg_meta["G"]:
+            lines.append(f"{skew}: inter-node dispatch KB per batch hierarchical {hier['inter_bytes'] / 1e3:.1f} vs "
+                         f"eplb {flat['inter_bytes'] / 1e3:.1f} (max/mean rank {hier['max_mean_rank']:.3f} vs "
+                         f"{flat['max_mean_rank']:.3f})")  # fmt: skip
+        topk, aware = _find(rows, router="topk", skew=skew), _find(rows, router="capacity-aware", skew=skew)
+        if topk and aware:
+            lines.append(f"{skew}: capacity-aware drops {aware['dropped_pct']:.2f}% (rerouted "
+                         f"{aware['rerouted_pct']:.2f}%) where topk drops {topk['dropped_pct']:.2f}% at cf "
+                         f"{topk['capacity_factor']}")  # fmt: skip
+        if topk and topk["capacity_factor"] == SWITCH_CF and skew in ("uniform", "gate"):
+            lines.append(f"{skew}: Switch Transformer reports < {SWITCH_DROP_PCT:g}% dropped at cf {SWITCH_CF} "
+                         f"(balanced routing); here topk drops {topk['dropped_pct']:.2f}% "
+                         f"({cfg_meta['tokens']} tokens per rank, E={cfg_meta['E']}, k={cfg_meta['k']})")  # fmt: skip
+    return lines
+
+
+def title(meta: dict) -> str:
+    tiny = " [TINY: H, F scaled down]" if meta["model"].endswith("-tiny") else ""
+    return (f"load balance — {meta['model']}{tiny}, P={meta['P']} (G={meta['G']}), {meta['tokens']} tokens per rank, "
+            f"cf {meta['capacity_factor']}, W={meta['window']} batches, {meta['dtype']} rows")  # fmt: skip
+
+
+CAPTION = (
+    "Exact counts, no timing. Each rank routes its own tokens (per-rank capacity). Placements are fit on the fit "
+    "window's load and measured on the `window` column's window. max/mean rank (node, expert): the busiest "
+    "rank's (node's, logical expert's) kept assignments / the mean, per batch, averaged over the window. drop % "
+    "and rerouted %: of the gate's T*k assignments. gate mass: the gate probability (softmax over all E) the kept "
+    "assignments carry / what the gate's top k carry. out dev: ||y - y_ref|| / ||y_ref||, y_ref the dropless topk "
+    "output (a proxy, not a quality claim). local / intra / inter KB: dispatch bytes per batch that stay on the "
+    "rank / cross ranks in a node / cross nodes (row = H * elem + 8 B; combine returns the same). Dispatch sends "
+    "each assignment to its expert's least-loaded replica so far in the batch (ties: the source's node). extra "
+    "weight MB: replica weights the fullest rank holds beyond its E/P experts. ok: every invariant held."
+)
+
+
+def render(data: dict, path) -> None:
+    report.print_table(report.stored_title(data, path), COLUMNS, [_table_row(r) for r in data["rows"]])
+
+
+def run(args) -> int:
+    cfg = parse_config(args)
+    p = cfg.preset
+    meta = report.base_meta("balance", sys.argv) | {
+        "tag": args.tag, "model": p.name, "H": p.H, "F": p.F, "E": p.E, "k": p.k, "P": cfg.num_ranks,
+        "G": cfg.ranks_per_node, "tokens": cfg.tokens, "batch_spread": cfg.batch_spread, "window": cfg.window,
+        "eval_window": cfg.eval_window, "capacity_factor": cfg.capacity_factor, "redundant": cfg.redundant,
+        "dtype": args.dtype, "seed": cfg.seed,
+    }  # fmt: skip
+    if args.record_trace:
+        record(cfg, cfg.skews[0], args.record_trace, sys.argv[1:])
+        report.console.print(f"wrote trace {args.record_trace}")
+    rows = balance.study(cfg)
+    table = [_table_row(r) for r in rows]
+    report.print_table(title(meta), COLUMNS, table, CAPTION)
+    lines = summary_lines(rows, meta)
+    for line in lines:
+        report.console.print(line)
+    meta["summary"] = lines
+    markdown = f"## {title(meta)}\n\n" + report.rows_to_markdown(COLUMNS, table, CAPTION)
+    markdown += "\n" + "".join(f"- {line}\n" for line in lines)
+    report.emit(args, meta, rows, markdown)
+    return report.exit_status(rows)

@@ -1,0 +1,86 @@
+# E = experts, R = redundant experts, S = E + R slots, P = ranks, G = ranks per node, A = assignments
+"""The Placement every placement module returns, and the shape check they share (see placements/__init__)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+
+@dataclass(frozen=True)
+class Placement:
+    """expert_S: the expert of each slot; rank_S: the rank holding it (slots of a rank are contiguous, in rank
+    order); num_ranks P, ranks_per_node G, num_experts E."""
+
+    name: str
+    expert_S: tuple[int, ...]
+    rank_S: tuple[int, ...]
+    num_ranks: int
+    ranks_per_node: int
+    num_experts: int
+
+    @property
+    def redundant(self) -> int:
+        return len(self.expert_S) - self.num_experts
+
+    @cached_property
+    def slots_E(self) -> list[list[int]]:
+        """The slots (replicas) of each expert."""
+        slots = [[] for _ in range(self.num_experts)]
+        for s, e in enumerate(self.expert_S):
+            slots[e].append(s)
+        return slots
+
+    @cached_property
+    def experts_P(self) -> list[list[int]]:
+        """The experts each rank holds, in slot order (its local expert ids 0.. index this list)."""
+        held = [[] for _ in range(self.num_ranks)]
+        for e, r in zip(self.expert_S, self.rank_S):
+            held[r].append(e)
+        return held
+
+    def node_of(self, rank: int) -> int:
+        return rank // self.ranks_per_node
+
+    def dispatch(self, expert_A: torch.Tensor, source_rank_A: torch.Tensor) -> torch.Tensor:
+        """int64 [A]: the slot each assignment goes to (see the module doc for the choice); expert_A and
+        source_rank_A int64 [A]. The destination rank is rank_S[slot]."""
+        slots_E = self.slots_E
+        single_E = torch.tensor([s[0] if len(s) == 1 else -1 for s in slots_E], dtype=torch.int64)
+        slot_A = single_E[expert_A] if expert_A.numel() else expert_A.clone()
+        replicated = (slot_A < 0).nonzero().view(-1).tolist()
+        if replicated:
+            experts, sources = expert_A[replicated].tolist(), source_rank_A[replicated].tolist()
+            load_S = [0] * len(self.expert_S)
+            for a, e, src in zip(replicated, experts, sources):
+                node = self.node_of(src)
+                best = min(slots_E[e], key=lambda s: (load_S[s], self.node_of(self.rank_S[s]) != node, s))
+                load_S[best] += 1
+                slot_A[a] = best
+        return slot_A
+
+    def rank_of_slots(self, slot_A: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.rank_S, dtype=torch.int64)[slot_A]
+
+    def extra_slots_per_rank(self) -> int:
+        """Slots a rank holds beyond E / P (the most over ranks): the replicas' weight memory."""
+        return max(len(h) for h in self.experts_P) - self.num_experts // self.num_ranks
+
+
+def check_shape(num_experts: int, num_ranks: int, ranks_per_node: int, redundant: int, per_node: bool) -> None:
+    """ValueError (one line) unless the slots divide evenly: (E + R) % P == 0, P % G == 0, R >= 0, and for a
+    per-node placement E % N == 0 and R % N == 0; and unless the replicas fit one per rank (per node: its G)."""
+    E, P, G, R = num_experts, num_ranks, ranks_per_node, redundant
+    if P < 1 or G < 1 or P % G:
+        raise ValueError(f"ranks {P} must be a positive multiple of ranks per node {G}")
+    if R < 0 or (E + R) % P:
+        raise ValueError(f"E + R = {E} + {R} slots must be a multiple of P = {P} (and R >= 0)")
+    N = P // G
+    if per_node and (E % N or R % N):
+        raise ValueError(f"hierarchical needs E = {E} and R = {R} to be multiples of the {N} nodes")
+    most = E * (G - 1) if per_node else E * (P - 1)  # an expert has at most one replica per rank it may use
+    if most < R:
+        where = f"{G} ranks per node" if per_node else f"{P} ranks"
+        raise ValueError(f"R = {R} redundant experts do not fit {where}: at most {most} (one replica per rank)")
