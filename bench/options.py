@@ -246,6 +246,23 @@ def add_names(p, flag: str, registry, default, what: str) -> None:
     p.add_argument(flag, type=str_list, default=list(default), help=f"comma list of {what}: {', '.join(registry)}")
 
 
+def add_routers(p, default: str | None) -> None:
+    """--routers: routers at inference (kernels.routers.ROUTERS, `name[:PARAM]`)."""
+    from moebench.kernels.routers import grammar as router_grammar
+
+    p.add_argument("--routers", type=str_list, default=None if default is None else str_list(default),
+                   help=f"comma list: {router_grammar()}" + (f" (default {default})" if default else ""))  # fmt: skip
+
+
+def add_placements(p, default) -> None:
+    """--placements and --redundant: where experts live (bench.layer.placements.PLACEMENTS) and R replicas."""
+    from moebench.bench.layer.placements import PLACEMENTS
+
+    add_names(p, "--placements", PLACEMENTS, default, "expert placements")
+    p.add_argument("--redundant", type=int, default=None,
+                   help="R: redundant experts of the replicating placements (eplb, hierarchical)")  # fmt: skip
+
+
 def add_pairs(p) -> None:
     """--pairs: the dispatch/combine round trips of an all-to-all sweep (DISPATCH_COMBINE; none: no round trips)."""
     from moebench.collectives import DISPATCH_COMBINE

@@ -235,13 +235,14 @@ def test_one_rank_and_bad_shapes():
 
 
 def dispatch_reference(pl, expert_A, source_A):
-    """Plain loop: least-loaded replica so far, ties to the source's node, then the lower slot."""
-    load = [0] * len(pl.expert_S)
+    """Plain loop: per source rank, the replica it sent the fewest so far, ties to its node, then the lower slot."""
+    load = [[0] * len(pl.expert_S) for _ in range(pl.num_ranks)]
     out = []
     for e, src in zip(expert_A.tolist(), source_A.tolist()):
         slots = [s for s, x in enumerate(pl.expert_S) if x == e]
-        best = sorted(slots, key=lambda s: (load[s], pl.rank_S[s] // pl.ranks_per_node != src // pl.ranks_per_node, s))
-        load[best[0]] += 1
+        here = src // pl.ranks_per_node
+        best = sorted(slots, key=lambda s: (load[src][s], pl.rank_S[s] // pl.ranks_per_node != here, s))
+        load[src][best[0]] += 1
         out.append(best[0])
     return out
 
@@ -259,6 +260,10 @@ def test_dispatch_matches_a_plain_loop(name):
     assert slot_A.tolist() == dispatch_reference(pl, expert_A, source_A)
     assert torch.equal(torch.tensor(pl.expert_S)[slot_A], expert_A)
     assert pl.dispatch(expert_A[:0], source_A[:0]).numel() == 0
+    local = pl.local_index_S
+    for rank, held in enumerate(pl.experts_P):
+        mine = [s for s in range(len(pl.expert_S)) if pl.rank_S[s] == rank]
+        assert [local[s] for s in mine] == list(range(len(held))) and [pl.expert_S[s] for s in mine] == held
 
 
 # ---------------------------------------------------------------------------------------------- workloads
@@ -267,14 +272,14 @@ def test_dispatch_matches_a_plain_loop(name):
 def test_forced_logits_keep_the_forced_choice_and_the_gates_order():
     lg = logits(40, 16, 4)
     ids_Tk, w_Tk = skews.sample_topk("zipf:1.2", 40, 16, 4, seed=2)
-    forced = balance.forced_logits(lg, ids_Tk, w_Tk)
+    forced = skews.forced_logits(lg, ids_Tk, w_Tk)
     vals, top = forced.topk(4)
     assert torch.equal(top, ids_Tk)
     torch.testing.assert_close(torch.softmax(vals, -1), w_Tk, rtol=1e-5, atol=1e-6)
     rest = torch.ones_like(lg, dtype=torch.bool).scatter_(1, ids_Tk, False)
     assert torch.equal(forced[rest], lg[rest])
     all_E = skews.sample_topk("uniform", 5, 4, 4, seed=1)  # k = E: nothing left outside the choice
-    assert torch.equal(balance.forced_logits(logits(5, 4), *all_E).topk(4).indices, all_E[0])
+    assert torch.equal(skews.forced_logits(logits(5, 4), *all_E).topk(4).indices, all_E[0])
 
 
 def test_nodeskew_balances_nodes_and_skews_their_ranks():

@@ -58,6 +58,59 @@ def test_benchmark_rows_are_complete_and_correct(moe_json):
     assert max(dropped) > 0  # a hot set over capacity drops
 
 
+def test_routers_and_placements_in_the_layer(mpiexec_available, tmp_path):
+    """Every router x placement timed in the layer at P=4 (G=2), each row checked against a reference that routes
+    the same way (placements change where an expert runs, not what it computes)."""
+    out = tmp_path / "policies.json"
+    args = [
+        "-m",
+        "moebench",
+        "moe",
+        "--batch",
+        "1,8",
+        "--skew",
+        "zipf:1.2,hot:1.0",
+        "--ranks-per-node",
+        "2",
+        "--algos",
+        "flat,hierarchical",
+        "--kernels",
+        "dynamic,padded",
+        "--routers",
+        "topk,capacity-aware,topk-switch:1,hash,task:2",
+        "--placements",
+        "contiguous,eplb,hierarchical",
+        "--redundant",
+        "4",
+        "--capacity-factor",
+        "1.0",
+        "-n",
+        "2",
+        "-w",
+        "1",
+        "--warm-weights",
+        "--json",
+        str(out),
+    ]
+    result = mpirun(4, args, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["role"] == "config"]
+    assert {(r["router"], r["placement"]) for r in rows} == {
+        (router, placement) for router in ("topk", "capacity-aware", "topk-switch:1", "hash", "task:2")
+        for placement in ("contiguous", "eplb", "hierarchical")}  # fmt: skip
+    assert all(r["correct"] for r in rows)
+    by = {(r["router"], r["placement"], r["skew"], r["batch"], r["algo"], r["kernel"]): r for r in rows}
+    for key, r in by.items():
+        router, placement, skew, batch, algo, kernel = key
+        topk = by["topk", placement, skew, batch, algo, kernel]
+        if router == "topk-switch:1":  # one expert per token: at most the bytes of two
+            assert r["dispatch_bytes"] <= topk["dispatch_bytes"] and r["gate_mass"] <= topk["gate_mass"] + 1e-9
+        if router == "capacity-aware":
+            assert r["dropped_pct"] == 0 and (skew != "hot:1.0" or batch == 1 or topk["dropped_pct"] > 0)
+        assert r["redundant"] == (4 if placement != "contiguous" else 0)
+    assert "Routers and placements against topk + contiguous" in result.stdout
+
+
 def test_report_renders_stored_json(moe_json):
     result = subprocess.run([sys.executable, "-m", "moebench", "report", str(moe_json)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
@@ -88,6 +141,10 @@ BAD_MOE = [
     (2, ["--capacity-factor", "0"], "argument --capacity-factor: '0': must be > 0 or none"),
     (2, ["--algos", "coordinated:ring"], "unknown algorithm 'coordinated:ring'"),
     (2, ["--model", "mixtral-8x7b", "--batch", "1000000"], "at batch 1000000 needs about"),  # before allocating
+    (2, ["--routers", "topk-switch:2"], "needs 1 <= K2 < k = 2"),
+    (2, ["--redundant", "2"], "none of the placements contiguous holds replicas"),
+    (2, ["--placements", "eplb", "--redundant", "1"], "multiple of P = 2"),
+    (2, ["--trace", "/nonexistent/trace.json"], "cannot read it"),
 ]
 
 

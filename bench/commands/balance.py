@@ -25,7 +25,6 @@ from moebench.bench.layer.presets import get_preset
 from moebench.bench.layer.skews import Skew
 from moebench.kernels import route
 from moebench.kernels.routers import ROUTERS, parse_router
-from moebench.kernels.routers import grammar as router_grammar
 
 SWITCH_DROP_PCT = 1.0  # Switch Transformer (Fedus et al., 2021): < 1% of tokens dropped at capacity factor 1.25
 SWITCH_CF = 1.25
@@ -44,11 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-spread", type=float, default=0.0,
                    help="each rank's batch drawn uniformly in T * (1 +- spread) per batch (0: all T)")  # fmt: skip
     options.add_skew(p, "gate,zipf:1.2,lognormal:1.0", gate=True)
-    p.add_argument("--routers", type=options.str_list, default=None,
-                   help=f"comma list: {router_grammar()} (default: all; topk-switch:k/2 where k > 1)")  # fmt: skip
-    options.add_names(p, "--placements", PLACEMENTS, PLACEMENTS, "placements")
-    p.add_argument("--redundant", type=int, default=None,
-                   help="R: redundant experts of eplb / hierarchical (default: E/8 rounded to P, >= P)")  # fmt: skip
+    options.add_routers(p, None)  # default: every router (topk-switch:k/2 where k > 1)
+    options.add_placements(p, PLACEMENTS)  # --redundant default: E/8 rounded to a multiple of P, at least P
     p.add_argument("--window", type=int, default=4, help="W: batches in the fit window (and in the next)")
     p.add_argument("--eval-window", choices=("next", "same"), default="next",
                    help="measure on the window after the fit (next) or on the fit window (same)")  # fmt: skip
@@ -185,8 +181,8 @@ CAPTION = (
     "and rerouted %: of the gate's T*k assignments. gate mass: the gate probability (softmax over all E) the kept "
     "assignments carry / what the gate's top k carry. out dev: ||y - y_ref|| / ||y_ref||, y_ref the dropless topk "
     "output (a proxy, not a quality claim). local / intra / inter KB: dispatch bytes per batch that stay on the "
-    "rank / cross ranks in a node / cross nodes (row = H * elem + 8 B; combine returns the same). Dispatch sends "
-    "each assignment to its expert's least-loaded replica so far in the batch (ties: the source's node). extra "
+    "rank / cross ranks in a node / cross nodes (row = H * elem + 8 B; combine returns the same). Dispatch: each "
+    "rank sends each assignment to the replica it has sent fewest so far in the batch (ties: its node). extra "
     "weight MB: replica weights the fullest rank holds beyond its E/P experts. ok: every invariant held."
 )
 

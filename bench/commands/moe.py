@@ -25,12 +25,14 @@ from rich.progress import Progress
 from moebench.bench import options, plots, report, roofline, timing
 from moebench.bench.cli import open_comm
 from moebench.bench.layer import forward as moe
+from moebench.bench.layer.placements import PLACEMENTS, check_shape, fit_placement
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.layer.skews import Skew, varies_by_batch
 from moebench.bench.layer.workloads import make_tokens
 from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.kernels import BASELINES, EXPERT_KERNELS
+from moebench.kernels.routers import parse_router
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 PHASE_SUM_TOLERANCE = 0.02  # phases (critical rank, median band) must sum to the median total within 2%
@@ -48,6 +50,8 @@ def add_arguments(p) -> None:
     options.add_impl(p)
     options.add_skew(p, "gate", gate=True)
     options.add_capacity_factor(p, "none")
+    options.add_routers(p, "topk")
+    options.add_placements(p, ["contiguous"])
     options.add_launch(p)
     options.add_dtype(p, "auto")
     options.add_iterations(p, iters=100, warmup=3)
@@ -74,6 +78,9 @@ class Config:
     rounds: int = 5
     budget_s: float | None = None
     warm: bool = False
+    routers: tuple = (None,)  # None: the gate as trained (topk) on its fast paths
+    placements: tuple[str, ...] = ("contiguous",)
+    redundant: int = 0
 
 
 def validate(args) -> Config:
@@ -92,10 +99,22 @@ def validate(args) -> Config:
     options.check_skews(args)
     if not args.capacity_factor:
         raise ValueError("--capacity-factor needs at least one value")
+    routers = tuple(None if spec == "topk" else parse_router(spec) for spec in args.routers)
+    for router in routers:
+        if router is not None and router.kind == "topk-switch" and not 1 <= router.param < preset.k:
+            raise ValueError(f"{router}: needs 1 <= K2 < k = {preset.k} ({preset.name})")
+    options.check_names(args.placements, PLACEMENTS, "placement")
+    R = args.redundant or 0
+    G = args.ranks_per_node or P
+    for name in args.placements:
+        if PLACEMENTS[name].replicates:
+            check_shape(preset.E, P, G, R, per_node=name == "hierarchical")
+    if R and not any(PLACEMENTS[name].replicates for name in args.placements):
+        raise ValueError(f"--redundant {R}: none of the placements {', '.join(args.placements)} holds replicas")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return Config(preset, args.batch, algos, args.kernels, args.impl, args.skew, args.capacity_factor,
                   options.resolve_dtype(args.dtype, device), args.iters, args.warmup, args.seed, args.tp, args.rounds,
-                  options.budget_seconds(args), args.warm_weights)  # fmt: skip
+                  options.budget_seconds(args), args.warm_weights, routers, tuple(args.placements), R)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- one config
@@ -110,7 +129,7 @@ class Workload:
     T: int
     x_TH: torch.Tensor
     forced: list  # one forced routing per iteration (shift moves between batches), or [None]
-    y_ref_TH: torch.Tensor
+    y_ref_TH: dict  # router (None: the gate) -> the float64 reference output of this rank's tokens
 
 
 def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
@@ -120,7 +139,9 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     group, layout = comm.rank // comm.tp.size, (comm.world_size, comm.topology.ranks_per_node)
     forced = [moe.forced_routing(skew, T, cfg.preset, group_seed, b, group, layout) for b in batches]
-    y_ref_TH = moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0])
+    first_id = moe.first_token(comm, T)
+    y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id)
+                for router in cfg.routers}  # fmt: skip
     return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH)
 
 
@@ -153,7 +174,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
-def weight_copies(comm, cfg: Config, weights, dense_w, warm: bool) -> tuple[list, list, roofline.Rotation, int]:
+def weight_copies(comm, cfg: Config, weights, dense_w, warm: bool) -> tuple[list, list | None, roofline.Rotation, int]:
     """(expert weight copies, dense-equivalent copies, their rotation, LLC bytes): enough copies that the k
     experts a token reads, over the copies, exceed 3x the last-level cache (all ranks share it), within half
     the memory available; one copy with --warm-weights."""
@@ -168,7 +189,7 @@ def weight_copies(comm, cfg: Config, weights, dense_w, warm: bool) -> tuple[list
         moe.MoeWeights(weights.w_router_HE, *(w.clone() for w in weights.experts), weights.first_expert)
         for _ in range(n - 1)
     ]
-    dense = [dense_w] + [tuple(w.clone() for w in dense_w) for _ in range(n - 1)]
+    dense = None if dense_w is None else [dense_w] + [tuple(w.clone() for w in dense_w) for _ in range(n - 1)]
     return experts, dense, roofline.Rotation(n), llc
 
 
@@ -178,7 +199,7 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
     reset_peak_rss()
     y_TH = moe.forward(comm, work.x_TH, weights, layer, lambda: None, work.forced[0], info)
     rss = peak_rss_mb()
-    error = rel_error(y_TH, work.y_ref_TH)
+    error = rel_error(y_TH, work.y_ref_TH[layer.router])
     stats = info.stats
     per_rank = comm.allgather_object(
         {
@@ -192,10 +213,21 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
             "rss_mb": rss,
             "error": error,
             "send_splits": list(info.permuted.send_splits),
+            "gate_mass": moe.gate_mass(moe.gate_logits(work.x_TH, weights, work.forced[0]), info.routing, cfg.preset.k),
         }
     )
-    row = {"algo": layer.label, "kernel": layer.kernel, "role": role, **load_fields(cfg, work, per_rank)}
+    row = {"algo": layer.label, "kernel": layer.kernel, "role": role, "router": str(layer.router or "topk"),
+           "placement": layer.placement.name if layer.placement else "contiguous",
+           "redundant": layer.placement.redundant if layer.placement else 0,
+           "dispatch_bytes": dispatch_bytes(per_rank, info.permuted.send_AW.shape[1]),
+           "gate_mass": float(np.mean([r["gate_mass"] for r in per_rank[:: cfg.tp]])),
+           **load_fields(cfg, work, per_rank)}  # fmt: skip
     return row, per_rank, info
+
+
+def dispatch_bytes(per_rank: list[dict], row_bytes: int) -> int:
+    """The busiest rank's dispatch wire bytes: the packed rows it sends to other ranks (combine sends them back)."""
+    return max((sum(r["send_splits"]) - r["send_splits"][rank]) * row_bytes for rank, r in enumerate(per_rank))
 
 
 def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
@@ -270,16 +302,54 @@ def dense_row(cfg: Config, roof, T: int) -> dict:
     }  # fmt: skip
 
 
+def fit_layer_placement(comm, cfg: Config, work: Workload, weights, router, name: str):
+    """None for contiguous (the layer's own layout); else the placement fit on the load of the timed batches
+    themselves (every TP group's kept assignments per expert under this router, summed per node: the staleness
+    of a fit on other batches is `moebench balance`'s question)."""
+    if name == "contiguous":
+        return None
+    p, P, G, L = cfg.preset, comm.world_size, comm.topology.ranks_per_node, comm.tp.size
+    layer = moe.LayerConfig(p, "plain", "flat", "loop", capacity_factor=work.capacity_factor, router=router)
+    counts_E = torch.zeros(p.E, dtype=torch.float64)
+    for forced in work.forced:
+        routing = moe.gate(work.x_TH, weights, layer, forced, moe.first_token(comm, work.T))
+        counts_E += routing.kept_counts_E.cpu().double()
+    load_NE = torch.zeros(P // G, p.E, dtype=torch.float64)
+    for rank, counts in enumerate(comm.allgather_object(counts_E.tolist())):
+        if rank % L == 0:  # tokens are duplicated inside a TP group: count each group once
+            load_NE[rank // G] += torch.tensor(counts, dtype=torch.float64)
+    return fit_placement(name, load_NE, P, G, cfg.redundant if PLACEMENTS[name].replicates else 0)
+
+
+def policy_weights(comm, cfg: Config, work: Workload, weights, warm: bool, contiguous: tuple):
+    """Per (router, placement) of the run: (router, placement or None, its weight copies, their rotation); the
+    contiguous layout reuses `contiguous` = (copies, rotation) of the layer's own weights."""
+    out = []
+    for router in cfg.routers:
+        for name in cfg.placements:
+            placement = fit_layer_placement(comm, cfg, work, weights, router, name)
+            if placement is None:
+                out.append((router, None, *contiguous))
+                continue
+            held = placement.experts_P[comm.rank]
+            mine = moe.make_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed, held=held)
+            copies, _, rotate, _ = weight_copies(comm, cfg, mine, None, warm)
+            out.append((router, placement, copies, rotate))
+    return out
+
+
 def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) -> list[dict]:
     """Every configuration, the baselines and the dense-equivalent at one (skew, cf, batch): each checked once,
     then all timed interleaved (phases from the critical rank of each iteration), cold weights unless warm."""
     dense_w = moe.dense_equivalent_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed)
     copies, dense_copies, rotate, _ = weight_copies(comm, cfg, weights, dense_w, warm)
     timed, checks = [], []
-    for layer, role in layer_configs(cfg, work.capacity_factor):
-        row, per_rank, info = checked_layer(comm, cfg, work, weights, layer, role)
-        timed.append(layer_case(comm, work, copies, rotate, layer, row))
-        checks.append(per_rank)
+    for router, placement, policy_copies, policy_rotate in policy_weights(comm, cfg, work, weights, warm,
+                                                                         (copies, rotate)):  # fmt: skip
+        for layer, role in layer_configs(cfg, work.capacity_factor, router, placement):
+            row, per_rank, info = checked_layer(comm, cfg, work, policy_copies[0], layer, role)
+            timed.append(layer_case(comm, work, policy_copies, policy_rotate, layer, row))
+            checks.append(per_rank)
     floors = floor_cases(comm, checks[0], info.permuted.send_AW.shape[1])  # packed row width: same in every config
     dense = dense_case(work, dense_copies, rotate, dense_row(cfg, roof, work.T))
     timed_all = [*timed, dense, *floors]
@@ -297,13 +367,16 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
     return rows
 
 
-def layer_configs(cfg: Config, cf) -> list[tuple[moe.LayerConfig, str]]:
-    """Every (pair, inner) x kernel of the run, then each baseline over the native all-to-all."""
+def layer_configs(cfg: Config, cf, router=None, placement=None) -> list[tuple[moe.LayerConfig, str]]:
+    """Every (pair, inner) x kernel of the run under one router and placement; under the gate as trained and
+    the contiguous layout, then each baseline over the native all-to-all."""
     configs = [
-        (moe.LayerConfig(cfg.preset, pair, inner, kernel, cfg.impl, cf), "config")
+        (moe.LayerConfig(cfg.preset, pair, inner, kernel, cfg.impl, cf, router, placement), "config")
         for pair, inner in cfg.algos
         for kernel in cfg.kernels
     ]
+    if router is not None or placement is not None:
+        return configs
     return configs + [
         (moe.LayerConfig(cfg.preset, "plain", BASELINE_ALGO, name, "torch", cf), "baseline") for name in BASELINES
     ]
@@ -312,8 +385,9 @@ def layer_configs(cfg: Config, cf) -> list[tuple[moe.LayerConfig, str]]:
 # ---------------------------------------------------------------------------------------------- output
 
 COLUMNS = [
-    "batch", "algo", "kernel", "skew", "cf", *moe.PHASES, "total", "p20", "p80", "p99", "Σ/total", "roofline",
-    "roof frac", "tok/s", "imb rank", "imb expert", "pad waste", "drop %", "kernel MB", "rss MB", "rel err", "ok",
+    "batch", "algo", "kernel", "router", "placement", "skew", "cf", *moe.PHASES, "total", "p20", "p80", "p99",
+    "Σ/total", "roofline", "roof frac", "tok/s", "imb rank", "imb expert", "pad waste", "drop %", "kernel MB",
+    "rss MB", "rel err", "ok",
 ]  # fmt: skip
 
 
@@ -328,7 +402,8 @@ def table_rows(rows: list[dict]) -> list[list]:
         sums = r.get("phase_sum_us")
         out.append(
             [
-                r["batch"], r["algo"], r["kernel"], r["skew"], r["capacity_factor"] or "none",
+                r["batch"], r["algo"], r["kernel"], r.get("router", "topk"), _placement_label(r), r["skew"],
+                r["capacity_factor"] or "none",
                 *(r[f"{p}_us"] for p in moe.PHASES),
                 r["total_us"], r.get("p20_us", "-"), r.get("p80_us", "-"), r["p99_us"],
                 "-" if sums is None else f"{sums / r['total_us']:.3f}",
@@ -338,6 +413,16 @@ def table_rows(rows: list[dict]) -> list[list]:
             ]
         )  # fmt: skip
     return out
+
+
+def _placement_label(r: dict) -> str:
+    name = r.get("placement", "contiguous")
+    return f"{name} R={r['redundant']}" if r.get("redundant") else name
+
+
+def _default_policy(r: dict) -> bool:
+    """The gate as trained, experts in the contiguous layout (the rows the best-configuration summary ranks)."""
+    return r.get("router", "topk") == "topk" and r.get("placement", "contiguous") == "contiguous"
 
 
 def _versus(a: dict, b: dict) -> str:
@@ -356,7 +441,7 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
     out = []
     for key, group in itertools.groupby(rows, key=lambda r: (r["skew"], r["capacity_factor"], r["batch"])):
         group = list(group)
-        candidates = [r for r in group if r["role"] == "config" and r["correct"]]
+        candidates = [r for r in group if r["role"] == "config" and r["correct"] and _default_policy(r)]
         baseline = next((r for r in group if r["role"] == "baseline"), None)
         dense = next((r for r in group if r["role"] == "dense"), None)
         if not candidates:
@@ -377,6 +462,28 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
                 f"{dominant} ({best[f'{dominant}_us'] / best['total_us']:.0%})",
             ]
         )  # fmt: skip
+    return columns, out
+
+
+def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Each router / placement row beside the same algo + kernel under topk + contiguous: layer time (ratio, or
+    `tie`), the busiest rank's dispatch bytes, rank imbalance, drops and the gate mass kept."""
+    columns = ["batch", "skew", "cf", "config", "router", "placement", "total", "vs topk+contiguous",
+               "dispatch KB", "vs topk", "imb rank", "drop %", "gate mass", "rel err"]  # fmt: skip
+    out = []
+    for r in rows:
+        if r["role"] != "config" or _default_policy(r):
+            continue
+        base = next((b for b in rows if _default_policy(b) and b["role"] == "config" and
+                     (b["skew"], b["capacity_factor"], b["batch"], b["algo"], b["kernel"]) ==
+                     (r["skew"], r["capacity_factor"], r["batch"], r["algo"], r["kernel"])), None)  # fmt: skip
+        if base is None:
+            continue
+        bytes_ratio = f"{r['dispatch_bytes'] / base['dispatch_bytes']:.2f}x" if base["dispatch_bytes"] else "-"
+        out.append([r["batch"], r["skew"], r["capacity_factor"] or "none", f"{r['algo']} + {r['kernel']}",
+                    r["router"], _placement_label(r), r["total_us"], _versus(r, base), r["dispatch_bytes"] / 1e3,
+                    bytes_ratio, r["imbalance_rank"], r["dropped_pct"], r["gate_mass"],
+                    _opt(r["rel_error"], "{:.1e}")])  # fmt: skip
     return columns, out
 
 
@@ -415,6 +522,9 @@ def render(data: dict, path) -> None:
     rows = [{"role": OLD_ROLES.get(r["algo"], "config"), **r} for r in data["rows"]]
     report.print_table(report.stored_title(data, path), COLUMNS, table_rows(rows))
     report.print_table("Best configuration per batch", *summary(rows))
+    pol_cols, pol_rows = policy_summary(rows)
+    if pol_rows:
+        report.print_table("Routers and placements against topk + contiguous", pol_cols, pol_rows)
 
 
 def plot(rows: list[dict], base) -> list:
@@ -485,11 +595,21 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
     caption = report.CONVENTIONS + ". " + CAPTION
     report.print_table(title(meta), COLUMNS, table_rows(rows), caption)
     sum_cols, sum_rows = summary(rows)
-    report.print_table("Best configuration per batch (fastest correct; vs baseline = baseline / best, or tie)",
-                       sum_cols, sum_rows)  # fmt: skip
+    report.print_table("Best configuration per batch (fastest correct under topk + contiguous; vs baseline = "
+                       "baseline / best, or tie)", sum_cols, sum_rows)  # fmt: skip
+    pol_cols, pol_rows = policy_summary(rows)
+    if pol_rows:
+        report.print_table("Routers and placements against topk + contiguous (same algo + kernel; vs = that row's "
+                           "time / this row's, or tie; vs topk = this row's dispatch bytes / that row's)",
+                           pol_cols, pol_rows)  # fmt: skip
     md = (
         f"# {title(meta)}\n\n{report.header_markdown(meta)}\n## Best configuration per batch\n\n"
         + report.rows_to_markdown(sum_cols, sum_rows)
+        + (
+            "\n## Routers and placements against topk + contiguous\n\n" + report.rows_to_markdown(pol_cols, pol_rows)
+            if pol_rows
+            else ""
+        )
         + "\n## All configurations\n\n"
         + report.rows_to_markdown(COLUMNS, table_rows(rows), caption)
     )

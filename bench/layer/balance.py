@@ -5,7 +5,7 @@
 
 A *batch* is one step of the cluster: every rank r routes its own T_r tokens (per-rank capacity, as the
 layer). Tokens are drawn per (seed, batch, rank); the gate's logits are x @ w_router of the layer's weights.
-A forced skew replaces the gate's top-k with its own choice through `forced_logits` (its experts become the
+A forced skew replaces the gate's top-k with its own choice through `skews.forced_logits` (its experts become the
 token's top k, in its order, with its weights as their softmax; the other experts keep the gate's order, so a
 router that looks past the top k sees the gate's next-best experts).
 
@@ -40,7 +40,7 @@ import torch
 
 from moebench.bench.layer.placements import PLACEMENTS, Placement, fit_placement
 from moebench.bench.layer.presets import Preset
-from moebench.bench.layer.skews import Skew, sample_topk
+from moebench.bench.layer.skews import Skew, forced_logits, sample_topk
 from moebench.bench.layer.workloads import make_expert_weights, make_router_weights, make_tokens
 from moebench.kernels import get_kernel, route
 from moebench.kernels.routers import Routed, Router, RouterInput
@@ -92,20 +92,6 @@ def rank_tokens(cfg: BalanceConfig, batch: int) -> list[int]:
     gen = torch.Generator().manual_seed(_seed(cfg, batch, -1))
     u_P = torch.rand(cfg.num_ranks, generator=gen, dtype=torch.float64) * 2 - 1
     return [max(1, round(cfg.tokens * (1 + cfg.batch_spread * u))) for u in u_P.tolist()]
-
-
-def forced_logits(logits_TE: torch.Tensor, ids_Tk: torch.Tensor, weights_Tk: torch.Tensor) -> torch.Tensor:
-    """Logits [T, E] whose top k are ids_Tk in order with softmax weights_Tk, the rest in the gate's order.
-
-    Chosen expert j gets m_t + 1 + log(w_j / w_min) (m_t: the token's largest logit outside its choice), so the
-    chosen are above every other expert and their softmax over themselves is weights_Tk."""
-    out_TE = logits_TE.float().clone()
-    chosen_TE = torch.zeros_like(out_TE, dtype=torch.bool).scatter_(1, ids_Tk, True)
-    others_T = out_TE.masked_fill(chosen_TE, -torch.inf).amax(dim=1)
-    others_T = torch.where(torch.isfinite(others_T), others_T, torch.zeros_like(others_T))  # k = E: none left
-    log_w_Tk = weights_Tk.double().clamp_min(1e-30).log()
-    lifted_Tk = others_T[:, None].double() + 1 + (log_w_Tk - log_w_Tk.amin(dim=1, keepdim=True))
-    return out_TE.scatter_(1, ids_Tk, lifted_Tk.float())
 
 
 @dataclass(frozen=True)

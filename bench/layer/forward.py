@@ -14,6 +14,12 @@ drawn from one seed (identical to the single-process reference). Forward on rank
   combine    expert outputs sent back along the same routes
   unpermute  weighted sum of each token's expert outputs -> y[T, H]
 
+A LayerConfig may name a router (kernels.routers: the gate then runs that router on its logits, token ids
+from this rank's TP group) and a placement (bench.layer.placements: rank r holds the experts of its slots,
+a replicated expert's weights once per slot, and permute sends each kept assignment to the slot the
+placement's dispatch picks for this rank). Without them the layer is the gate as trained on the contiguous
+layout, on its small-batch host paths.
+
 Drops happen where tokens are routed (capacity per expert from this rank's T tokens, as DeepSpeed's
 per-rank capacity); the expert side computes every row it receives. With TP degree L the L ranks of a
 TP group hold the same tokens; `plain` sends all of them (each expert computes L copies) and
@@ -28,13 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from moebench.bench.layer.placements import Placement
 from moebench.bench.layer.presets import Preset
-from moebench.bench.layer.skews import sample_topk
+from moebench.bench.layer.skews import forced_logits, sample_topk
 from moebench.bench.layer.workloads import make_expert_weights, make_router_weights
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.comm import from_numpy
 from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
 from moebench.kernels.common import rows_matmul
+from moebench.kernels.routers import Router, RouterInput
 from moebench.kernels.routing import HOST_GATE_LOGITS, HOST_ROWS, route_host
 
 PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
@@ -76,10 +84,12 @@ class MoeWeights:
         return self.w_gate_EHF, self.w_up_EHF, self.w_down_EFH
 
 
-def make_weights(preset: Preset, dtype, device, seed: int, first_expert: int = 0, num_local: int | None = None):
-    """All ranks draw the same full weights from `seed` (on the CPU) and keep experts [first_expert, +num_local)."""
+def make_weights(preset: Preset, dtype, device, seed: int, first_expert: int = 0, num_local: int | None = None,
+                 held: list[int] | None = None):  # fmt: skip
+    """All ranks draw the same full weights from `seed` (on the CPU) and keep experts [first_expert, +num_local),
+    or, under a placement, the experts `held` (its slots in order: a replicated expert's weights once per slot)."""
     num_local = preset.E if num_local is None else num_local
-    local = slice(first_expert, first_expert + num_local)
+    local = slice(first_expert, first_expert + num_local) if held is None else torch.tensor(held, dtype=torch.int64)
     experts = [w[local].contiguous() for w in make_expert_weights(preset, dtype, "cpu", seed)]
     w_router_HE = make_router_weights(preset, seed)
     return MoeWeights(*(w.to(device=device, dtype=dtype) for w in (w_router_HE, *experts)), first_expert)
@@ -95,6 +105,8 @@ class LayerConfig:
     kernel: str
     impl: str = "torch"
     capacity_factor: float | None = None
+    router: Router | None = None  # None: the gate as trained (topk) on its fast paths
+    placement: Placement | None = None  # None: contiguous (rank r holds experts r*El .. r*El+El-1)
 
     @property
     def pair(self):
@@ -105,9 +117,31 @@ class LayerConfig:
         return algo_label(self.pair_name, self.inner)
 
 
-def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None):
+def gate_logits(x_TH, weights: MoeWeights, forced=None) -> torch.Tensor:
+    """fp32 [T, E]: the router's logits, or under a forced distribution skews.forced_logits of them."""
+    logits_TE = x_TH.float() @ weights.w_router_HE.float()
+    if forced is not None:
+        logits_TE = forced_logits(logits_TE, forced[0].to(logits_TE.device), forced[1].to(logits_TE.device))
+    return logits_TE
+
+
+def gate_mass(logits_TE: torch.Tensor, routing, k: int) -> float:
+    """The gate probability (softmax over all E) the routing's kept assignments carry / what the top k carry."""
+    prob_TE = torch.softmax(logits_TE.double(), dim=-1)
+    kept = torch.gather(prob_TE, 1, routing.topk_ids_Tk.to(prob_TE.device)) * routing.kept_Tk.to(prob_TE.device)
+    top = prob_TE.topk(k, dim=-1).values.sum().item()
+    return kept.sum().item() / top if top else 1.0
+
+
+def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None, first_token: int = 0):
     """Router GEMM + top-k + capacity -> Routing over all E experts (its layout is built only where a kernel
-    asks for it). `forced`: (ids_Tk, weights_Tk) to use instead of the router's choice."""
+    asks for it). `forced`: (ids_Tk, weights_Tk) to use instead of the router's choice. With cfg.router: that
+    router on the logits (forced: skews.forced_logits), token ids first_token.. (hash, task)."""
+    if cfg.router is not None:
+        logits_TE = gate_logits(x_TH, weights, forced)
+        token_ids_T = torch.arange(first_token, first_token + x_TH.shape[0], device=logits_TE.device)
+        inp = RouterInput(logits_TE, cfg.preset.k, cfg.capacity_factor, token_ids_T)
+        return cfg.router(inp).routing
     if forced is None:
         x = x_TH if x_TH.dtype == torch.float32 else x_TH.float()
         w = weights.w_router_HE if weights.w_router_HE.dtype == torch.float32 else weights.w_router_HE.float()
@@ -162,10 +196,25 @@ def _on_host(x: torch.Tensor, rows: int, dtype=None) -> bool:
     return x.device.type == "cpu" and (dtype or x.dtype) in NUMPY_DTYPES and rows <= HOST_ROWS
 
 
-def permute(x_TH, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
-    """Sort kept assignments by destination rank and pack each row with its local expert id."""
+def _placed_order(routing, placement: Placement, rank: int):
+    """Under a placement: each kept assignment to the slot the placement's dispatch picks for this rank, in
+    destination order (stable). Returns (assignment ids, their local slot ids, send_splits) like _device_order."""
+    device = routing.topk_ids_Tk.device
+    ids_A, kept_A = routing.topk_ids_Tk.view(-1).cpu(), routing.kept_Tk.view(-1).cpu()
+    kept_K = kept_A.nonzero().view(-1)
+    slot_K = placement.dispatch(ids_A[kept_K], torch.full_like(kept_K, rank))
+    dest_K = torch.tensor(placement.rank_S, dtype=torch.int64)[slot_K]
+    local_K = torch.tensor(placement.local_index_S, dtype=torch.int64)[slot_K]
+    order_K = torch.sort(dest_K, stable=True).indices
+    splits = tuple(torch.bincount(dest_K, minlength=placement.num_ranks).tolist())
+    return kept_K[order_K].to(device), local_K[order_K].to(device), splits
+
+
+def permute(x_TH, routing, num_ranks: int, experts_per_rank: int, placement=None, rank: int = 0) -> Permuted:
+    """Sort kept assignments by destination rank and pack each row with its local expert id (under a placement:
+    the slot its dispatch picks, as rank `rank`)."""
     T, k = routing.topk_ids_Tk.shape
-    if _on_host(x_TH, T * k):
+    if placement is None and _on_host(x_TH, T * k):
         order, local, send_splits = _host_order(routing, num_ranks, experts_per_rank)
         tokens = [a // k for a in order]
         x_bytes_TW = x_TH.contiguous().numpy().view(np.uint8)
@@ -175,7 +224,10 @@ def permute(x_TH, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
         send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
         weights = routing.topk_weights_list
         return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
-    order_A, local_A, send_splits = _device_order(routing, num_ranks, experts_per_rank)
+    if placement is None:
+        order_A, local_A, send_splits = _device_order(routing, num_ranks, experts_per_rank)
+    else:
+        order_A, local_A, send_splits = _placed_order(routing, placement, rank)
     token_A = order_A // k
     x_bytes_TW = x_TH.contiguous().view(torch.uint8).view(T, -1)
     send_AW = torch.cat([x_bytes_TW.index_select(0, token_A), local_A.view(torch.uint8).view(-1, ID_BYTES)], dim=1)
@@ -235,9 +287,9 @@ class ForwardInfo:
 def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None):
     """y_TH = MoE(x_TH) across all ranks; `mark()` is called after each phase in PHASES."""
     P = comm.world_size
-    routing = gate(x_TH, weights, cfg, forced)
+    routing = gate(x_TH, weights, cfg, forced, first_token(comm, x_TH.shape[0]))
     mark()
-    permuted = permute(x_TH, routing, P, cfg.preset.E // P)
+    permuted = permute(x_TH, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
     mark()
     recv_MW, _, handle = cfg.pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=cfg.inner)
     mark()
@@ -254,14 +306,21 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     return y_TH
 
 
-def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None) -> torch.Tensor:
-    """The whole layer in one process: the same gate, then a float64 per-token loop over all E experts.
+def first_token(comm, T: int) -> int:
+    """The global id of this rank's first token: TP groups hold T tokens each, in group order."""
+    return comm.rank // comm.tp.size * T
+
+
+def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None, router=None, first_id: int = 0):
+    """The whole layer in one process: the same gate (or router, with token ids first_id..), then a float64
+    per-token loop over all E experts. A placement changes where an expert runs, not what it computes.
 
     Weights are the layer's own (same seed and dtype), so only the expert arithmetic differs."""
     x_TH = x_TH.cpu()
     full = make_weights(preset, x_TH.dtype, "cpu", seed)
-    cfg = LayerConfig(preset, "plain", "flat", "loop", capacity_factor=capacity_factor)
-    return reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced), *full.experts)
+    cfg = LayerConfig(preset, "plain", "flat", "loop", capacity_factor=capacity_factor, router=router)
+    forced = None if forced is None else tuple(f.cpu() for f in forced)
+    return reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced, first_id), *full.experts)
 
 
 def dense_equivalent_weights(preset: Preset, dtype, device, seed: int):

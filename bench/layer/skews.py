@@ -273,3 +273,17 @@ def sample_topk(
         logits_Tk = torch.randn(T, k, generator=gen).sort(dim=-1, descending=True).values
         weights_Tk = torch.softmax(logits_Tk, dim=-1)
     return ids_Tk.long(), weights_Tk.float()
+
+
+def forced_logits(logits_TE: torch.Tensor, ids_Tk: torch.Tensor, weights_Tk: torch.Tensor) -> torch.Tensor:
+    """Logits [T, E] whose top k are ids_Tk in order with softmax weights_Tk, the rest in the gate's order.
+
+    Chosen expert j gets m_t + 1 + log(w_j / w_min) (m_t: the token's largest logit outside its choice), so the
+    chosen are above every other expert and their softmax over themselves is weights_Tk."""
+    out_TE = logits_TE.float().clone()
+    chosen_TE = torch.zeros_like(out_TE, dtype=torch.bool).scatter_(1, ids_Tk, True)
+    others_T = out_TE.masked_fill(chosen_TE, -torch.inf).amax(dim=1)
+    others_T = torch.where(torch.isfinite(others_T), others_T, torch.zeros_like(others_T))  # k = E: none left
+    log_w_Tk = weights_Tk.double().clamp_min(1e-30).log()
+    lifted_Tk = others_T[:, None].double() + 1 + (log_w_Tk - log_w_Tk.amin(dim=1, keepdim=True))
+    return out_TE.scatter_(1, ids_Tk, lifted_Tk.float())

@@ -11,9 +11,9 @@ A placement is fit on a load: load_NE [N, E], the assignments each node's tokens
 window of batches (contiguous ignores it). It has S = E + R slots, S / P per rank; an expert held by several
 slots is replicated, and its weights cost memory on each rank that holds it.
 
-Dispatch picks, for each assignment in order, the least-loaded replica of its expert so far in the batch
-(load = assignments sent to that slot), ties to a replica on the source's node, then to the lower slot.
-An expert with one replica always goes to it.
+Dispatch: each source rank decides alone, as a rank of the layer does: an assignment of a replicated expert
+goes to the replica this rank has sent the fewest of its assignments so far in the batch, ties to a replica
+on the source's node, then to the lower slot. An expert with one replica always goes to it.
 
 Placements:
 - contiguous: today's layout: rank r holds experts r*E/P .. (r+1)*E/P - 1; takes no redundant experts;

@@ -45,21 +45,33 @@ class Placement:
         return rank // self.ranks_per_node
 
     def dispatch(self, expert_A: torch.Tensor, source_rank_A: torch.Tensor) -> torch.Tensor:
-        """int64 [A]: the slot each assignment goes to (see the module doc for the choice); expert_A and
-        source_rank_A int64 [A]. The destination rank is rank_S[slot]."""
+        """int64 [A]: the slot each assignment goes to; expert_A and source_rank_A int64 [A]. The destination
+        rank is rank_S[slot]. Each source rank decides alone (as a rank of the layer does, knowing only its own
+        assignments): an assignment of a replicated expert goes to the replica this source has sent the fewest
+        assignments so far in the batch, ties to a replica on the source's node, then to the lower slot."""
         slots_E = self.slots_E
         single_E = torch.tensor([s[0] if len(s) == 1 else -1 for s in slots_E], dtype=torch.int64)
         slot_A = single_E[expert_A] if expert_A.numel() else expert_A.clone()
         replicated = (slot_A < 0).nonzero().view(-1).tolist()
         if replicated:
             experts, sources = expert_A[replicated].tolist(), source_rank_A[replicated].tolist()
-            load_S = [0] * len(self.expert_S)
+            sent = {}  # (source rank, slot) -> assignments sent so far
             for a, e, src in zip(replicated, experts, sources):
                 node = self.node_of(src)
-                best = min(slots_E[e], key=lambda s: (load_S[s], self.node_of(self.rank_S[s]) != node, s))
-                load_S[best] += 1
+                best = min(slots_E[e], key=lambda s: (sent.get((src, s), 0), self.node_of(self.rank_S[s]) != node, s))
+                sent[src, best] = sent.get((src, best), 0) + 1
                 slot_A[a] = best
         return slot_A
+
+    @cached_property
+    def local_index_S(self) -> list[int]:
+        """Each slot's index among its rank's slots (the local expert id the rank's kernel sees)."""
+        seen = [0] * self.num_ranks
+        out = []
+        for r in self.rank_S:
+            out.append(seen[r])
+            seen[r] += 1
+        return out
 
     def rank_of_slots(self, slot_A: torch.Tensor) -> torch.Tensor:
         return torch.tensor(self.rank_S, dtype=torch.int64)[slot_A]
