@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # One thread per MPI rank (ranks busy-poll on 2 cores); the single-process kernel benchmark keeps torch's default.
 RANK_ENV := env OMP_NUM_THREADS=1
 
-.PHONY: install test lint bench bench-collectives bench-kernels bench-moe report gpu-check clean
+.PHONY: install test lint bench bench-collectives bench-kernels bench-moe bench-balance report gpu-check clean
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ test: install lint
 
 # The main job: every benchmark, quick, at 2 ranks (one per core: honest timing) and at 4 ranks
 # (2 per node, TP=2: the topology shapes and large-size ratios); results under results/<machine>/.
-bench: bench-collectives bench-kernels bench-moe
+bench: bench-collectives bench-kernels bench-moe bench-balance
 	$(MOEBENCH) report
 
 bench-collectives: install
@@ -49,6 +49,22 @@ bench-moe: install
 		--save --tag p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
 		--ranks-per-node 2 --tp 2 --budget 0.5 --save --tag p4-g2-tp2
+
+# Load balance (exact, single process): placements on deepseek-v3-tiny dropless, routers at cf 1.0, Switch's
+# drop figure; then routers and placements timed in the layer (topk-switch / task; the hot-expert straggler).
+bench-balance: install
+	$(MOEBENCH) balance --model deepseek-v3-tiny --ranks 4 --ranks-per-node 2 --batch 256 --redundant 32 --window 4 \
+		--skew gate,zipf:1.2,lognormal:1.0,sticky,shift,nodeskew:1,trace:traces/deepseek-v3-tiny-zipf1.2.json \
+		--save --tag deepseek-p4
+	$(MOEBENCH) balance --model deepseek-v3-tiny --ranks 4 --ranks-per-node 2 --batch 64 --window 4 \
+		--skew gate,zipf:1.2,lognormal:1.0,hot:0.9 --placements contiguous --capacity-factor 1.0 --save --tag deepseek-p4-cf1.0
+	$(MOEBENCH) balance --model switch-base-128-tiny --ranks 4 --ranks-per-node 2 --batch 4096 --window 2 \
+		--skew uniform,gate --routers topk,capacity-aware,hash --placements contiguous --capacity-factor 1.25 \
+		--save --tag switch-p4-cf1.25
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128 --skew uniform,hot:0.9 \
+		--algos flat --kernels dynamic --routers topk,topk-switch:1,task --save --tag policies-p2
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model qwen3-30b-a3b-tiny --batch 8,128 --skew uniform,hot:0.9,zipf:1.2 \
+		--algos flat --kernels dynamic --placements contiguous,eplb --redundant 16 --save --tag straggler-qwen-p2
 
 report: install
 	$(MOEBENCH) report

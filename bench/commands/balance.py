@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, default=4, help="W: batches in the fit window (and in the next)")
     p.add_argument("--eval-window", choices=("next", "same"), default="next",
                    help="measure on the window after the fit (next) or on the fit window (same)")  # fmt: skip
-    p.add_argument("--capacity-factor", type=options.capacity_factor_list, default=[1.25],
+    p.add_argument("--capacity-factor", type=options.capacity_factor_list, default=[None],
                    help="one value: capacity = ceil(cf * T * k / E) per expert per rank; none = no drops")  # fmt: skip
     options.add_dtype(p, "bfloat16")
     p.add_argument("--record-trace", default=None, metavar="FILE", help="write the topk gate's routing as a trace")
@@ -157,7 +157,7 @@ def summary_lines(rows: list[dict], cfg_meta: dict) -> list[str]:
                          f"eplb {flat['inter_bytes'] / 1e3:.1f} (max/mean rank {hier['max_mean_rank']:.3f} vs "
                          f"{flat['max_mean_rank']:.3f})")  # fmt: skip
         topk, aware = _find(rows, router="topk", skew=skew), _find(rows, router="capacity-aware", skew=skew)
-        if topk and aware:
+        if topk and aware and topk["capacity_factor"] is not None:
             lines.append(f"{skew}: capacity-aware drops {aware['dropped_pct']:.2f}% (rerouted "
                          f"{aware['rerouted_pct']:.2f}%) where topk drops {topk['dropped_pct']:.2f}% at cf "
                          f"{topk['capacity_factor']}")  # fmt: skip

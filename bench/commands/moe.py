@@ -138,7 +138,8 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     x_TH = make_tokens(T, cfg.preset.H, cfg.dtype, "cpu", seed=group_seed)
     batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     group, layout = comm.rank // comm.tp.size, (comm.world_size, comm.topology.ranks_per_node)
-    forced = [moe.forced_routing(skew, T, cfg.preset, group_seed, b, group, layout) for b in batches]
+    # one expert popularity for the whole cluster (cfg.seed); each TP group draws its own tokens (part = group)
+    forced = [moe.forced_routing(skew, T, cfg.preset, cfg.seed, b, group, layout) for b in batches]
     first_id = moe.first_token(comm, T)
     y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id)
                 for router in cfg.routers}  # fmt: skip
@@ -487,6 +488,25 @@ def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
     return columns, out
 
 
+def skew_lines(rows: list[dict]) -> list[str]:
+    """The hot-expert straggler: each skew against `uniform` for the same batch, cf and algo + kernel (topk +
+    contiguous): the busiest rank's received rows / the mean, and the layer time (ratio, or tie)."""
+    lines = []
+    for r in rows:
+        if r["role"] != "config" or not _default_policy(r) or r["skew"] == "uniform":
+            continue
+        base = next((b for b in rows if b["role"] == "config" and _default_policy(b) and b["skew"] == "uniform" and
+                     (b["batch"], b["capacity_factor"], b["algo"], b["kernel"]) ==
+                     (r["batch"], r["capacity_factor"], r["algo"], r["kernel"])), None)  # fmt: skip
+        if base is not None:
+            lines.append(
+                f"batch {r['batch']} {r['algo']} + {r['kernel']}: {r['skew']} max/mean rows per rank "
+                f"{r['imbalance_rank']:.2f} vs uniform {base['imbalance_rank']:.2f}; layer "
+                f"{r['total_us']:.0f} µs vs {base['total_us']:.0f} µs (uniform / this: {_versus(r, base)})"
+            )
+    return lines
+
+
 CAPTION = (
     "Phases: µs per phase of the critical rank (the rank whose total is largest in that iteration), mean over the "
     "iterations nearest the median total (the median one(s), then those within 1% of it, 20% at most), so they sum "
@@ -602,6 +622,9 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
         report.print_table("Routers and placements against topk + contiguous (same algo + kernel; vs = that row's "
                            "time / this row's, or tie; vs topk = this row's dispatch bytes / that row's)",
                            pol_cols, pol_rows)  # fmt: skip
+    straggler = skew_lines(rows)
+    for line in straggler:
+        report.console.print(line)
     md = (
         f"# {title(meta)}\n\n{report.header_markdown(meta)}\n## Best configuration per batch\n\n"
         + report.rows_to_markdown(sum_cols, sum_rows)
@@ -610,6 +633,7 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
             if pol_rows
             else ""
         )
+        + "".join(f"- {line}\n" for line in straggler)
         + "\n## All configurations\n\n"
         + report.rows_to_markdown(COLUMNS, table_rows(rows), caption)
     )

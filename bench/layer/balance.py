@@ -111,7 +111,16 @@ def make_batch(cfg: BalanceConfig, skew: Skew, w_router_HE: torch.Tensor, batch:
         x_TH = make_tokens(T, p.H, seed=seed)
         logits_TE = x_TH @ w_router_HE
         if skew.kind != "gate":
-            ids_Tk, weights_Tk = sample_topk(skew, T, p.E, p.k, seed=cfg.seed * 1000 + rank, batch=batch, part=rank)
+            ids_Tk, weights_Tk = sample_topk(
+                skew,
+                T,
+                p.E,
+                p.k,
+                seed=cfg.seed * 1000 + rank,
+                batch=batch,
+                part=rank,
+                layout=(cfg.num_ranks, cfg.ranks_per_node),
+            )
             logits_TE = forced_logits(logits_TE, ids_Tk, weights_Tk)
         out.append(RankBatch(x_TH, logits_TE, torch.arange(first, first + T)))
         first += T

@@ -96,6 +96,10 @@ def _generator(seed: int, batch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + batch)
 
 
+def _mix(seed: int, batch: int, part: int) -> int:
+    return ((seed * 1_000_003 + batch) * 1_000_033 + part) % (1 << 63)
+
+
 def _gumbel(shape, gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(shape, generator=gen, dtype=torch.float64).clamp_(1e-12, 1 - 1e-12)
     return -torch.log(-torch.log(u))
@@ -256,15 +260,17 @@ def sample_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced routing: (topk_ids_Tk int64 [T, k] with distinct experts per token, topk_weights_Tk fp32 [T, k]).
 
-    Deterministic in (skew, T, E, k, seed, batch, part); `batch` moves the hot set of "shift" and "sticky" and
-    reseeds; `part` (the drawing rank) picks a trace's tokens; layout (P, G) is the cluster's shape (nodeskew).
+    Deterministic in (skew, T, E, k, seed, batch, part). The seed fixes which experts are popular (the same for
+    every part); `batch` moves the hot set of "shift" and "sticky" and reseeds; `part` (the drawing rank) draws
+    its own tokens (and picks a trace's); layout (P, G) is the cluster's shape (nodeskew).
     """
     skew = parse_skew(skew) if isinstance(skew, str) else skew
     assert skew.kind != "gate", "the real router is the layer's, not a forced distribution"
     if not 1 <= k <= num_experts:
         raise ValueError(f"k must be in 1..E={num_experts}, got k={k}")
     T, E = num_tokens, num_experts
-    gen = _generator(seed, batch)
+    # one popularity (and hot-set chain) per seed for every rank; each rank part draws its own tokens
+    gen = _generator(seed, batch) if part == 0 else torch.Generator().manual_seed(_mix(seed, batch, part))
     popular_E = torch.randperm(E, generator=_generator(seed, 0))  # which experts are popular: fixed per seed
     draw = Draw(T, E, k, skew.param, gen, popular_E, seed, batch, part, skew.source, *layout)
     ids_Tk = SKEWS[skew.kind].sample(draw)

@@ -48,20 +48,32 @@ class Placement:
         """int64 [A]: the slot each assignment goes to; expert_A and source_rank_A int64 [A]. The destination
         rank is rank_S[slot]. Each source rank decides alone (as a rank of the layer does, knowing only its own
         assignments): an assignment of a replicated expert goes to the replica this source has sent the fewest
-        assignments so far in the batch, ties to a replica on the source's node, then to the lower slot."""
-        slots_E = self.slots_E
-        single_E = torch.tensor([s[0] if len(s) == 1 else -1 for s in slots_E], dtype=torch.int64)
-        slot_A = single_E[expert_A] if expert_A.numel() else expert_A.clone()
-        replicated = (slot_A < 0).nonzero().view(-1).tolist()
-        if replicated:
-            experts, sources = expert_A[replicated].tolist(), source_rank_A[replicated].tolist()
-            sent = {}  # (source rank, slot) -> assignments sent so far
-            for a, e, src in zip(replicated, experts, sources):
-                node = self.node_of(src)
-                best = min(slots_E[e], key=lambda s: (sent.get((src, s), 0), self.node_of(self.rank_S[s]) != node, s))
-                sent[src, best] = sent.get((src, best), 0) + 1
-                slot_A[a] = best
-        return slot_A
+        assignments so far in the batch, ties to a replica on the source's node, then to the lower slot. With
+        every count starting at 0 that is a round robin over the replicas in (other node, slot) order: the
+        i-th assignment a source sends to expert e goes to its (i mod replicas)-th replica, all vectorised."""
+        if expert_A.numel() == 0:
+            return expert_A.clone()
+        table_NEM, count_E = self._replica_table
+        key_A = source_rank_A * self.num_experts + expert_A
+        order_A = torch.sort(key_A, stable=True).indices
+        _, run_lengths = torch.unique_consecutive(key_A[order_A], return_counts=True)
+        run_starts = torch.cumsum(run_lengths, 0) - run_lengths
+        occurrence_A = torch.empty_like(expert_A)
+        occurrence_A[order_A] = torch.arange(expert_A.numel()) - torch.repeat_interleave(run_starts, run_lengths)
+        node_A = source_rank_A // self.ranks_per_node
+        return table_NEM[node_A, expert_A, occurrence_A % count_E[expert_A]]
+
+    @cached_property
+    def _replica_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(table_NEM int64 [N, E, M]: expert e's slots in the order a source on node n prefers them (its own
+        node first, then by slot), M = the most replicas; count_E int64 [E]: replicas per expert)."""
+        N, M = self.num_ranks // self.ranks_per_node, max(len(s) for s in self.slots_E)
+        table_NEM = torch.zeros(N, self.num_experts, M, dtype=torch.int64)
+        for n in range(N):
+            for e, slots in enumerate(self.slots_E):
+                ranked = sorted(slots, key=lambda s: (self.node_of(self.rank_S[s]) != n, s))
+                table_NEM[n, e, : len(ranked)] = torch.tensor(ranked)
+        return table_NEM, torch.tensor([len(s) for s in self.slots_E], dtype=torch.int64)
 
     @cached_property
     def local_index_S(self) -> list[int]:
