@@ -208,6 +208,16 @@ def add_batch(p, default: str, alias: str | None = None) -> None:
     p.add_argument(*flags, dest="batch", type=int_list, default=int_list(default), help="tokens per rank (list)")
 
 
+def add_batch_spread(p) -> None:
+    p.add_argument("--batch-spread", type=float, default=0.0,
+                   help="each rank's batch drawn uniformly in T * (1 +- spread) (0: every rank T)")  # fmt: skip
+
+
+def check_batch_spread(args) -> None:
+    if not 0 <= args.batch_spread < 1:
+        raise ValueError(f"--batch-spread must be in [0, 1), got {args.batch_spread}")
+
+
 def check_batch(args) -> None:
     if not args.batch or min(args.batch) < 1:
         raise ValueError(f"--batch sizes must be >= 1 token per rank, got {args.batch}")

@@ -111,6 +111,54 @@ def test_routers_and_placements_in_the_layer(mpiexec_available, tmp_path):
     assert "Routers and placements against topk + contiguous" in result.stdout
 
 
+def test_moe_records_a_trace_that_replays_its_routing(mpiexec_available, tmp_path):
+    trace, out, again = tmp_path / "gate.json", tmp_path / "gate-run.json", tmp_path / "replay.json"
+    common = ["-m", "moebench", "moe", "--batch", "6", "--algos", "flat", "--kernels", "dynamic", "--capacity-factor",
+              "1.0", "-n", "2", "-w", "0", "--warm-weights"]  # fmt: skip
+    first = mpirun(2, [*common, "--record-trace", str(trace), "--json", str(out)], timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = mpirun(2, [*common, "--skew", f"trace:{trace}", "--json", str(again)], timeout=300)
+    assert second.returncode == 0, second.stderr
+    recorded = json.loads(trace.read_text())
+    assert [len(step["topk_ids"]) for step in recorded["layers"][0]["steps"]] == [12]  # 2 ranks x 6 tokens
+    rows = {(r["skew"] != "gate", r["algo"]): r for r in json.loads(out.read_text())["rows"] if r["role"] == "config"}
+    rows |= {(True, r["algo"]): r for r in json.loads(again.read_text())["rows"] if r["role"] == "config"}
+    for key in ("imbalance_expert", "imbalance_rank", "dropped_pct", "dispatch_bytes"):
+        assert rows[False, "flat"][key] == rows[True, "flat"][key], key
+
+
+def test_batch_spread_gives_ranks_different_batches(mpiexec_available, tmp_path):
+    out = tmp_path / "spread.json"
+    args = [
+        "-m",
+        "moebench",
+        "moe",
+        "--batch",
+        "16",
+        "--batch-spread",
+        "0.5",
+        "--algos",
+        "flat",
+        "--kernels",
+        "dynamic",
+        "--routers",
+        "topk,hash",
+        "-n",
+        "2",
+        "-w",
+        "0",
+        "--warm-weights",
+        "--json",
+        str(out),
+    ]
+    result = mpirun(2, args, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["correct"] in (True, None) for r in rows)
+    totals = {r["total_tokens"] for r in rows}
+    assert len(totals) == 1 and totals != {32} and 16 <= totals.pop() <= 48
+
+
 def test_report_renders_stored_json(moe_json):
     result = subprocess.run([sys.executable, "-m", "moebench", "report", str(moe_json)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)  # fmt: skip

@@ -40,8 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=int, default=4, help="P: ranks of the simulated cluster")
     p.add_argument("--ranks-per-node", type=int, default=2, help="G: ranks per node")
     options.add_batch(p, "64")
-    p.add_argument("--batch-spread", type=float, default=0.0,
-                   help="each rank's batch drawn uniformly in T * (1 +- spread) per batch (0: all T)")  # fmt: skip
+    options.add_batch_spread(p)
     options.add_skew(p, "gate,zipf:1.2,lognormal:1.0", gate=True)
     options.add_routers(p, None)  # default: every router (topk-switch:k/2 where k > 1)
     options.add_placements(p, PLACEMENTS)  # --redundant default: E/8 rounded to a multiple of P, at least P
@@ -83,8 +82,7 @@ def parse_config(args) -> balance.BalanceConfig:
     options.check_batch(args)
     if len(args.batch) != 1:
         raise ValueError("balance takes one --batch (tokens per rank)")
-    if not 0 <= args.batch_spread < 1:
-        raise ValueError(f"--batch-spread must be in [0, 1), got {args.batch_spread}")
+    options.check_batch_spread(args)
     if args.window < 1:
         raise ValueError(f"--window must be >= 1 batch, got {args.window}")
     if len(args.capacity_factor) != 1:

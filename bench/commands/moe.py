@@ -25,10 +25,11 @@ from rich.progress import Progress
 from moebench.bench import options, plots, report, roofline, timing
 from moebench.bench.cli import open_comm
 from moebench.bench.layer import forward as moe
+from moebench.bench.layer import traces
 from moebench.bench.layer.placements import PLACEMENTS, check_shape, fit_placement
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.layer.skews import Skew, varies_by_batch
-from moebench.bench.layer.workloads import make_tokens
+from moebench.bench.layer.workloads import make_tokens, spread_batch_sizes
 from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.kernels import BASELINES, EXPERT_KERNELS
@@ -50,6 +51,7 @@ def add_arguments(p) -> None:
     options.add_impl(p)
     options.add_skew(p, "gate", gate=True)
     options.add_capacity_factor(p, "none")
+    options.add_batch_spread(p)
     options.add_routers(p, "topk")
     options.add_placements(p, ["contiguous"])
     options.add_launch(p)
@@ -57,6 +59,8 @@ def add_arguments(p) -> None:
     options.add_iterations(p, iters=100, warmup=3)
     p.add_argument("--warm-weights", action="store_true",
                    help="time every call on one weight copy (cache-warm); default: rotate copies (cold)")  # fmt: skip
+    p.add_argument("--record-trace", default=None, metavar="FILE",
+                   help="write the gate's routing of the first workload (one step per batch) as a trace")  # fmt: skip
     options.add_seed(p)
     options.add_output(p)
 
@@ -81,6 +85,7 @@ class Config:
     routers: tuple = (None,)  # None: the gate as trained (topk) on its fast paths
     placements: tuple[str, ...] = ("contiguous",)
     redundant: int = 0
+    batch_spread: float = 0.0
 
 
 def validate(args) -> Config:
@@ -90,6 +95,7 @@ def validate(args) -> Config:
     if preset.E % P:
         raise ValueError(f"{preset.name} has E={preset.E} experts, not divisible by P={P} ranks")
     options.check_batch(args)
+    options.check_batch_spread(args)
     options.check_launch(args)
     if not args.algos:
         raise ValueError("--algos needs at least one configuration")
@@ -114,7 +120,8 @@ def validate(args) -> Config:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return Config(preset, args.batch, algos, args.kernels, args.impl, args.skew, args.capacity_factor,
                   options.resolve_dtype(args.dtype, device), args.iters, args.warmup, args.seed, args.tp, args.rounds,
-                  options.budget_seconds(args), args.warm_weights, routers, tuple(args.placements), R)  # fmt: skip
+                  options.budget_seconds(args), args.warm_weights, routers, tuple(args.placements), R,
+                  args.batch_spread)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- one config
@@ -126,24 +133,54 @@ class Workload:
 
     skew: Skew
     capacity_factor: float | None
-    T: int
+    T: int  # the batch named (tokens per rank; each TP group's own under --batch-spread: group_tokens)
     x_TH: torch.Tensor
     forced: list  # one forced routing per iteration (shift moves between batches), or [None]
     y_ref_TH: dict  # router (None: the gate) -> the float64 reference output of this rank's tokens
+    group_tokens: tuple[int, ...] = ()  # tokens of every TP group, in group order
+    first_id: int = 0  # global id of this rank's first token
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.group_tokens)
 
 
 def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     """Tokens shared inside each TP group (as after a TP attention block), seeded by TP group."""
     group_seed = cfg.seed * 1000 + comm.rank // comm.tp.size
-    x_TH = make_tokens(T, cfg.preset.H, cfg.dtype, "cpu", seed=group_seed)
-    batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     group, layout = comm.rank // comm.tp.size, (comm.world_size, comm.topology.ranks_per_node)
+    sizes = spread_batch_sizes(T, cfg.batch_spread, comm.world_size // comm.tp.size, cfg.seed)
+    mine, first_id = sizes[group], sum(sizes[:group])
+    x_TH = make_tokens(mine, cfg.preset.H, cfg.dtype, "cpu", seed=group_seed)
+    batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     # one expert popularity for the whole cluster (cfg.seed); each TP group draws its own tokens (part = group)
-    forced = [moe.forced_routing(skew, T, cfg.preset, cfg.seed, b, group, layout) for b in batches]
-    first_id = moe.first_token(comm, T)
+    forced = [moe.forced_routing(skew, mine, cfg.preset, cfg.seed, b, group, layout) for b in batches]
     y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id)
                 for router in cfg.routers}  # fmt: skip
-    return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH)
+    return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH, tuple(sizes), first_id)
+
+
+class TraceRecorder:
+    """--record-trace: the gate's routing (topk, as trained) of the run's first workload, one step per batch
+    size, every TP group's tokens in group order; rank 0 writes it."""
+
+    def __init__(self):
+        self.steps_ids, self.steps_weights, self.skew = [], [], ""
+
+    def add(self, comm, cfg: Config, work: Workload, weights) -> None:
+        layer = moe.LayerConfig(cfg.preset, "plain", "flat", "loop", capacity_factor=None)
+        routing = moe.gate(work.x_TH, weights, layer, work.forced[0], work.first_id)
+        mine = (routing.topk_ids_Tk.cpu().tolist(), routing.topk_weights_Tk.cpu().tolist())
+        groups = comm.allgather_object(mine)[:: comm.tp.size]
+        self.steps_ids.append(torch.tensor([row for ids, _ in groups for row in ids], dtype=torch.int64))
+        self.steps_weights.append(torch.tensor([row for _, w in groups for row in w], dtype=torch.float32))
+        self.skew = str(work.skew)
+
+    def write(self, path: str, preset: Preset, argv: list[str]) -> None:
+        source = f"moebench moe, the gate on workload {self.skew}, one step per batch size: {' '.join(argv)}"
+        document = traces.trace_document(self.steps_ids, self.steps_weights, preset.E, preset.k, preset.name, source)
+        traces.write_trace(path, document)
+        report.console.print(f"wrote trace {path}")
 
 
 def rel_error(y_TH: torch.Tensor, ref_TH: torch.Tensor) -> float:
@@ -198,7 +235,7 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
     """One forward checked against the reference: the row's correctness, load and memory fields (collective)."""
     info = moe.ForwardInfo()
     reset_peak_rss()
-    y_TH = moe.forward(comm, work.x_TH, weights, layer, lambda: None, work.forced[0], info)
+    y_TH = moe.forward(comm, work.x_TH, weights, layer, lambda: None, work.forced[0], info, work.first_id)
     rss = peak_rss_mb()
     error = rel_error(y_TH, work.y_ref_TH[layer.router])
     stats = info.stats
@@ -232,7 +269,7 @@ def dispatch_bytes(per_rank: list[dict], row_bytes: int) -> int:
 
 
 def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
-    P, L = len(per_rank), cfg.tp
+    L = cfg.tp
     rows = np.array([r["recv_rows"] for r in per_rank], dtype=np.float64)
     # Tokens are duplicated inside TP groups: count each group's routing once.
     experts = np.sum([r["expert_counts"] for r in per_rank[::L]], axis=0).astype(np.float64)
@@ -242,7 +279,7 @@ def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
         "imbalance_rank": float(rows.max() / rows.mean()) if rows.mean() else 1.0,
         "imbalance_expert": float(experts.max() / experts.mean()) if experts.mean() else 1.0,
         "padding_waste": executed / useful if useful else 1.0,
-        "dropped_pct": 100.0 * sum(r["dropped"] for r in per_rank[::L]) / (P // L * work.T * cfg.preset.k),
+        "dropped_pct": 100.0 * sum(r["dropped"] for r in per_rank[::L]) / (work.total_tokens * cfg.preset.k),
         "kernel_peak_mb": max(r["kernel_peak_mb"] for r in per_rank),
         "peak_rss_mb": max(r["rss_mb"] for r in per_rank),
         "rel_error": error,
@@ -253,7 +290,7 @@ def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
 def layer_case(comm, work: Workload, copies: list, rotate: roofline.Rotation, layer: moe.LayerConfig, row: dict):
     """The timed forward of one configuration, phase by phase, each call on the next weight copy."""
     forced = itertools.cycle(work.forced)
-    fn = lambda mark: moe.forward(comm, work.x_TH, rotate(copies), layer, mark, next(forced))
+    fn = lambda mark: moe.forward(comm, work.x_TH, rotate(copies), layer, mark, next(forced), None, work.first_id)
     return Case(row, fn, phases=moe.PHASES)
 
 
@@ -313,7 +350,7 @@ def fit_layer_placement(comm, cfg: Config, work: Workload, weights, router, name
     layer = moe.LayerConfig(p, "plain", "flat", "loop", capacity_factor=work.capacity_factor, router=router)
     counts_E = torch.zeros(p.E, dtype=torch.float64)
     for forced in work.forced:
-        routing = moe.gate(work.x_TH, weights, layer, forced, moe.first_token(comm, work.T))
+        routing = moe.gate(work.x_TH, weights, layer, forced, work.first_id)
         counts_E += routing.kept_counts_E.cpu().double()
     load_NE = torch.zeros(P // G, p.E, dtype=torch.float64)
     for rank, counts in enumerate(comm.allgather_object(counts_E.tolist())):
@@ -352,12 +389,12 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
             timed.append(layer_case(comm, work, policy_copies, policy_rotate, layer, row))
             checks.append(per_rank)
     floors = floor_cases(comm, checks[0], info.permuted.send_AW.shape[1])  # packed row width: same in every config
-    dense = dense_case(work, dense_copies, rotate, dense_row(cfg, roof, work.T))
+    dense = dense_case(work, dense_copies, rotate, dense_row(cfg, roof, max(work.group_tokens)))
     timed_all = [*timed, dense, *floors]
     timing.run_interleaved(comm, timed_all, cfg.iters, cfg.warmup, cfg.rounds, comm.device, cfg.budget_s)
     floor_us = sum(c.row["time_us"] for c in floors)
     for case, per_rank in zip(timed, checks):
-        case.row["roofline_us"] = layer_roofline(cfg, roof, per_rank, work.T, floor_us)
+        case.row["roofline_us"] = layer_roofline(cfg, roof, per_rank, max(work.group_tokens), floor_us)
     rows = [c.row for c in (*timed, dense)]
     for row in rows:
         row["roofline_frac"] = row["roofline_us"] / row["time_us"]
@@ -570,7 +607,7 @@ def check_memory(comm, cfg: Config, ranks_per_host: int) -> None:
     p, P = cfg.preset, comm.world_size
     elem = torch.finfo(cfg.dtype).bits // 8
     expert = 3 * p.H * p.F
-    T = max(cfg.batches)
+    T = round(max(cfg.batches) * (1 + cfg.batch_spread))
     per_rank = (p.E // P * expert * elem + p.E * expert * (elem + 8) + p.k * expert * elem
                 + T * p.H * (elem + 16) + T * p.k * (p.H + 2 * p.F) * 3 * elem)  # fmt: skip
     need = per_rank * ranks_per_host
@@ -596,18 +633,24 @@ def run(args) -> int:
     meta.update(roofline=roof.fields(), warm_weights=cfg.warm)
     cases = list(itertools.product(cfg.skews, cfg.capacity_factors, cfg.batches))
     rows = []
+    recorder = TraceRecorder() if args.record_trace else None
     with Progress(disable=comm.rank != 0, transient=True, console=report.console) as progress:
         task = progress.add_task("moe", total=len(cases))
         for skew, cf, T in cases:
             progress.update(task, description=f"batch {T} skew {skew} cf {cf or 'none'}")
             work = make_workload(comm, cfg, skew, cf, T)
-            fields = {"batch": T, "skew": str(skew), "capacity_factor": cf}
+            if recorder is not None and (skew, cf) == cases[0][:2]:
+                recorder.add(comm, cfg, work, weights)
+            fields = {"batch": T, "skew": str(skew), "capacity_factor": cf, "batch_spread": cfg.batch_spread,
+                      "total_tokens": work.total_tokens}  # fmt: skip
             rows += [{**fields, **row} for row in bench_batch(comm, cfg, work, weights, roof, cfg.warm)]
             progress.advance(task)
     for r in rows:
-        r["tokens_per_s"] = P // cfg.tp * r["batch"] / (r["total_us"] * 1e-6)
+        r["tokens_per_s"] = r["total_tokens"] / (r["total_us"] * 1e-6)
     if comm.rank == 0:
         write_outputs(meta, rows, args)
+        if recorder is not None:
+            recorder.write(args.record_trace, p, sys.argv[1:])
     return report.exit_status(rows, say=comm.rank == 0)
 
 

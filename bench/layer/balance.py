@@ -41,7 +41,7 @@ import torch
 from moebench.bench.layer.placements import PLACEMENTS, Placement, fit_placement
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.skews import Skew, forced_logits, sample_topk
-from moebench.bench.layer.workloads import make_expert_weights, make_router_weights, make_tokens
+from moebench.bench.layer.workloads import make_expert_weights, make_router_weights, make_tokens, spread_batch_sizes
 from moebench.kernels import get_kernel, route
 from moebench.kernels.routers import Routed, Router, RouterInput
 
@@ -87,11 +87,7 @@ def _seed(cfg: BalanceConfig, batch: int, rank: int) -> int:
 
 def rank_tokens(cfg: BalanceConfig, batch: int) -> list[int]:
     """T_r of each rank in this batch: T, or T * (1 + spread * u), u uniform in [-1, 1], at least 1."""
-    if not cfg.batch_spread:
-        return [cfg.tokens] * cfg.num_ranks
-    gen = torch.Generator().manual_seed(_seed(cfg, batch, -1))
-    u_P = torch.rand(cfg.num_ranks, generator=gen, dtype=torch.float64) * 2 - 1
-    return [max(1, round(cfg.tokens * (1 + cfg.batch_spread * u))) for u in u_P.tolist()]
+    return spread_batch_sizes(cfg.tokens, cfg.batch_spread, cfg.num_ranks, cfg.seed, batch)
 
 
 @dataclass(frozen=True)

@@ -284,10 +284,13 @@ class ForwardInfo:
     active_experts: int = 0  # local experts that received at least one row
 
 
-def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None):
-    """y_TH = MoE(x_TH) across all ranks; `mark()` is called after each phase in PHASES."""
+def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None,
+            first_id: int | None = None):  # fmt: skip
+    """y_TH = MoE(x_TH) across all ranks; `mark()` is called after each phase in PHASES. first_id: the global id
+    of this rank's first token (routers that read token ids; default: TP groups of equal batches)."""
     P = comm.world_size
-    routing = gate(x_TH, weights, cfg, forced, first_token(comm, x_TH.shape[0]))
+    first_id = first_token(comm, x_TH.shape[0]) if first_id is None else first_id
+    routing = gate(x_TH, weights, cfg, forced, first_id)
     mark()
     permuted = permute(x_TH, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
     mark()

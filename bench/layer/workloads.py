@@ -44,3 +44,13 @@ def make_tokens(
 ) -> torch.Tensor:
     """x_TH, standard normal (drawn on the CPU)."""
     return _normal((num_tokens, hidden), seed + 1).to(device=device, dtype=dtype)
+
+
+def spread_batch_sizes(tokens: int, spread: float, parts: int, seed: int = 0, batch: int = 0) -> list[int]:
+    """Tokens of each of `parts` ranks (TP groups): T, or T * (1 + spread * u) rounded, u uniform in [-1, 1] drawn
+    from (seed, batch), at least 1 (requests do not arrive evenly: per-rank batches differ)."""
+    if not spread:
+        return [tokens] * parts
+    gen = torch.Generator().manual_seed(((seed * 1_000_003 + batch) * 4099 + 4093) % (1 << 63))
+    u_P = torch.rand(parts, generator=gen, dtype=torch.float64) * 2 - 1
+    return [max(1, round(tokens * (1 + spread * u))) for u in u_P.tolist()]
