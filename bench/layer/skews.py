@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from moebench.bench.layer import traces
+from moebench.kernels.routers.spec import parse_value_spec
 
 
 @dataclass(frozen=True)
@@ -228,18 +229,10 @@ def parse_skew(spec: str, allow_gate: bool = False) -> Skew:
     if name == "trace" and value:
         traces.load_trace(traces.split_spec(value)[0])  # a bad file fails here, in one line
         return Skew("trace", source=value)
-    kind = SKEWS.get(name) if name != "trace" else None
-    if kind is not None:
-        if not colon and (kind.check is None or kind.default is not None):
-            return Skew(name, kind.default or 0.0)
-        if colon and kind.check is not None:
-            try:
-                param = float(value)
-            except ValueError:
-                param = math.nan
-            if kind.check(param):
-                return Skew(name, param)
-    raise ValueError(f"bad --skew {spec!r}; expected {grammar(allow_gate)}")
+    parsed = parse_value_spec(spec, SKEWS) if name != "trace" else None
+    if parsed is None:
+        raise ValueError(f"bad --skew {spec!r}; expected {grammar(allow_gate)}")
+    return Skew(parsed[0], parsed[1] or 0.0)
 
 
 def varies_by_batch(skew: Skew) -> bool:

@@ -24,12 +24,12 @@ Routers (one module each):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from moebench.kernels.routers.spec import parse_value_spec
 from moebench.kernels.routing import Routing
 
 
@@ -115,21 +115,10 @@ def grammar() -> str:
 
 def parse_router(spec: str) -> Router:
     """`name[:PARAM]` of the registry -> Router; ValueError naming the grammar otherwise."""
-    name, colon, value = spec.strip().partition(":")
-    kind = ROUTERS.get(name)
-    if kind is not None:
-        if not colon and kind.check is None:
-            return Router(name)
-        if not colon and kind.default is not None:
-            return Router(name, float(kind.default))
-        if colon and kind.check is not None:
-            try:
-                param = float(value)
-            except ValueError:
-                param = math.nan
-            if kind.check(param):
-                return Router(name, param)
-    raise ValueError(f"bad router {spec!r}; expected one of: {grammar()}")
+    parsed = parse_value_spec(spec, ROUTERS)
+    if parsed is None:
+        raise ValueError(f"bad router {spec!r}; expected one of: {grammar()}")
+    return Router(*parsed)
 
 
 __all__ = ["ROUTERS", "Routed", "Router", "RouterInput", "RouterKind", "grammar", "parse_router"]
