@@ -56,6 +56,8 @@ bench-balance: install
 	$(MOEBENCH) balance --model deepseek-v3-tiny --ranks 4 --ranks-per-node 2 --batch 256 --redundant 32 --window 4 \
 		--skew gate,zipf:1.2,lognormal:1.0,sticky,shift,nodeskew:1,trace:traces/deepseek-v3-tiny-zipf1.2.json \
 		--save --tag deepseek-p4
+	$(MOEBENCH) balance --model deepseek-v3-tiny --ranks 16 --ranks-per-node 2 --batch 64 --redundant 32 --window 4 \
+		--skew gate,zipf:1.2,lognormal:1.0 --routers topk,topk-group --save --tag deepseek-p16-groups
 	$(MOEBENCH) balance --model deepseek-v3-tiny --ranks 4 --ranks-per-node 2 --batch 64 --window 4 \
 		--skew gate,zipf:1.2,lognormal:1.0,hot:0.9 --placements contiguous --capacity-factor 1.0 --save --tag deepseek-p4-cf1.0
 	$(MOEBENCH) balance --model switch-base-128-tiny --ranks 4 --ranks-per-node 2 --batch 4096 --window 2 \

@@ -47,10 +47,11 @@ def one_hot_logits(T: int, E: int, hot: int = 0, seed: int = 0) -> torch.Tensor:
 def test_router_grammar():
     assert [str(parse_router(s)) for s in ("topk", "capacity-aware", "topk-switch:1", "hash", "task", "task:7")] == [
         "topk", "capacity-aware", "topk-switch:1", "hash", "task:4", "task:7"]  # fmt: skip
-    for bad in ("top", "topk-switch", "topk-switch:0", "topk-switch:1.5", "task:0", "hash:3", "topk:2"):
+    for bad in ("top", "topk-switch", "topk-switch:0", "topk-switch:1.5", "task:0", "hash:3", "topk:2", "topk-group:0"):
         with pytest.raises(ValueError, match="bad router"):
             parse_router(bad)
-    assert set(ROUTERS) == {"topk", "capacity-aware", "topk-switch", "hash", "task"}
+    assert set(ROUTERS) == {"topk", "capacity-aware", "topk-switch", "hash", "task", "topk-group"}
+    assert str(parse_router("topk-group")) == "topk-group" and str(parse_router("topk-group:2")) == "topk-group:2"
 
 
 @pytest.mark.parametrize("cf", [None, 1.0, 2.0])
@@ -163,6 +164,34 @@ def test_task_router_pins_each_request_to_its_tasks_experts():
         parse_router("task:2")(RouterInput(lg, k, None, token_ids, torch.full((T,), 2)))
 
 
+def topk_group_reference(lg: torch.Tensor, k: int, groups: int, keep: int) -> list[list[int]]:
+    """Plain loops: group score = sum of its two best probabilities; top `keep` groups; top k experts inside."""
+    E = lg.shape[1]
+    width = E // groups
+    out = []
+    for row in torch.softmax(lg.double(), -1).tolist():
+        scores = [sum(sorted(row[g * width : (g + 1) * width], reverse=True)[:2]) for g in range(groups)]
+        kept = sorted(range(groups), key=lambda g: -scores[g])[:keep]
+        allowed = [e for e in range(E) if e // width in kept]
+        out.append(sorted(allowed, key=lambda e: -row[e])[:k])
+    return out
+
+
+@pytest.mark.parametrize(
+    "T,E,k,groups,keep", [(40, 256, 8, 8, 4), (20, 16, 2, 4, 1), (5, 8, 8, 2, 2), (1, 32, 4, 8, 2)]
+)
+def test_topk_group_router_matches_a_plain_loop(T, E, k, groups, keep):
+    lg = logits(T, E, 7)
+    routed = parse_router(f"topk-group:{keep}")(RouterInput(lg, k, None, None, None, groups, 1))
+    assert routed.routing.topk_ids_Tk.tolist() == topk_group_reference(lg, k, groups, keep)
+    width = E // groups
+    assert all(len({e // width for e in row}) <= keep for row in routed.routing.topk_ids_Tk.tolist())
+    bare = parse_router("topk-group")(RouterInput(lg, k, None, None, None, groups, keep))  # the model's own TG
+    assert torch.equal(bare.routing.topk_ids_Tk, routed.routing.topk_ids_Tk)
+    with pytest.raises(ValueError, match="TG \\* E/NG >= k"):
+        parse_router("topk-group:1")(RouterInput(lg, E // groups + 1, None, None, None, groups, 1))
+
+
 # ---------------------------------------------------------------------------------------------- placements
 
 
@@ -219,6 +248,18 @@ def test_hierarchical_keeps_every_expert_inside_one_node():
         assert len({pl.node_of(pl.rank_S[s]) for s in slots}) == 1
     per_node = [sum(1 for e in set(pl.experts_P[2 * n] + pl.experts_P[2 * n + 1])) for n in range(4)]
     assert per_node == [E // 4] * 4
+
+
+def test_hierarchical_keeps_each_expert_group_on_one_node():
+    E, P, G, R, groups = 64, 8, 2, 8, 4
+    load_NE = torch.rand(4, E, generator=torch.Generator().manual_seed(2)) * 10
+    pl = fit_placement("hierarchical", load_NE, P, G, R, groups)
+    check_placement(pl, E, P, G, R)
+    width = E // groups
+    for g in range(groups):
+        nodes = {pl.node_of(pl.rank_S[s]) for e in range(g * width, (g + 1) * width) for s in pl.slots_E[e]}
+        assert len(nodes) == 1
+    assert sorted(pl.node_of(pl.rank_S[pl.slots_E[g * width][0]]) for g in range(groups)) == [0, 1, 2, 3]
 
 
 def test_one_rank_and_bad_shapes():
@@ -398,6 +439,8 @@ def test_study_rows_hold_their_invariants():
     for r in rows:
         kept = cfg.num_ranks * cfg.tokens * cfg.preset.k * (1 - r["dropped_pct"] / 100)
         assert math.isclose(r["local_bytes"] + r["intra_bytes"] + r["inter_bytes"], kept * row_bytes, rel_tol=1e-9)
+        inter_assignments = r["inter_bytes"] / row_bytes  # a token crosses to a node at most once per assignment
+        assert 0 < r["inter_node_dedup_bytes"] <= inter_assignments * (cfg.preset.H * cfg.elem_bytes + 12) + 1e-6
         assert r["max_mean_rank"] >= 1 and r["max_mean_expert"] >= 1 and 0 < r["gate_mass"] <= 1 + 1e-9
         assert r["extra_weight_bytes"] == (r["redundant"] // cfg.num_ranks) * 3 * 256 * 896 * 2
     topk, aware = rows[0], rows[3]
@@ -459,6 +502,7 @@ def test_balance_bad_input_is_one_line(args, match):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-def test_default_routers_follow_k():
+def test_default_routers_follow_the_model():
     assert balance_cmd.default_routers(8) == ["topk", "capacity-aware", "topk-switch:4", "hash", "task:4"]
+    assert balance_cmd.default_routers(8, 8)[-1] == "topk-group"
     assert "topk-switch" not in " ".join(balance_cmd.default_routers(1))

@@ -30,7 +30,8 @@ SWITCH_DROP_PCT = 1.0  # Switch Transformer (Fedus et al., 2021): < 1% of tokens
 SWITCH_CF = 1.25
 COLUMNS = [
     "router", "placement", "skew", "R", "window", "max/mean rank", "max/mean node", "max/mean expert", "drop %",
-    "rerouted %", "gate mass", "out dev", "local KB", "intra KB", "inter KB", "extra weight MB", "ok",
+    "rerouted %", "gate mass", "out dev", "local KB", "intra KB", "inter KB", "inter dedup KB", "extra weight MB",
+    "ok",
 ]  # fmt: skip
 
 
@@ -55,15 +56,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     options.add_output(p)
 
 
-def default_routers(k: int) -> list[str]:
+def default_routers(k: int, groups: int = 1) -> list[str]:
+    """Every router: topk-switch at k/2 where k > 1; topk-group where the model has expert groups."""
     names = []
     for name, kind in ROUTERS.items():
-        if kind.check is None:
-            names.append(name)
-        elif kind.default is not None:
-            names.append(f"{name}:{kind.default:g}")
-        elif name == "topk-switch" and k > 1:
-            names.append(f"{name}:{max(1, k // 2)}")
+        if name == "topk-switch":
+            names += [f"{name}:{max(1, k // 2)}"] if k > 1 else []
+        elif name == "topk-group":
+            names += [name] if groups > 1 else []
+        else:
+            names.append(name if kind.check is None or kind.default == 0 else f"{name}:{kind.default:g}")
     return names
 
 
@@ -87,7 +89,7 @@ def parse_config(args) -> balance.BalanceConfig:
         raise ValueError(f"--window must be >= 1 batch, got {args.window}")
     if len(args.capacity_factor) != 1:
         raise ValueError("balance takes one --capacity-factor")
-    routers = [parse_router(r) for r in (args.routers or default_routers(preset.k))]
+    routers = [parse_router(r) for r in (args.routers or default_routers(preset.k, preset.groups))]
     for r in routers:
         if r.kind == "topk-switch" and not 1 <= r.param < preset.k:
             raise ValueError(f"{r}: needs 1 <= K2 < k = {preset.k} ({preset.name})")
@@ -126,7 +128,8 @@ def _table_row(r: dict) -> list:
     return [
         r["router"], r["placement"], r["skew"], r["redundant"], r["window"], r["max_mean_rank"], r["max_mean_node"],
         r["max_mean_expert"], r["dropped_pct"], r["rerouted_pct"], r["gate_mass"], r["out_dev"],
-        r["local_bytes"] / 1e3, r["intra_bytes"] / 1e3, r["inter_bytes"] / 1e3, r["extra_weight_bytes"] / 1e6,
+        r["local_bytes"] / 1e3, r["intra_bytes"] / 1e3, r["inter_bytes"] / 1e3, r["inter_node_dedup_bytes"] / 1e3,
+        r["extra_weight_bytes"] / 1e6,
         "yes" if r["correct"] else f"NO: {r['problems']}",
     ]  # fmt: skip
 
@@ -148,12 +151,15 @@ def summary_lines(rows: list[dict], cfg_meta: dict) -> list[str]:
                 cut = f"{before / after:.2f}x less" if after > 0 else "all of it"
                 lines.append(f"{skew}: {name} R={other['redundant']} excess rank imbalance (max/mean - 1) "
                              f"{after:.3f} vs contiguous {before:.3f} ({cut}), {other['window']} window")  # fmt: skip
-        flat, hier = _find(rows, router="topk", placement="eplb", skew=skew), \
-            _find(rows, router="topk", placement="hierarchical", skew=skew)  # fmt: skip
-        if flat and hier and cfg_meta["P"] > cfg_meta["G"]:
-            lines.append(f"{skew}: inter-node dispatch KB per batch hierarchical {hier['inter_bytes'] / 1e3:.1f} vs "
-                         f"eplb {flat['inter_bytes'] / 1e3:.1f} (max/mean rank {hier['max_mean_rank']:.3f} vs "
-                         f"{flat['max_mean_rank']:.3f})")  # fmt: skip
+        for router in dict.fromkeys(r["router"] for r in rows if r["router"] in ("topk", "topk-group")):
+            flat, hier = _find(rows, router=router, placement="eplb", skew=skew), \
+                _find(rows, router=router, placement="hierarchical", skew=skew)  # fmt: skip
+            if flat and hier and cfg_meta["P"] > cfg_meta["G"]:
+                lines.append(
+                    f"{skew}, {router}: inter-node KB per batch, hierarchical vs eplb: per assignment "
+                    f"{hier['inter_bytes'] / 1e3:.1f} vs {flat['inter_bytes'] / 1e3:.1f}, a token once per node "
+                    f"{hier['inter_node_dedup_bytes'] / 1e3:.1f} vs {flat['inter_node_dedup_bytes'] / 1e3:.1f} "
+                    f"(max/mean rank {hier['max_mean_rank']:.3f} vs {flat['max_mean_rank']:.3f})")  # fmt: skip
         topk, aware = _find(rows, router="topk", skew=skew), _find(rows, router="capacity-aware", skew=skew)
         if topk and aware and topk["capacity_factor"] is not None:
             lines.append(f"{skew}: capacity-aware drops {aware['dropped_pct']:.2f}% (rerouted "
@@ -179,7 +185,9 @@ CAPTION = (
     "and rerouted %: of the gate's T*k assignments. gate mass: the gate probability (softmax over all E) the kept "
     "assignments carry / what the gate's top k carry. out dev: ||y - y_ref|| / ||y_ref||, y_ref the dropless topk "
     "output (a proxy, not a quality claim). local / intra / inter KB: dispatch bytes per batch that stay on the "
-    "rank / cross ranks in a node / cross nodes (row = H * elem + 8 B; combine returns the same). Dispatch: each "
+    "rank / cross ranks in a node / cross nodes (row = H * elem + 8 B; combine returns the same); inter dedup KB: "
+    "the inter-node bytes when a token crosses once to each remote node holding its experts (H * elem per token "
+    "and node + 12 B per assignment, DeepEP's internode path). Dispatch: each "
     "rank sends each assignment to the replica it has sent fewest so far in the batch (ties: its node). extra "
     "weight MB: replica weights the fullest rank holds beyond its E/P experts. ok: every invariant held."
 )

@@ -356,7 +356,7 @@ def fit_layer_placement(comm, cfg: Config, work: Workload, weights, router, name
     for rank, counts in enumerate(comm.allgather_object(counts_E.tolist())):
         if rank % L == 0:  # tokens are duplicated inside a TP group: count each group once
             load_NE[rank // G] += torch.tensor(counts, dtype=torch.float64)
-    return fit_placement(name, load_NE, P, G, cfg.redundant if PLACEMENTS[name].replicates else 0)
+    return fit_placement(name, load_NE, P, G, cfg.redundant if PLACEMENTS[name].replicates else 0, p.groups)
 
 
 def policy_weights(comm, cfg: Config, work: Workload, weights, warm: bool, contiguous: tuple):

@@ -24,6 +24,9 @@ evaluation window (`next`, or `same`: the fit window itself). Figures:
 - local_bytes, intra_bytes, inter_bytes: dispatch wire bytes per batch (mean over the window) of kept
   assignments that stay on their rank, cross ranks inside a node, cross nodes; one packed row = H * elem +
   8 bytes (the layer's row and its expert id); combine sends the same bytes back.
+  inter_node_dedup_bytes: the inter-node bytes of a dispatch that sends a token once to each remote node
+  holding any of its experts (DeepEP's internode path: H * elem per token and node, plus 12 bytes of id and
+  weight per assignment), the bytes a node-limited gate and a node-aware placement save.
 - extra_weight_bytes: the most replica weight bytes a rank holds beyond its E / P experts (3 * H * F * elem
   per replica).
 - correct: every invariant held (`problems` says which did not): a router's experts are in range and distinct
@@ -46,6 +49,7 @@ from moebench.kernels import get_kernel, route
 from moebench.kernels.routers import Routed, Router, RouterInput
 
 ID_BYTES = 8  # the layer's packed row carries its local expert id (int64)
+DEDUP_META_BYTES = 12  # per assignment in a node-deduplicated row: its expert id (int64) and gate weight (fp32)
 
 
 @dataclass(frozen=True)
@@ -138,20 +142,27 @@ def route_window(cfg: BalanceConfig, router: Router, skew: Skew, w_router_HE, ba
     window = RouterWindow([], [])
     for b in batches:
         ranks = make_batch(cfg, skew, w_router_HE, b)
-        inputs = [RouterInput(r.logits_TE, cfg.preset.k, cfg.capacity_factor, r.token_ids_T) for r in ranks]
+        p = cfg.preset
+        inputs = [RouterInput(r.logits_TE, p.k, cfg.capacity_factor, r.token_ids_T, None, p.groups, p.topk_groups)
+                  for r in ranks]  # fmt: skip
         window.routed.append([router(inp) for inp in inputs])
         window.batches.append(ranks)
     return window
 
 
-def kept_assignments(routed_P: list[Routed]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(expert_A, source_rank_A) int64 [A]: every kept assignment of one batch, rank by rank."""
-    experts, sources = [], []
+def kept_assignments(routed_P: list[Routed], with_tokens: bool = False):
+    """(expert_A, source_rank_A) int64 [A]: every kept assignment of one batch, rank by rank; with_tokens: also
+    token_A int64 [A], the batch-wide index of each assignment's token."""
+    experts, sources, tokens, first = [], [], [], 0
     for rank, r in enumerate(routed_P):
-        expert_A = r.routing.topk_ids_Tk[r.routing.kept_Tk]
+        kept_Tk = r.routing.kept_Tk
+        expert_A = r.routing.topk_ids_Tk[kept_Tk]
         experts.append(expert_A)
         sources.append(torch.full_like(expert_A, rank))
-    return torch.cat(experts), torch.cat(sources)
+        tokens.append(first + kept_Tk.nonzero()[:, 0])
+        first += kept_Tk.shape[0]
+    out = (torch.cat(experts), torch.cat(sources))
+    return (*out, torch.cat(tokens)) if with_tokens else out
 
 
 def node_load(cfg: BalanceConfig, window: RouterWindow) -> torch.Tensor:
@@ -237,10 +248,10 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
     p, G = cfg.preset, cfg.ranks_per_node
     row_bytes = p.H * cfg.elem_bytes + ID_BYTES
     rank_imbalance, node_imbalance, problems = [], [], set(placement_problems(placement))
-    local = intra = inter = kept = 0
+    local = intra = inter = kept = inter_rows = 0
     expert_S = torch.tensor(placement.expert_S, dtype=torch.int64)
     for routed_P in window.routed:
-        expert_A, source_A = kept_assignments(routed_P)
+        expert_A, source_A, token_A = kept_assignments(routed_P, with_tokens=True)
         slot_A = placement.dispatch(expert_A, source_A)
         if not torch.equal(expert_S[slot_A], expert_A):
             problems.add("dispatch sent an assignment to another expert's slot")
@@ -253,6 +264,8 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
         local += int(same_rank_A.sum())
         intra += int((same_node_A & ~same_rank_A).sum())
         inter += int((~same_node_A).sum())
+        remote_A = ~same_node_A  # a token crosses once to each remote node that holds any of its experts
+        inter_rows += torch.unique(token_A[remote_A] * cfg.num_nodes + dest_A[remote_A] // G).numel()
     batches = len(window.routed)
     if local + intra + inter != kept:
         problems.add("dispatch bytes do not add up to the kept assignments")
@@ -263,6 +276,7 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
         "local_bytes": local * row_bytes / batches,
         "intra_bytes": intra * row_bytes / batches,
         "inter_bytes": inter * row_bytes / batches,
+        "inter_node_dedup_bytes": (inter_rows * p.H * cfg.elem_bytes + inter * DEDUP_META_BYTES) / batches,
         "extra_weight_bytes": placement.extra_slots_per_rank() * 3 * p.H * p.F * cfg.elem_bytes,
         "slots_per_rank": len(placement.experts_P[0]),
     }
@@ -284,7 +298,7 @@ def study(cfg: BalanceConfig, progress=None) -> list[dict]:
             figures = router_figures(cfg, evaluated, experts_EHF)
             for name in cfg.placements:
                 R = cfg.redundant_for(name)
-                placement = fit_placement(name, load_NE, cfg.num_ranks, cfg.ranks_per_node, R)
+                placement = fit_placement(name, load_NE, cfg.num_ranks, cfg.ranks_per_node, R, p.groups)
                 placed = placement_figures(cfg, placement, evaluated)
                 problems = sorted({*figures["problems"], *placed["problems"]})
                 rows.append({

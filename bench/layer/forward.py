@@ -140,7 +140,8 @@ def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None, first_token: 
     if cfg.router is not None:
         logits_TE = gate_logits(x_TH, weights, forced)
         token_ids_T = torch.arange(first_token, first_token + x_TH.shape[0], device=logits_TE.device)
-        inp = RouterInput(logits_TE, cfg.preset.k, cfg.capacity_factor, token_ids_T)
+        p = cfg.preset
+        inp = RouterInput(logits_TE, p.k, cfg.capacity_factor, token_ids_T, None, p.groups, p.topk_groups)
         return cfg.router(inp).routing
     if forced is None:
         x = x_TH if x_TH.dtype == torch.float32 else x_TH.float()

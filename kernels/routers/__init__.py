@@ -19,7 +19,10 @@ Routers (one module each):
   to the token's next-best expert (by logit) with room and not already chosen by the token;
 - topk-switch:K2: the gate trained with k, run with K2 < k experts per token (decode's quality/latency knob);
 - hash: K = k distinct experts from a fixed hash of the token id (Hash Layers), weights 1/k, no gate GEMM;
-- task[:N]: every token of a request pinned to its task's fixed k experts (task-level routing), N tasks.
+- task[:N]: every token of a request pinned to its task's fixed k experts (task-level routing), N tasks;
+- topk-group[:TG]: DeepSeek-V3's group-limited gate: the experts form the model's groups (contiguous blocks),
+  a group scores the sum of its two best expert probabilities, a token keeps its TG best groups (default:
+  the model's topk_groups) and takes its top k inside them.
 """
 
 from __future__ import annotations
@@ -36,14 +39,17 @@ from moebench.kernels.routing import Routing
 @dataclass(frozen=True)
 class RouterInput:
     """What a router sees: logits_TE float [T, E] (the gate's), the model's k, the capacity factor (None: no
-    drops), token_ids_T int64 [T] (global token ids: hash routing; default 0..T-1) and task_T int64 [T]
-    (task of each token's request: task routing; default from the token id, see routers.task)."""
+    drops), token_ids_T int64 [T] (global token ids: hash routing; default 0..T-1), task_T int64 [T]
+    (task of each token's request: task routing; default from the token id, see routers.task), and the
+    model's expert groups (group-limited routing)."""
 
     logits_TE: torch.Tensor
     k: int
     capacity_factor: float | None = None
     token_ids_T: torch.Tensor | None = None
     task_T: torch.Tensor | None = None
+    num_groups: int = 1  # expert groups (contiguous blocks of E / num_groups) of a group-limited gate
+    topk_groups: int = 1  # groups a token may use there
 
     @property
     def num_tokens(self) -> int:
@@ -84,14 +90,15 @@ class Router:
     param: float | None = None
 
     def __str__(self) -> str:
-        return self.kind if self.param is None else f"{self.kind}:{self.param:g}"
+        bare = self.param is None or (self.param == 0 and ROUTERS[self.kind].default == 0)  # 0: the model's own
+        return self.kind if bare else f"{self.kind}:{self.param:g}"
 
     def __call__(self, inp: RouterInput) -> Routed:
         return ROUTERS[self.kind].route(inp, self.param)
 
 
 def _registry() -> dict[str, RouterKind]:
-    from moebench.kernels.routers import capacity_aware, hash_layer, task, topk, topk_switch
+    from moebench.kernels.routers import capacity_aware, hash_layer, task, topk, topk_group, topk_switch
 
     return {
         "topk": RouterKind("topk", topk.route),
@@ -99,6 +106,12 @@ def _registry() -> dict[str, RouterKind]:
         "topk-switch": RouterKind("topk-switch:K2 (1 <= K2 < k)", topk_switch.route, check=_positive_int),
         "hash": RouterKind("hash", hash_layer.route),
         "task": RouterKind("task[:N] (N >= 1 tasks, default 4)", task.route, _positive_int, task.DEFAULT_TASKS),
+        "topk-group": RouterKind(
+            "topk-group[:TG] (TG >= 1 groups; bare: the model's)",
+            topk_group.route,
+            check=_positive_int,
+            default=topk_group.MODEL_DEFAULT,
+        ),
     }
 
 

@@ -20,9 +20,11 @@ Placements:
 - eplb: R redundant experts: replicate the expert with the most load per replica, R times; then pack the
   E + R replicas (each carrying its expert's load / replicas) onto ranks, heaviest first, each to the
   least-loaded rank with a free slot that does not hold that expert yet (greedy balanced packing);
-- hierarchical: first pack experts onto nodes (E / N each, heaviest first to the least-loaded node), then
-  inside each node replicate (R / N per node) and pack onto its G ranks as eplb does: an expert's replicas
-  stay inside one node.
+- hierarchical: first pack the model's expert groups onto nodes (each a contiguous block of E / groups experts;
+  heaviest first to the least-loaded node, groups / N per node; single experts where the groups do not divide
+  among the nodes), then inside each node replicate (R / N per node) and pack onto its G ranks as eplb does:
+  an expert's replicas stay inside its group's node. Under a group-limited gate (topk-group) a token then
+  reaches at most its TG groups' nodes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from moebench.bench.layer.placements.base import Placement, check_shape
 
 @dataclass(frozen=True)
 class PlacementKind:
-    """One placement of the registry: fit(load_NE, P, G, R) -> Placement; replicates: takes R > 0."""
+    """One placement of the registry: fit(load_NE, P, G, R, groups) -> Placement; replicates: takes R > 0."""
 
     fit: Callable
     replicates: bool
@@ -56,8 +58,11 @@ def _registry() -> dict[str, PlacementKind]:
 PLACEMENTS: dict[str, PlacementKind] = _registry()
 
 
-def fit_placement(name: str, load_NE: torch.Tensor, num_ranks: int, ranks_per_node: int, redundant: int = 0):
-    """PLACEMENTS[name] fit on load_NE [N, E] (N = num_ranks / ranks_per_node); ValueError on bad input."""
+def fit_placement(name: str, load_NE: torch.Tensor, num_ranks: int, ranks_per_node: int, redundant: int = 0,
+                  groups: int = 1):  # fmt: skip
+    """PLACEMENTS[name] fit on load_NE [N, E] (N = num_ranks / ranks_per_node); `groups`: the model's expert
+    groups (contiguous blocks; hierarchical keeps each group on one node where they divide evenly). ValueError
+    on bad input."""
     if name not in PLACEMENTS:
         raise ValueError(f"unknown placement {name!r}; choose from {', '.join(PLACEMENTS)}")
     kind = PLACEMENTS[name]
@@ -66,7 +71,7 @@ def fit_placement(name: str, load_NE: torch.Tensor, num_ranks: int, ranks_per_no
     N = num_ranks // max(1, ranks_per_node)
     if load_NE.dim() != 2 or load_NE.shape[0] != N:
         raise ValueError(f"load must be [nodes, experts] = [{N}, E], got {tuple(load_NE.shape)}")
-    return kind.fit(load_NE.double(), num_ranks, ranks_per_node, redundant)
+    return kind.fit(load_NE.double(), num_ranks, ranks_per_node, redundant, groups)
 
 
 __all__ = ["PLACEMENTS", "Placement", "PlacementKind", "check_shape", "fit_placement"]

@@ -9,7 +9,7 @@ from moebench.bench.layer.placements.base import Placement, check_shape
 from moebench.bench.layer.placements.packing import pack, replica_counts
 
 
-def fit(load_NE, num_ranks: int, ranks_per_node: int, redundant: int) -> Placement:
+def fit(load_NE, num_ranks: int, ranks_per_node: int, redundant: int, groups: int = 1) -> Placement:
     E = load_NE.shape[1]
     check_shape(E, num_ranks, ranks_per_node, redundant, per_node=False)
     load_E = load_NE.sum(0).tolist()
