@@ -64,7 +64,7 @@ bench-balance: install
 		--skew uniform,gate --routers topk,capacity-aware,hash --placements contiguous --capacity-factor 1.25 \
 		--save --tag switch-p4-cf1.25
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128 --skew uniform,hot:0.9 \
-		--algos flat --kernels dynamic --routers topk,topk-switch:1,task --save --tag policies-p2
+		--algos flat --kernels dynamic --routers topk,topk-switch:1,task,task-local --save --tag policies-p2
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model qwen3-30b-a3b-tiny --batch 8,128 --skew uniform,hot:0.9,zipf:1.2 \
 		--algos flat --kernels dynamic --placements contiguous,eplb --redundant 16 --save --tag straggler-qwen-p2
 

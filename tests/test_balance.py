@@ -50,7 +50,7 @@ def test_router_grammar():
     for bad in ("top", "topk-switch", "topk-switch:0", "topk-switch:1.5", "task:0", "hash:3", "topk:2", "topk-group:0"):
         with pytest.raises(ValueError, match="bad router"):
             parse_router(bad)
-    assert set(ROUTERS) == {"topk", "capacity-aware", "topk-switch", "hash", "task", "topk-group"}
+    assert set(ROUTERS) == {"topk", "capacity-aware", "topk-switch", "hash", "task", "task-local", "topk-group"}
     assert str(parse_router("topk-group")) == "topk-group" and str(parse_router("topk-group:2")) == "topk-group:2"
 
 
@@ -190,6 +190,18 @@ def test_topk_group_router_matches_a_plain_loop(T, E, k, groups, keep):
     assert torch.equal(bare.routing.topk_ids_Tk, routed.routing.topk_ids_Tk)
     with pytest.raises(ValueError, match="TG \\* E/NG >= k"):
         parse_router("topk-group:1")(RouterInput(lg, E // groups + 1, None, None, None, groups, 1))
+
+
+def test_task_local_serves_each_rank_its_own_task():
+    E, k, P = 16, 2, 4
+    lg = logits(10, E, 3)
+    for part in range(P):
+        routed = parse_router("task-local")(RouterInput(lg, k, None, None, None, 1, 1, part, P))
+        assert set(routed.routing.topk_ids_Tk.view(-1).tolist()) <= set(range(part * E // P, (part + 1) * E // P))
+    two = parse_router("task-local:2")(RouterInput(lg, k, None, None, None, 1, 1, 3, P))  # parts 2, 3 -> task 1
+    assert set(two.routing.topk_ids_Tk.view(-1).tolist()) == set(task_experts(2, E, k)[1].tolist())
+    rows = balance.study(small_config(routers=[parse_router("task-local")], placements=["contiguous"]))
+    assert rows[0]["intra_bytes"] == rows[0]["inter_bytes"] == 0 < rows[0]["local_bytes"]
 
 
 # ---------------------------------------------------------------------------------------------- placements
@@ -503,6 +515,6 @@ def test_balance_bad_input_is_one_line(args, match):
 
 
 def test_default_routers_follow_the_model():
-    assert balance_cmd.default_routers(8) == ["topk", "capacity-aware", "topk-switch:4", "hash", "task:4"]
+    assert balance_cmd.default_routers(8) == ["topk", "capacity-aware", "topk-switch:4", "hash", "task:4", "task-local"]
     assert balance_cmd.default_routers(8, 8)[-1] == "topk-group"
     assert "topk-switch" not in " ".join(balance_cmd.default_routers(1))

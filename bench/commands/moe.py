@@ -155,7 +155,8 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     # one expert popularity for the whole cluster (cfg.seed); each TP group draws its own tokens (part = group)
     forced = [moe.forced_routing(skew, mine, cfg.preset, cfg.seed, b, group, layout) for b in batches]
-    y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id)
+    part = moe.rank_part(comm)
+    y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id, part)
                 for router in cfg.routers}  # fmt: skip
     return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH, tuple(sizes), first_id)
 
@@ -350,7 +351,7 @@ def fit_layer_placement(comm, cfg: Config, work: Workload, weights, router, name
     layer = moe.LayerConfig(p, "plain", "flat", "loop", capacity_factor=work.capacity_factor, router=router)
     counts_E = torch.zeros(p.E, dtype=torch.float64)
     for forced in work.forced:
-        routing = moe.gate(work.x_TH, weights, layer, forced, work.first_id)
+        routing = moe.gate(work.x_TH, weights, layer, forced, work.first_id, moe.rank_part(comm))
         counts_E += routing.kept_counts_E.cpu().double()
     load_NE = torch.zeros(P // G, p.E, dtype=torch.float64)
     for rank, counts in enumerate(comm.allgather_object(counts_E.tolist())):
@@ -463,6 +464,13 @@ def _default_policy(r: dict) -> bool:
     return r.get("router", "topk") == "topk" and r.get("placement", "contiguous") == "contiguous"
 
 
+def _twin(rows: list[dict], r: dict, **fields) -> dict | None:
+    """The topk + contiguous row with r's skew, cf, batch, algo and kernel (`fields` overriding r's values)."""
+    want = {key: r[key] for key in ("skew", "capacity_factor", "batch", "algo", "kernel")} | fields
+    return next((b for b in rows if b["role"] == "config" and _default_policy(b)
+                 and all(b[key] == value for key, value in want.items())), None)  # fmt: skip
+
+
 def _versus(a: dict, b: dict) -> str:
     """b's time / a's, or `tie` when their p20-p80 intervals overlap (inside the spread)."""
     if "p20_us" in a and "p20_us" in b and timing.ties(a, b):
@@ -512,9 +520,7 @@ def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
     for r in rows:
         if r["role"] != "config" or _default_policy(r):
             continue
-        base = next((b for b in rows if _default_policy(b) and b["role"] == "config" and
-                     (b["skew"], b["capacity_factor"], b["batch"], b["algo"], b["kernel"]) ==
-                     (r["skew"], r["capacity_factor"], r["batch"], r["algo"], r["kernel"])), None)  # fmt: skip
+        base = _twin(rows, r)
         if base is None:
             continue
         bytes_ratio = f"{r['dispatch_bytes'] / base['dispatch_bytes']:.2f}x" if base["dispatch_bytes"] else "-"
@@ -525,6 +531,25 @@ def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
     return columns, out
 
 
+TASK_MOE_THROUGHPUT = 1.9  # Kudugunta et al., 2021 (Task-MoE): peak inference throughput routing by task (WMT, 32 E)
+
+
+def task_lines(rows: list[dict]) -> list[str]:
+    """Task-level routing beside Task-MoE's number: each task router row against topk (same configuration)."""
+    lines = []
+    for r in rows:
+        if r["role"] != "config" or not r.get("router", "").startswith("task"):
+            continue
+        base = _twin(rows, r)
+        if base is not None and r["placement"] == "contiguous":
+            data = f"{r['dispatch_bytes'] / base['dispatch_bytes']:.2f}x" if base["dispatch_bytes"] else "-"
+            speed = r["tokens_per_s"] / base["tokens_per_s"]
+            lines.append(f"batch {r['batch']} {r['skew']}: Task-MoE reports {TASK_MOE_THROUGHPUT}x peak throughput "
+                         f"routing by task; here {r['router']} vs topk: tok/s {speed:.2f}x ({_versus(r, base)} by the "
+                         f"spread), dispatch bytes {data}")  # fmt: skip
+    return lines
+
+
 def skew_lines(rows: list[dict]) -> list[str]:
     """The hot-expert straggler: each skew against `uniform` for the same batch, cf and algo + kernel (topk +
     contiguous): the busiest rank's received rows / the mean, and the layer time (ratio, or tie)."""
@@ -532,9 +557,7 @@ def skew_lines(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["role"] != "config" or not _default_policy(r) or r["skew"] == "uniform":
             continue
-        base = next((b for b in rows if b["role"] == "config" and _default_policy(b) and b["skew"] == "uniform" and
-                     (b["batch"], b["capacity_factor"], b["algo"], b["kernel"]) ==
-                     (r["batch"], r["capacity_factor"], r["algo"], r["kernel"])), None)  # fmt: skip
+        base = _twin(rows, r, skew="uniform")
         if base is not None:
             lines.append(
                 f"batch {r['batch']} {r['algo']} + {r['kernel']}: {r['skew']} max/mean rows per rank "
@@ -665,7 +688,7 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
         report.print_table("Routers and placements against topk + contiguous (same algo + kernel; vs = that row's "
                            "time / this row's, or tie; vs topk = this row's dispatch bytes / that row's)",
                            pol_cols, pol_rows)  # fmt: skip
-    straggler = skew_lines(rows)
+    straggler = skew_lines(rows) + task_lines(rows)
     for line in straggler:
         report.console.print(line)
     md = (

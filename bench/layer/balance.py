@@ -143,8 +143,8 @@ def route_window(cfg: BalanceConfig, router: Router, skew: Skew, w_router_HE, ba
     for b in batches:
         ranks = make_batch(cfg, skew, w_router_HE, b)
         p = cfg.preset
-        inputs = [RouterInput(r.logits_TE, p.k, cfg.capacity_factor, r.token_ids_T, None, p.groups, p.topk_groups)
-                  for r in ranks]  # fmt: skip
+        inputs = [RouterInput(r.logits_TE, p.k, cfg.capacity_factor, r.token_ids_T, None, p.groups, p.topk_groups,
+                              rank, cfg.num_ranks) for rank, r in enumerate(ranks)]  # fmt: skip
         window.routed.append([router(inp) for inp in inputs])
         window.batches.append(ranks)
     return window

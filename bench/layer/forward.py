@@ -133,15 +133,16 @@ def gate_mass(logits_TE: torch.Tensor, routing, k: int) -> float:
     return kept.sum().item() / top if top else 1.0
 
 
-def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None, first_token: int = 0):
+def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None, first_token: int = 0, part: tuple = (0, 1)):
     """Router GEMM + top-k + capacity -> Routing over all E experts (its layout is built only where a kernel
     asks for it). `forced`: (ids_Tk, weights_Tk) to use instead of the router's choice. With cfg.router: that
-    router on the logits (forced: skews.forced_logits), token ids first_token.. (hash, task)."""
+    router on the logits (forced: skews.forced_logits), token ids first_token.. (hash, task), part = (this rank's
+    TP group, the number of groups) (task-local)."""
     if cfg.router is not None:
         logits_TE = gate_logits(x_TH, weights, forced)
         token_ids_T = torch.arange(first_token, first_token + x_TH.shape[0], device=logits_TE.device)
         p = cfg.preset
-        inp = RouterInput(logits_TE, p.k, cfg.capacity_factor, token_ids_T, None, p.groups, p.topk_groups)
+        inp = RouterInput(logits_TE, p.k, cfg.capacity_factor, token_ids_T, None, p.groups, p.topk_groups, *part)
         return cfg.router(inp).routing
     if forced is None:
         x = x_TH if x_TH.dtype == torch.float32 else x_TH.float()
@@ -291,7 +292,7 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     of this rank's first token (routers that read token ids; default: TP groups of equal batches)."""
     P = comm.world_size
     first_id = first_token(comm, x_TH.shape[0]) if first_id is None else first_id
-    routing = gate(x_TH, weights, cfg, forced, first_id)
+    routing = gate(x_TH, weights, cfg, forced, first_id, rank_part(comm))
     mark()
     permuted = permute(x_TH, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
     mark()
@@ -310,12 +311,18 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     return y_TH
 
 
+def rank_part(comm) -> tuple[int, int]:
+    """(this rank's TP group, the number of TP groups): which part of the cluster's tokens it routes."""
+    return comm.rank // comm.tp.size, comm.world_size // comm.tp.size
+
+
 def first_token(comm, T: int) -> int:
     """The global id of this rank's first token: TP groups hold T tokens each, in group order."""
     return comm.rank // comm.tp.size * T
 
 
-def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None, router=None, first_id: int = 0):
+def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None, router=None, first_id: int = 0,
+                      part: tuple = (0, 1)):  # fmt: skip
     """The whole layer in one process: the same gate (or router, with token ids first_id..), then a float64
     per-token loop over all E experts. A placement changes where an expert runs, not what it computes.
 
@@ -324,7 +331,7 @@ def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=N
     full = make_weights(preset, x_TH.dtype, "cpu", seed)
     cfg = LayerConfig(preset, "plain", "flat", "loop", capacity_factor=capacity_factor, router=router)
     forced = None if forced is None else tuple(f.cpu() for f in forced)
-    return reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced, first_id), *full.experts)
+    return reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced, first_id, part), *full.experts)
 
 
 def dense_equivalent_weights(preset: Preset, dtype, device, seed: int):

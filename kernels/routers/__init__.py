@@ -20,6 +20,8 @@ Routers (one module each):
 - topk-switch:K2: the gate trained with k, run with K2 < k experts per token (decode's quality/latency knob);
 - hash: K = k distinct experts from a fixed hash of the token id (Hash Layers), weights 1/k, no gate GEMM;
 - task[:N]: every token of a request pinned to its task's fixed k experts (task-level routing), N tasks;
+- task-local[:N]: the same with requests served where their task lives: rank part p serves task p * N // P
+  (N defaults to P), whose experts the contiguous placement keeps on that rank;
 - topk-group[:TG]: DeepSeek-V3's group-limited gate: the experts form the model's groups (contiguous blocks),
   a group scores the sum of its two best expert probabilities, a token keeps its TG best groups (default:
   the model's topk_groups) and takes its top k inside them.
@@ -41,7 +43,7 @@ class RouterInput:
     """What a router sees: logits_TE float [T, E] (the gate's), the model's k, the capacity factor (None: no
     drops), token_ids_T int64 [T] (global token ids: hash routing; default 0..T-1), task_T int64 [T]
     (task of each token's request: task routing; default from the token id, see routers.task), and the
-    model's expert groups (group-limited routing)."""
+    model's expert groups (group-limited routing), and which of num_parts rank parts routes them (task-local)."""
 
     logits_TE: torch.Tensor
     k: int
@@ -50,6 +52,8 @@ class RouterInput:
     task_T: torch.Tensor | None = None
     num_groups: int = 1  # expert groups (contiguous blocks of E / num_groups) of a group-limited gate
     topk_groups: int = 1  # groups a token may use there
+    part: int = 0  # which rank (TP group) routes these tokens, of num_parts (task-local)
+    num_parts: int = 1
 
     @property
     def num_tokens(self) -> int:
@@ -98,7 +102,7 @@ class Router:
 
 
 def _registry() -> dict[str, RouterKind]:
-    from moebench.kernels.routers import capacity_aware, hash_layer, task, topk, topk_group, topk_switch
+    from moebench.kernels.routers import capacity_aware, hash_layer, task, task_local, topk, topk_group, topk_switch
 
     return {
         "topk": RouterKind("topk", topk.route),
@@ -106,6 +110,12 @@ def _registry() -> dict[str, RouterKind]:
         "topk-switch": RouterKind("topk-switch:K2 (1 <= K2 < k)", topk_switch.route, check=_positive_int),
         "hash": RouterKind("hash", hash_layer.route),
         "task": RouterKind("task[:N] (N >= 1 tasks, default 4)", task.route, _positive_int, task.DEFAULT_TASKS),
+        "task-local": RouterKind(
+            "task-local[:N] (N >= 1 tasks; bare: one per rank)",
+            task_local.route,
+            check=_positive_int,
+            default=task_local.PER_PART,
+        ),
         "topk-group": RouterKind(
             "topk-group[:TG] (TG >= 1 groups; bare: the model's)",
             topk_group.route,
