@@ -260,7 +260,7 @@ def add_routers(p, default: str | None) -> None:
     """--routers: routers at inference (kernels.routers.ROUTERS, `name[:PARAM]`)."""
     from moebench.kernels.routers import grammar as router_grammar
 
-    p.add_argument("--routers", type=str_list, default=None if default is None else str_list(default),
+    p.add_argument("--routers", "--router", type=str_list, default=None if default is None else str_list(default),
                    help=f"comma list: {router_grammar()}" + (f" (default {default})" if default else ""))  # fmt: skip
 
 
@@ -268,7 +268,8 @@ def add_placements(p, default) -> None:
     """--placements and --redundant: where experts live (bench.layer.placements.PLACEMENTS) and R replicas."""
     from moebench.bench.layer.placements import PLACEMENTS
 
-    add_names(p, "--placements", PLACEMENTS, default, "expert placements")
+    p.add_argument("--placements", "--placement", type=str_list, default=list(default),
+                   help=f"comma list of expert placements: {', '.join(PLACEMENTS)}")  # fmt: skip
     p.add_argument("--redundant", type=int, default=None,
                    help="R: redundant experts of the replicating placements (eplb, hierarchical)")  # fmt: skip
 

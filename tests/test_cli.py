@@ -16,7 +16,7 @@ from conftest import REPO
 from moebench.bench import cli
 from moebench.bench.commands import SUBCOMMANDS
 
-ALIASES = {"--tokens"}  # kernels: the old name of --batch, kept as an alias
+ALIASES = {"--tokens", "--router", "--placement"}  # kernels: the old name of --batch; moe/balance: singulars
 SPELLINGS = {  # the spellings issue 10 fixed
     "iters": ("-n", "--iters"),
     "warmup": ("-w", "--warmup"),
