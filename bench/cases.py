@@ -153,11 +153,12 @@ def library_cases(comm, send: torch.Tensor, size: int, skew: Skew, seed: int, ch
     return [data, floor]
 
 
-def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits):
-    """A dispatch + combine call with identity processing: out must equal send."""
+def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits, max_rows: int | None = None):
+    """A dispatch + combine call with identity processing: out must equal send. max_rows: the most rows any rank
+    sends (a fixed-buffer pair's worst case)."""
 
     def fn():
-        recv, _, handle = pair.dispatch(comm, send, send_splits, inner=inner)
+        recv, _, handle = pair.dispatch(comm, send, send_splits, inner=inner, max_rows_per_rank=max_rows)
         return pair.combine(comm, recv, handle)
 
     return fn
@@ -176,16 +177,19 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
     row_bytes = H * send.element_size()
     # Both directions: dispatch sends the busiest rank's rows out, combine brings the same rows back.
     logical = 2 * int(splits.sum(axis=1).max()) * row_bytes
+    max_rows = int(splits[leaders].sum(axis=1).max())
     cases = []
     for inner in inners:
         for name in pairs:
             pair = DISPATCH_COMBINE[name]
+            if not pair.runs_over(inner):
+                continue
             comm.traffic.reset()
-            pair.dispatch(comm, send, send_splits, inner=inner)
+            pair.dispatch(comm, send, send_splits, inner=inner, max_rows_per_rank=max_rows)
             dispatch_bytes = comm.allreduce_max(comm.traffic.as_array())
             schedule = pair.schedule(ALGORITHMS[inner], splits[leaders], row_bytes, comm.topology)
             row = {"algo": f"{name}:{inner}", "pair": name, "inner": inner, "size": size}
-            fn = roundtrip(comm, pair, inner, send, send_splits)
+            fn = roundtrip(comm, pair, inner, send, send_splits, max_rows)
             case = checked_case(comm, row, fn, check and (lambda out: count_wrong(out, send)), schedule)
             row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
             cases.append(case)

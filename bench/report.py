@@ -183,11 +183,7 @@ def exit_status(rows: Sequence[dict], say: bool = True) -> int:
     for r in bad if say else []:
         what = "traffic differs from its schedule" if r.get("schedule_matches") is False else "WRONG result"
         what = "phases do not add up to the total" if r.get("phases_add_up") is False else what
-        where = ", ".join(
-            f"{k}={r[k]}"
-            for k in ("size", "batch", "tokens", "algo", "kernel", "router", "placement", "skew")
-            if k in r
-        )
+        where = ", ".join(f"{k}={r[k]}" for k in WHERE_FIELDS if k in r)
         print(f"moebench: {what}: {where}", file=sys.stderr, flush=True)
     return 1 if bad else 0
 

@@ -18,7 +18,7 @@ if __name__ == "collectives":  # imported bare, from the checkout root: step asi
     moebench.step_aside(__name__)
 
 
-from moebench.collectives import coordinated, flat, hierarchical, native, plain
+from moebench.collectives import coordinated, flat, hierarchical, low_latency, native, plain
 from moebench.collectives.backends import BACKENDS, init_comm
 from moebench.collectives.comm import Communicator
 from moebench.collectives.exchange import Algorithm, DispatchCombine
@@ -35,6 +35,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 DISPATCH_COMBINE: dict[str, DispatchCombine] = {
     "plain": plain.PAIR,
     "coordinated": coordinated.PAIR,
+    "ll": low_latency.PAIR,
 }
 
 __all__ = [

@@ -44,7 +44,7 @@ def my_slice(send: torch.Tensor, parts: np.ndarray, t: int) -> torch.Tensor:
     return torch.cat([chunks[d * L + t] for d in range(parts.shape[0])])
 
 
-def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
+def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat", max_rows_per_rank: int | None = None):
     """send [R, H] (same on every TP rank), send_splits (P counts) -> recv [M, H], recv_splits, handle."""
     from moebench.collectives import ALGORITHMS
 

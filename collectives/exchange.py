@@ -54,12 +54,19 @@ class DispatchCombine:
     dispatch(comm, send[R, H], send_splits, inner) -> (recv[M, H], recv_splits, handle);
     combine(comm, processed_recv[M, H], handle) -> out[R, H] (row i answers send row i);
     schedule(inner: Algorithm, splits[P, P], row_bytes, topo) -> list[Phase]: dispatch + combine.
+    dispatch also takes max_rows_per_rank (the most rows any rank sends, when the caller knows it): a pair
+    with fixed-size buffers sizes them from it; the others ignore it. inners: the exchanges it runs over
+    (None: any of ALGORITHMS).
     """
 
     name: str
     dispatch: Callable
     combine: Callable
     schedule: Callable
+    inners: tuple[str, ...] | None = None
+
+    def runs_over(self, inner: str) -> bool:
+        return self.inners is None or inner in self.inners
 
 
 def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ class Handle:
     plan: Plan
 
 
-def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat") -> tuple[torch.Tensor, list[int], Handle]:
+def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat", max_rows_per_rank: int | None = None):
     """send [R, H] (rows for rank 0 first), send_splits (P counts) -> recv [M, H], recv_splits (P counts), handle."""
     from moebench.collectives import ALGORITHMS
 

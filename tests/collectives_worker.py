@@ -64,13 +64,18 @@ def check(comm) -> int:
                     print(f"rank {me}: {name} wrong (trial {trial}, {dtype})", flush=True)
             leader = me // L * L  # TP groups hold their first rank's rows
             tp_send = rows(leader, splits[leader], H, dtype, trial)
+            max_rows = int(splits[np.arange(P) // L * L].sum(axis=1).max())
             for inner in ALGORITHMS:
                 outs = {}
                 for pair_name, pair in DISPATCH_COMBINE.items():
-                    recv, recv_splits, handle = pair.dispatch(comm, tp_send, splits[leader].tolist(), inner=inner)
+                    if not pair.runs_over(inner):
+                        continue
+                    recv, recv_splits, handle = pair.dispatch(comm, tp_send, splits[leader].tolist(), inner=inner,
+                                                              max_rows_per_rank=max_rows)  # fmt: skip
                     outs[pair_name] = pair.combine(comm, recv * 3 + 1, handle)  # a row-wise "expert"
                 if not (
-                    torch.equal(outs["plain"], tp_send * 3 + 1) and torch.equal(outs["coordinated"], outs["plain"])
+                    torch.equal(outs["plain"], tp_send * 3 + 1)
+                    and all(torch.equal(out, outs["plain"]) for out in outs.values())
                 ):
                     failures += 1
                     print(f"rank {me}: round trip over {inner} wrong (trial {trial}, {dtype})", flush=True)
@@ -84,6 +89,46 @@ def check(comm) -> int:
     if comm.rank == 0:
         print(f"checked P={P} G={comm.topology.ranks_per_node} L={L} {comm.backend}: {failures} failures", flush=True)
     return 1 if failures else 0
+
+
+def ll_edges(comm) -> int:
+    """ll's fixed buffers at their edges: every row to one peer (exactly the cap), a rank that sends nothing,
+    every row from one rank, a cap above the need; each round trip against plain over native."""
+    from moebench.collectives import DISPATCH_COMBINE
+
+    P, me = comm.world_size, comm.rank
+    R, H = 5, 3
+    cases = {
+        "all to rank 0": np.array([[R] + [0] * (P - 1)] * P),
+        "last rank sends nothing": np.array([[1] * P] * (P - 1) + [[0] * P]),
+        "only rank 0 sends": np.array([[R] * P] + [[0] * P] * (P - 1)),
+    }
+    failures = 0
+    for name, splits in cases.items():
+        send = rows(me, splits[me], H, torch.float32, 7)
+        want = DISPATCH_COMBINE["plain"].dispatch(comm, send, splits[me].tolist(), inner="native")
+        for cap in (None, int(splits.sum(axis=1).max()) + 3):
+            pair = DISPATCH_COMBINE["ll"]
+            recv, recv_splits, handle = pair.dispatch(comm, send, splits[me].tolist(), max_rows_per_rank=int(
+                splits.sum(axis=1).max()), cap_rows=cap)  # fmt: skip
+            out = pair.combine(comm, recv * 3 + 1, handle)
+            if recv_splits != want[1] or not torch.equal(recv, want[0]) or not torch.equal(out, send * 3 + 1):
+                failures += 1
+                print(f"rank {me}: ll wrong ({name}, cap {cap})", flush=True)
+    if comm.rank == 0:
+        print(f"ll edges P={P}: {failures} failures", flush=True)
+    return 1 if failures else 0
+
+
+def ll_overflow(comm) -> int:
+    """Rank 0 sends 2 rows to every peer against a cap of 1: a one-line error, the job aborted."""
+    from moebench.collectives import DISPATCH_COMBINE
+
+    P = comm.world_size
+    splits = [2 if comm.rank == 0 else 1] * P
+    send = torch.zeros(sum(splits), 4)
+    DISPATCH_COMBINE["ll"].dispatch(comm, send, splits, cap_rows=1)
+    return 0
 
 
 def bad_splits(comm, mode: str) -> int:
@@ -110,6 +155,10 @@ def main() -> int:
         comm = open_comm(backend, G or None, L)
         if mode == "check":
             return check(comm)
+        if mode == "ll":
+            return ll_edges(comm)
+        if mode == "ll-overflow":
+            return ll_overflow(comm)
         if mode.startswith("bad-"):
             return bad_splits(comm, mode[4:])
         return raise_on_rank_1(comm)

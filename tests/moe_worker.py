@@ -52,7 +52,7 @@ def check(comm, impl: str) -> int:
                 for pair, inner in ALGOS:
                     for kernel in kernels:
                         kernel_impl = impl if kernel in EXPERT_KERNELS else "torch"
-                        layer = moe.LayerConfig(preset, pair, inner, kernel, kernel_impl, cf)
+                        layer = moe.LayerConfig(preset, pair, inner, kernel, kernel_impl, cf, max_rows=T * preset.k)
                         y = moe.forward(comm, x_TH, weights, layer, lambda: None, forced)
                         err = rel_error(y, ref)
                         if not err <= 1e-5:

@@ -100,13 +100,22 @@ def test_capacity_aware_router_keeps_its_promises(case):
 
 
 def test_capacity_aware_moves_an_earlier_token_when_only_its_own_experts_have_room():
-    # E=3, k=2, T=3, cf 1.0: capacity 2. Tokens 0 and 1 take {0, 1}; token 2 prefers {0, 1} too; only expert 2
-    # has room (2 places) and token 2 can use it once: token 0 moves from expert 0 to 2, token 2 takes 2 and 0.
+    # E=3, k=2, T=3, cf 1.0: capacity 2. Tokens 0 and 1 take {0, 1}; token 2 prefers {0, 1} too, both full; its
+    # slot 0 goes to the spare expert 2 (rerouted); for slot 1 only expert 2 has room, which it holds, so token 0
+    # moves from expert 1 to 2 (rerouted) and token 2 keeps its own gate choice 1 (not rerouted).
     lg = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
     routed = parse_router("capacity-aware")(RouterInput(lg, 2, 1.0))
     assert int(routed.routing.num_dropped) == 0 and int(route(lg, 2, 1.0).num_dropped) == 2
-    assert sorted(map(sorted, routed.routing.topk_ids_Tk.tolist())) == [[0, 1], [0, 2], [1, 2]]
-    assert int(routed.rerouted_Tk.sum()) == 3
+    assert routed.routing.topk_ids_Tk.tolist() == [[0, 2], [0, 1], [2, 1]]
+    assert routed.rerouted_Tk.tolist() == [[False, True], [False, False], [True, False]]
+
+
+def test_capacity_aware_never_gives_a_token_an_expert_twice():
+    lg = torch.randn(11, 8, generator=torch.Generator().manual_seed(156))  # a swap once took a slot's gate choice
+    for cf in (0.5, 0.75, 1.0):
+        routed = parse_router("capacity-aware")(RouterInput(lg, 7, cf))
+        assert (routed.routing.topk_ids_Tk.sort(dim=1).values.diff(dim=1) != 0).all()
+        assert not balance.routing_problems(routed, 8)
 
 
 def test_capacity_aware_without_capacity_is_topk():
@@ -402,6 +411,19 @@ BAD_TRACES = {
     "bad counts": (lambda: {**good_trace(), "layers": [{"steps": [{"counts": [1, 2]}]}]}, "counts must be 8"),
     "empty layers": (lambda: {**good_trace(), "layers": []}, "layers must be a non-empty list"),
     "version": (lambda: {**good_trace(), "version": 2}, "version 2 is not supported"),
+    "float ids": (lambda: {**good_trace(), "layers": [{"steps": [{"topk_ids": [[0.5, 1.7]]}]}]}, "hold integers"),
+    "nan weights": (
+        lambda: {
+            **good_trace(),
+            "layers": [{"steps": [{"topk_ids": [[0, 1]], "topk_weights": [[float("nan"), 1.0]]}]}],
+        },
+        "finite and >= 0",
+    ),
+    "layer twice": (lambda: {**good_trace(), "layers": [good_trace()["layers"][0]] * 2}, "layer 0 appears twice"),
+    "layer not an int": (
+        lambda: {**good_trace(), "layers": [{"layer": [1], "steps": [{"counts": [2] * 8}]}]},
+        "layer must be a non-negative integer",
+    ),
 }
 
 
@@ -412,6 +434,17 @@ def test_bad_traces_get_one_clear_line(tmp_path, case):
     with pytest.raises(traces.TraceError, match=match) as info:
         traces.load_trace(path)
     assert "\n" not in str(info.value) and path in str(info.value)
+
+
+def test_replay_with_different_rank_batches_starts_each_rank_at_its_own_row(tmp_path):
+    ids = skews.sample_topk("uniform", 30, 8, 2, seed=4)[0]
+    path = tmp_path / "spread.json"
+    traces.write_trace(path, traces.trace_document([ids], None, 8, 2))
+    first = 0
+    for part, T in enumerate([7, 12, 11]):  # ranks of different batch sizes, in rank order
+        got, _ = skews.sample_topk(f"trace:{path}", T, 8, 2, part=part, first_row=first)
+        assert torch.equal(got, ids[first : first + T])
+        first += T
 
 
 def test_a_trace_for_another_model_is_refused(tmp_path):
@@ -500,7 +533,14 @@ def test_balance_command_writes_rows_and_replays_its_own_trace(tmp_path):
             assert a[key] == b[key], key
 
 
+def test_balance_defaults_fit_one_rank_per_node():
+    done = run_cli("--model", "mixtral-8x7b-tiny", "--ranks", "2", "--ranks-per-node", "1", "--batch", "4",
+                   "--window", "1", "--routers", "topk", "--json", "/dev/null")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("args,match", [
+    (["--model", "mixtral-8x7b-tiny", "--routers", "topk-group"], "has 1 expert group(s)"),
     (["--ranks", "3"], "multiple of --ranks-per-node 2"),
     (["--routers", "topk-switch:8"], "needs 1 <= K2 < k = 8"),
     (["--routers", "nope"], "bad router"),

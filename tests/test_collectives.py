@@ -26,6 +26,21 @@ def test_every_algorithm_matches_reference(mpiexec_available, backend, P, G, L):
 
 
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
+@pytest.mark.parametrize("P", [2, 4])
+def test_ll_edges_match_plain(mpiexec_available, backend, P):
+    result = mpirun(P, [WORKER, backend, "0", "1", "ll"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ll edges P={P}: 0 failures" in result.stdout
+
+
+def test_ll_overflow_is_one_line_and_ends_every_rank(mpiexec_available):
+    result = mpirun(2, [WORKER, "mpi", "0", "1", "ll-overflow"], timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("moebench: error")]
+    assert len(errors) == 1 and "ll: rank 0 sends 2 rows to rank 0, over the cap of 1 rows per peer" in errors[0]
+
+
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
 def test_one_rank_without_launcher(backend):
     result = subprocess.run(
         [sys.executable, WORKER, backend, "0", "1", "check"], cwd=REPO, capture_output=True, text=True, timeout=120

@@ -70,7 +70,8 @@ def default_routers(k: int, groups: int = 1) -> list[str]:
 
 
 def default_redundant(E: int, P: int) -> int:
-    return max(P, round(E / 8 / P) * P)
+    """E/8 rounded to a multiple of P, at least P; 0 on one rank (a replica needs another rank)."""
+    return 0 if P == 1 else max(P, round(E / 8 / P) * P)
 
 
 def parse_config(args) -> balance.BalanceConfig:
@@ -90,13 +91,14 @@ def parse_config(args) -> balance.BalanceConfig:
     if len(args.capacity_factor) != 1:
         raise ValueError("balance takes one --capacity-factor")
     routers = [parse_router(r) for r in (args.routers or default_routers(preset.k, preset.groups))]
-    for r in routers:
-        if r.kind == "topk-switch" and not 1 <= r.param < preset.k:
-            raise ValueError(f"{r}: needs 1 <= K2 < k = {preset.k} ({preset.name})")
+    for router in routers:
+        router.check(preset.E, preset.k, preset.groups, preset.topk_groups, preset.name)
     if not routers:
         raise ValueError("--routers needs at least one router")
     options.check_names(args.placements, PLACEMENTS, "placement")
     R = default_redundant(preset.E, P) if args.redundant is None else args.redundant
+    if args.placements == list(PLACEMENTS) and G == 1 and R:  # the default list: hierarchical needs G > 1
+        args.placements = [name for name in PLACEMENTS if name != "hierarchical"]
     for name in args.placements:
         if PLACEMENTS[name].replicates:
             check_shape(preset.E, P, G, R, per_node=name == "hierarchical")
@@ -148,7 +150,10 @@ def summary_lines(rows: list[dict], cfg_meta: dict) -> list[str]:
             other = _find(rows, router="topk", placement=name, skew=skew)
             if base and other:
                 before, after = base["max_mean_rank"] - 1, other["max_mean_rank"] - 1
-                cut = f"{before / after:.2f}x less" if after > 0 else "all of it"
+                if after <= 0:
+                    cut = "all of it"
+                else:
+                    cut = f"{before / after:.2f}x less" if before >= after else f"{after / before:.2f}x more"
                 lines.append(f"{skew}: {name} R={other['redundant']} excess rank imbalance (max/mean - 1) "
                              f"{after:.3f} vs contiguous {before:.3f} ({cut}), {other['window']} window")  # fmt: skip
         for router in dict.fromkeys(r["router"] for r in rows if r["router"] in ("topk", "topk-group")):

@@ -121,12 +121,16 @@ def check_schedules(comm, args) -> int:
     for name, algo in ALGORITHMS.items():
         send = torch.zeros(int(splits[me].sum()), H)
         cases.append((name, lambda algo=algo, send=send: algo(comm, send, splits[me]), splits, None))
+    max_rows = int(splits[leaders].sum(axis=1).max())
     for inner in ALGORITHMS:
         for pair_name, pair in DISPATCH_COMBINE.items():
+            if not pair.runs_over(inner):
+                continue
             tp_send = torch.zeros(int(splits[leaders[me]].sum()), H)
 
             def roundtrip(pair=pair, inner=inner, tp_send=tp_send):
-                recv, _, handle = pair.dispatch(comm, tp_send, splits[leaders[me]], inner=inner)
+                recv, _, handle = pair.dispatch(comm, tp_send, splits[leaders[me]], inner=inner,
+                                                max_rows_per_rank=max_rows)  # fmt: skip
                 return pair.combine(comm, recv, handle)
 
             cases.append((f"{pair_name}:{inner}", roundtrip, splits[leaders], (pair_name, inner)))

@@ -38,7 +38,7 @@ from moebench.kernels.routers import parse_router
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 PHASE_SUM_TOLERANCE = 0.02  # phases (critical rank, median band) must sum to the median total within 2%
 BASELINE_ALGO = "native"  # the baselines run over the backend's own all-to-all
-DEFAULT_ALGOS = [*ALGORITHMS, *(f"{pair}:{moe.DEFAULT_INNER}" for pair in DISPATCH_COMBINE if pair != "plain")]
+DEFAULT_ALGOS = [*ALGORITHMS, *(f"{pair}:{moe.default_inner(pair)}" for pair in DISPATCH_COMBINE if pair != "plain")]
 
 
 def add_arguments(p) -> None:
@@ -107,8 +107,8 @@ def validate(args) -> Config:
         raise ValueError("--capacity-factor needs at least one value")
     routers = tuple(None if spec == "topk" else parse_router(spec) for spec in args.routers)
     for router in routers:
-        if router is not None and router.kind == "topk-switch" and not 1 <= router.param < preset.k:
-            raise ValueError(f"{router}: needs 1 <= K2 < k = {preset.k} ({preset.name})")
+        if router is not None:
+            router.check(preset.E, preset.k, preset.groups, preset.topk_groups, preset.name)
     options.check_names(args.placements, PLACEMENTS, "placement")
     R = args.redundant or 0
     G = args.ranks_per_node or P
@@ -154,7 +154,7 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     x_TH = make_tokens(mine, cfg.preset.H, cfg.dtype, "cpu", seed=group_seed)
     batches = range(cfg.iters + cfg.warmup) if varies_by_batch(skew) else [0]
     # one expert popularity for the whole cluster (cfg.seed); each TP group draws its own tokens (part = group)
-    forced = [moe.forced_routing(skew, mine, cfg.preset, cfg.seed, b, group, layout) for b in batches]
+    forced = [moe.forced_routing(skew, mine, cfg.preset, cfg.seed, b, group, layout, first_id) for b in batches]
     part = moe.rank_part(comm)
     y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id, part)
                 for router in cfg.routers}  # fmt: skip
@@ -385,7 +385,8 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
     timed, checks = [], []
     for router, placement, policy_copies, policy_rotate in policy_weights(comm, cfg, work, weights, warm,
                                                                          (copies, rotate)):  # fmt: skip
-        for layer, role in layer_configs(cfg, work.capacity_factor, router, placement):
+        max_rows = max(work.group_tokens) * cfg.preset.k
+        for layer, role in layer_configs(cfg, work.capacity_factor, router, placement, max_rows):
             row, per_rank, info = checked_layer(comm, cfg, work, policy_copies[0], layer, role)
             timed.append(layer_case(comm, work, policy_copies, policy_rotate, layer, row))
             checks.append(per_rank)
@@ -406,18 +407,20 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
     return rows
 
 
-def layer_configs(cfg: Config, cf, router=None, placement=None) -> list[tuple[moe.LayerConfig, str]]:
+def layer_configs(cfg: Config, cf, router=None, placement=None, max_rows=None) -> list[tuple[moe.LayerConfig, str]]:
     """Every (pair, inner) x kernel of the run under one router and placement; under the gate as trained and
-    the contiguous layout, then each baseline over the native all-to-all."""
+    the contiguous layout, then each baseline over the native all-to-all. max_rows: the most rows any rank
+    sends (the busiest TP group's tokens x k)."""
     configs = [
-        (moe.LayerConfig(cfg.preset, pair, inner, kernel, cfg.impl, cf, router, placement), "config")
+        (moe.LayerConfig(cfg.preset, pair, inner, kernel, cfg.impl, cf, router, placement, max_rows), "config")
         for pair, inner in cfg.algos
         for kernel in cfg.kernels
     ]
     if router is not None or placement is not None:
         return configs
     return configs + [
-        (moe.LayerConfig(cfg.preset, "plain", BASELINE_ALGO, name, "torch", cf), "baseline") for name in BASELINES
+        (moe.LayerConfig(cfg.preset, "plain", BASELINE_ALGO, name, "torch", cf, max_rows=max_rows), "baseline")
+        for name in BASELINES
     ]
 
 
@@ -643,6 +646,10 @@ def check_memory(comm, cfg: Config, ranks_per_host: int) -> None:
 def run(args) -> int:
     cfg = validate(args)
     comm = open_comm(args.backend, args.ranks_per_node, args.tp)
+    for name in cfg.placements:  # the node layout is known only now (hostnames, without --ranks-per-node)
+        if PLACEMENTS[name].replicates:
+            check_shape(cfg.preset.E, comm.world_size, comm.topology.ranks_per_node, cfg.redundant,
+                        per_node=name == "hierarchical")  # fmt: skip
     p = cfg.preset
     meta = {**report.base_meta("moe", sys.argv), **report.comm_meta(comm), "tag": args.tag}
     check_memory(comm, cfg, meta["ranks_per_host"])

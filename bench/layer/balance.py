@@ -37,7 +37,7 @@ evaluation window (`next`, or `same`: the fit window itself). Figures:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -72,7 +72,6 @@ class BalanceConfig:
     elem_bytes: int = 2
     seed: int = 0
     batch_spread: float = 0.0
-    trace_token_offset: dict = field(default_factory=dict)
 
     @property
     def num_nodes(self) -> int:
@@ -116,10 +115,11 @@ def make_batch(cfg: BalanceConfig, skew: Skew, w_router_HE: torch.Tensor, batch:
                 T,
                 p.E,
                 p.k,
-                seed=cfg.seed * 1000 + rank,
+                seed=cfg.seed,  # one expert popularity for the cluster; each rank draws its own tokens
                 batch=batch,
                 part=rank,
                 layout=(cfg.num_ranks, cfg.ranks_per_node),
+                first_row=first - batch * cfg.num_ranks * cfg.tokens * 2,  # this rank's rows of a trace step
             )
             logits_TE = forced_logits(logits_TE, ids_Tk, weights_Tk)
         out.append(RankBatch(x_TH, logits_TE, torch.arange(first, first + T)))
@@ -188,12 +188,10 @@ def routing_problems(routed: Routed, num_experts: int) -> list[str]:
         problems.append("expert id out of range")
     if ids_TK.numel() and (ids_TK.sort(dim=1).values.diff(dim=1) == 0).any():
         problems.append("a token got the same expert twice")
-    if (
-        routing.capacity is not None
-        and routing.kept_counts_E.numel()
-        and int(routing.kept_counts_E.max()) > routing.capacity
-    ):
-        problems.append("an expert kept more than its capacity")
+    if routing.capacity is not None and not problems and ids_TK.numel():  # from the ids, not kept_counts_E
+        kept_E = torch.bincount(ids_TK[routing.kept_Tk], minlength=num_experts)
+        if int(kept_E.max()) > routing.capacity:
+            problems.append("an expert kept more than its capacity")
     if (routed.rerouted_Tk & ~routing.kept_Tk).any():
         problems.append("a rerouted assignment was dropped")
     return problems

@@ -50,15 +50,23 @@ ID_BYTES = 8  # a local expert id (int64) travels at the end of each packed row
 DEFAULT_INNER = "flat"  # the exchange under a pair named without one ("coordinated" = "coordinated:flat")
 
 
+def default_inner(pair: str) -> str:
+    """The exchange a pair named without one runs over: flat, or the first it runs over."""
+    inners = DISPATCH_COMBINE[pair].inners
+    return DEFAULT_INNER if inners is None or DEFAULT_INNER in inners else inners[0]
+
+
 def parse_algo(spec: str) -> tuple[str, str]:
     """An --algos entry -> (pair, inner): an exchange name runs as the plain pair over it; `pair:inner`
-    names any other pair over any exchange (a bare pair name runs over flat). ValueError otherwise."""
+    names any other pair over an exchange it runs over (a bare pair name: default_inner). ValueError otherwise."""
     pair, _, inner = spec.rpartition(":") if ":" in spec else ("", "", spec)
     if not pair:
         if spec in ALGORITHMS:
             return "plain", spec
-        pair, inner = spec, DEFAULT_INNER
+        pair, inner = spec, default_inner(spec) if spec in DISPATCH_COMBINE else DEFAULT_INNER
     if pair in DISPATCH_COMBINE and inner in ALGORITHMS:
+        if not DISPATCH_COMBINE[pair].runs_over(inner):
+            raise ValueError(f"{pair} runs over {', '.join(DISPATCH_COMBINE[pair].inners)} only, not {inner}")
         return pair, inner
     exchanges, pairs = ", ".join(ALGORITHMS), ", ".join(DISPATCH_COMBINE)
     raise ValueError(f"unknown algorithm {spec!r}; use an exchange ({exchanges}) or pair:exchange (pairs: {pairs})")
@@ -107,6 +115,7 @@ class LayerConfig:
     capacity_factor: float | None = None
     router: Router | None = None  # None: the gate as trained (topk) on its fast paths
     placement: Placement | None = None  # None: contiguous (rank r holds experts r*El .. r*El+El-1)
+    max_rows: int | None = None  # the most rows any rank sends (tokens per rank x k): fixed-buffer pairs' size
 
     @property
     def pair(self):
@@ -296,7 +305,8 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     mark()
     permuted = permute(x_TH, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
     mark()
-    recv_MW, _, handle = cfg.pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=cfg.inner)
+    recv_MW, _, handle = cfg.pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=cfg.inner,
+                                           max_rows_per_rank=cfg.max_rows)  # fmt: skip
     mark()
     x_MH, ids_M = unpack(recv_MW, x_TH.dtype)
     y_MH, stats = run_experts(x_MH, ids_M, weights, cfg)
@@ -352,9 +362,11 @@ def dense_forward(x_TH, w_gate, w_up, w_down):
     return rows_matmul(h_TW, w_down)
 
 
-def forced_routing(skew, T: int, preset: Preset, seed: int, batch: int = 0, part: int = 0, layout=(0, 0)):
+def forced_routing(skew, T: int, preset: Preset, seed: int, batch: int = 0, part: int = 0, layout=(0, 0),
+                   first_row: int | None = None):  # fmt: skip
     """(ids_Tk, weights_Tk) from a forced distribution (a Skew), or None for the real gate ("gate"). part: which
-    rank (TP group) draws (a trace's tokens); layout: (P, G), the cluster's shape (nodeskew)."""
+    rank (TP group) draws; first_row: its first token's row (a trace's tokens); layout: (P, G) (nodeskew)."""
     if skew.kind == "gate":
         return None
-    return sample_topk(skew, T, preset.E, preset.k, seed=seed, batch=batch, part=part, layout=layout)
+    return sample_topk(skew, T, preset.E, preset.k, seed=seed, batch=batch, part=part, layout=layout,
+                       first_row=first_row)  # fmt: skip

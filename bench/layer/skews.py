@@ -70,6 +70,7 @@ class Draw:
     source: str = ""
     num_ranks: int = 0
     ranks_per_node: int = 0
+    first_row: int | None = None  # a trace replay's first row of the step (default part * T)
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def _nodeskew(d: Draw):
 
 def _trace(d: Draw):
     file, layer = traces.split_spec(d.source)
-    return traces.replay(traces.load_trace(file), layer, d.T, d.E, d.k, d.batch, d.part, d.gen)
+    first = d.part * d.T if d.first_row is None else d.first_row
+    return traces.replay(traces.load_trace(file), layer, d.T, d.E, d.k, d.batch, first, d.gen)
 
 
 def _fraction(value: float) -> bool:
@@ -250,12 +252,14 @@ def sample_topk(
     batch: int = 0,
     part: int = 0,
     layout: tuple[int, int] = (0, 0),
+    first_row: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forced routing: (topk_ids_Tk int64 [T, k] with distinct experts per token, topk_weights_Tk fp32 [T, k]).
 
     Deterministic in (skew, T, E, k, seed, batch, part). The seed fixes which experts are popular (the same for
     every part); `batch` moves the hot set of "shift" and "sticky" and reseeds; `part` (the drawing rank) draws
-    its own tokens (and picks a trace's); layout (P, G) is the cluster's shape (nodeskew).
+    its own tokens (and picks a trace's: rows first_row.., default part * T); layout (P, G) is the cluster's shape
+    (nodeskew).
     """
     skew = parse_skew(skew) if isinstance(skew, str) else skew
     assert skew.kind != "gate", "the real router is the layer's, not a forced distribution"
@@ -265,7 +269,7 @@ def sample_topk(
     # one popularity (and hot-set chain) per seed for every rank; each rank part draws its own tokens
     gen = _generator(seed, batch) if part == 0 else torch.Generator().manual_seed(_mix(seed, batch, part))
     popular_E = torch.randperm(E, generator=_generator(seed, 0))  # which experts are popular: fixed per seed
-    draw = Draw(T, E, k, skew.param, gen, popular_E, seed, batch, part, skew.source, *layout)
+    draw = Draw(T, E, k, skew.param, gen, popular_E, seed, batch, part, skew.source, *layout, first_row)
     ids_Tk = SKEWS[skew.kind].sample(draw)
     ids_Tk, weights_Tk = ids_Tk if isinstance(ids_Tk, tuple) else (ids_Tk, None)
     if weights_Tk is None:

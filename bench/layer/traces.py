@@ -20,9 +20,10 @@ Format (version 1):
 A step may carry "topk_weights" ([T, k] combine weights, rows summing to 1) beside "topk_ids"; without it
 the replay draws them as the forced skews do (a softmax over k seeded normal logits).
 
-Replay of batch b (of rank part r, T tokens per rank) uses layer 0's step b mod S: its tokens
-r*T .. r*T + T - 1, wrapping around the step; a counts step is expanded into T tokens whose k distinct
-experts are drawn with probability proportional to the counts (Gumbel top-k, seeded). `trace:FILE@L`
+Replay of batch b on rank part r uses layer 0's step b mod S: its tokens from the rank's first row (the
+tokens of the ranks before it, r*T with equal batches) on, wrapping around the step; a counts step is
+expanded into T tokens whose k distinct experts are drawn with probability proportional to the counts
+(Gumbel top-k, seeded). `trace:FILE@L`
 replays layer L.
 """
 
@@ -71,10 +72,9 @@ def _ids_step(path, where: str, step: dict, E: int, k: int):
     ids = step["topk_ids"]
     if not isinstance(ids, list) or any(not isinstance(row, list) or len(row) != k for row in ids):
         _fail(path, f"{where}: topk_ids must be a list of rows of k = {k} expert ids")
-    try:
-        ids_Tk = torch.tensor(ids, dtype=torch.int64).view(len(ids), k)
-    except (TypeError, ValueError, RuntimeError):
+    if any(type(e) is not int for row in ids for e in row):
         _fail(path, f"{where}: topk_ids must hold integers")
+    ids_Tk = torch.tensor(ids, dtype=torch.int64).view(len(ids), k)
     if ids_Tk.numel() and not (int(ids_Tk.min()) >= 0 and int(ids_Tk.max()) < E):
         _fail(path, f"{where}: expert ids must be in 0..{E - 1} (num_experts = {E})")
     if ids_Tk.numel() and (ids_Tk.sort(dim=1).values.diff(dim=1) == 0).any():
@@ -87,6 +87,8 @@ def _ids_step(path, where: str, step: dict, E: int, k: int):
             _fail(path, f"{where}: topk_weights must be numbers")
         if weights_Tk.shape != ids_Tk.shape:
             _fail(path, f"{where}: topk_weights must have the shape of topk_ids {tuple(ids_Tk.shape)}")
+        if weights_Tk.numel() and not (torch.isfinite(weights_Tk).all() and (weights_Tk >= 0).all()):
+            _fail(path, f"{where}: topk_weights must be finite and >= 0")
     return ("ids", ids_Tk, weights_Tk)
 
 
@@ -116,6 +118,10 @@ def parse_trace(data, path: str = "<trace>") -> Trace:
         if not isinstance(layer, dict) or not isinstance(layer.get("steps"), list) or not layer["steps"]:
             _fail(path, f"layers[{i}] needs a non-empty steps list")
         index = layer.get("layer", i)
+        if type(index) is not int or index < 0:
+            _fail(path, f"layers[{i}]: layer must be a non-negative integer, got {index!r}")
+        if index in out:
+            _fail(path, f"layer {index} appears twice")
         steps = []
         for j, step in enumerate(layer["steps"]):
             where = f"layer {index} step {j}"
@@ -151,8 +157,9 @@ def split_spec(spec: str) -> tuple[str, int]:
     return spec, 0
 
 
-def replay(trace: Trace, layer: int, T: int, E: int, k: int, batch: int, part: int, gen: torch.Generator):
-    """(ids_Tk int64 [T, k], weights_Tk fp32 [T, k] or None) of batch `batch` for rank part `part`."""
+def replay(trace: Trace, layer: int, T: int, E: int, k: int, batch: int, first: int, gen: torch.Generator):
+    """(ids_Tk int64 [T, k], weights_Tk fp32 [T, k] or None) of batch `batch`: the step's rows first.. (wrapping;
+    a rank's first row is the tokens of the ranks before it)."""
     if (trace.num_experts, trace.top_k) != (E, k):
         raise TraceError(f"trace {trace.path}: made for E = {trace.num_experts}, k = {trace.top_k}; "
                          f"this model has E = {E}, k = {k}")  # fmt: skip
@@ -165,7 +172,7 @@ def replay(trace: Trace, layer: int, T: int, E: int, k: int, batch: int, part: i
     n = data.shape[0]
     if n == 0:
         raise TraceError(f"trace {trace.path}: layer {layer} step {batch % len(steps)} has no tokens")
-    rows_T = (part * T + torch.arange(T)) % n
+    rows_T = (first + torch.arange(T)) % n
     return data[rows_T], None if weights is None else weights[rows_T]
 
 

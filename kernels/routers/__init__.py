@@ -64,7 +64,10 @@ class RouterInput:
         return self.logits_TE.shape[1]
 
     def token_ids(self) -> torch.Tensor:
-        return self.token_ids_T if self.token_ids_T is not None else torch.arange(self.num_tokens)
+        """int64 [T] on the logits' device: token_ids_T, or 0..T-1."""
+        if self.token_ids_T is not None:
+            return self.token_ids_T.to(self.logits_TE.device)
+        return torch.arange(self.num_tokens, device=self.logits_TE.device)
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,16 @@ class Router:
 
     def __call__(self, inp: RouterInput) -> Routed:
         return ROUTERS[self.kind].route(inp, self.param)
+
+    def check(self, num_experts: int, k: int, groups: int = 1, topk_groups: int = 1, model: str = "the model"):
+        """ValueError (one line) when this router cannot run on a model of E experts, top-k and expert groups."""
+        if self.kind == "topk-switch" and not 1 <= self.param < k:
+            raise ValueError(f"{self}: needs 1 <= K2 < k = {k} ({model})")
+        if self.kind == "topk-group":
+            keep = int(self.param) or topk_groups
+            if groups < 2 or num_experts % groups or not keep <= groups or keep * (num_experts // groups) < k:
+                raise ValueError(f"{self}: {model} has {groups} expert group(s); needs groups >= 2 dividing E, "
+                                 f"TG <= groups and TG * E/groups >= k")  # fmt: skip
 
 
 def _registry() -> dict[str, RouterKind]:

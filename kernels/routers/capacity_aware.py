@@ -40,10 +40,13 @@ class _Ledger:
         self.holders[e].append((t, j))
         self.ids[t][j] = e
 
-    def swap_in(self, t: int, j: int) -> bool:
-        """Give slot j of token t an expert x it lacks by moving an earlier holder of x to a spare y; True if done."""
-        mine = set(self.ids[t])
+    def swap_in(self, t: int, j: int, chosen: list[int]) -> bool:
+        """Give slot j of token t an expert x it lacks (nor holds for another slot: its other gate choices stay
+        reserved) by moving an earlier holder of x to a spare y; True if done."""
+        mine = set(self.ids[t]) | {e for slot, e in enumerate(chosen) if slot != j}
         spare = [y for y in range(len(self.load)) if self.room(y)]
+        if not spare:
+            return False
         for x in range(len(self.load)):
             if x in mine or self.has_drop[x]:  # never empty an expert whose queue holds a drop
                 continue
@@ -57,7 +60,7 @@ class _Ledger:
                 self.take(t2, j2, y)
                 self.moved[t2][j2] = True
                 self.take(t, j, x)
-                self.moved[t][j] = True
+                self.moved[t][j] = x != chosen[j]
                 return True
         return False
 
@@ -85,10 +88,11 @@ def route(inp, param=None):
             if spare is not None:
                 book.take(t, j, spare)
                 book.moved[t][j] = True
-            elif not book.swap_in(t, j):
+            elif not book.swap_in(t, j, chosen):
                 book.ids[t][j] = chosen[j]  # dropped: a full expert, past capacity in its queue
                 book.load[chosen[j]] += 1
                 book.has_drop[chosen[j]] = True
-    ids_Tk = torch.tensor(book.ids, dtype=torch.int64).view(T, k)
-    rerouted_Tk = torch.tensor(book.moved, dtype=torch.bool).view(T, k)
+    device = inp.logits_TE.device
+    ids_Tk = torch.tensor(book.ids, dtype=torch.int64, device=device).view(T, k)
+    rerouted_Tk = torch.tensor(book.moved, dtype=torch.bool, device=device).view(T, k)
     return routed(ids_Tk, weights_from_logits(inp.logits_TE, ids_Tk), E, inp.capacity_factor, rerouted_Tk)

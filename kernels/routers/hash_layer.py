@@ -22,7 +22,8 @@ def expert_hash(token_ids_T: torch.Tensor, num_experts: int) -> torch.Tensor:
 
 def route(inp, param=None):
     E, k = inp.num_experts, inp.k
-    step = E // k
-    ids_Tk = (expert_hash(inp.token_ids(), E)[:, None] + step * torch.arange(k)[None, :]) % E
-    weights_Tk = torch.full(ids_Tk.shape, 1.0 / k)
+    step, device = E // k, inp.logits_TE.device
+    slots_k = step * torch.arange(k, device=device)
+    ids_Tk = (expert_hash(inp.token_ids().to(device), E)[:, None] + slots_k[None, :]) % E
+    weights_Tk = torch.full(ids_Tk.shape, 1.0 / k, device=device)
     return routed(ids_Tk, weights_Tk, E, inp.capacity_factor)

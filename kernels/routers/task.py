@@ -37,5 +37,6 @@ def route(inp, param):
     task_T = inp.task_T if inp.task_T is not None else default_tasks(inp.token_ids(), N)
     if task_T.numel() and not 0 <= int(task_T.min()) <= int(task_T.max()) < N:
         raise ValueError(f"task ids must be in 0..{N - 1} for task:{N}")
-    ids_Tk = sort_by_logit(inp.logits_TE, task_experts(N, inp.num_experts, inp.k)[task_T.long()])
+    experts_Nk = task_experts(N, inp.num_experts, inp.k).to(inp.logits_TE.device)
+    ids_Tk = sort_by_logit(inp.logits_TE, experts_Nk[task_T.long().to(inp.logits_TE.device)])
     return routed(ids_Tk, weights_from_logits(inp.logits_TE, ids_Tk), inp.num_experts, inp.capacity_factor)
