@@ -71,6 +71,75 @@ def _count_slots(buf: torch.Tensor, P: int) -> torch.Tensor:
     return buf.reshape(P, -1).view(torch.uint8)[:, :COUNT_BYTES]
 
 
+_BUFFERS: dict = {}  # (group, rows, row bytes) -> a uint8 CPU send buffer reused call after call, and its numpy view
+
+
+def _host_buffer(comm, peers: int, block_rows: int, row_nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
+    """A reused uint8 [P * block rows, row bytes] CPU send buffer and its numpy view [P, block bytes]; the stale
+    rows past each peer's count are never read."""
+    key = (id(comm.world), peers, block_rows, row_nbytes)
+    cached = _BUFFERS.get(key)
+    if cached is None:
+        if len(_BUFFERS) > 64:
+            _BUFFERS.clear()
+        buf = torch.empty(peers * block_rows, row_nbytes, dtype=torch.uint8)
+        cached = _BUFFERS[key] = (buf, buf.numpy().reshape(peers, block_rows * row_nbytes))
+    return cached
+
+
+def _as_bytes(x: torch.Tensor) -> np.ndarray:
+    """uint8 [rows, row bytes] numpy view of a CPU tensor of any dtype (a copy only if not contiguous)."""
+    a = x.numpy() if x.dtype in _NUMPY else x.contiguous().view(torch.uint8).numpy()
+    return np.ascontiguousarray(a).reshape(x.shape[0], -1).view(np.uint8) if a.size else a.reshape(0, 0)
+
+
+_NUMPY = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.int8)
+
+
+def _from_bytes(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """uint8 [M, row bytes] -> a tensor of like's dtype and trailing shape."""
+    if rows.shape[0] == 0:
+        return like.new_empty((0, *like.shape[1:]))
+    return torch.from_numpy(rows).view(like.dtype).view(rows.shape[0], *like.shape[1:])
+
+
+def _gather(blocks: np.ndarray, counts, skip: int, rb: int) -> np.ndarray:
+    """The first counts[s] rows after `skip` rows of every peer block s, as one uint8 [M, rb] array."""
+    parts = [blocks[s, skip * rb : (skip + n) * rb] for s, n in enumerate(counts) if n]
+    if len(parts) == 1:
+        return parts[0].reshape(-1, rb).copy()
+    return np.concatenate(parts).reshape(-1, rb) if parts else np.empty((0, rb), np.uint8)
+
+
+def _host_dispatch(comm, send: torch.Tensor, splits, cap: int):
+    """The CPU path: numpy copies into a reused buffer (a few µs where torch ops cost ~5 each)."""
+    P, rb = comm.world_size, row_bytes(send)
+    send_b, K = _as_bytes(send), header_rows(rb)
+    buf, out_b = _host_buffer(comm, P, K + cap, rb)
+    start = 0
+    for d, n in enumerate(splits):
+        if n:
+            out_b[d, K * rb : (K + n) * rb] = send_b[start : start + n].reshape(-1)
+            start += n
+    out_b[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
+    recv = comm.world.alltoallv(buf, (K + cap,) * P, (K + cap,) * P).numpy().reshape(P, -1)
+    counts = tuple(recv[:, :COUNT_BYTES].view(np.int64)[:, 0].tolist())
+    return _from_bytes(_gather(recv, counts, K, rb), send), counts
+
+
+def _host_combine(comm, processed: torch.Tensor, handle) -> torch.Tensor:
+    P, cap, rb = comm.world_size, handle.cap, row_bytes(processed)
+    proc_b = _as_bytes(processed)
+    buf, out_b = _host_buffer(comm, P, cap, rb)
+    start = 0
+    for s, n in enumerate(handle.recv_splits):
+        if n:
+            out_b[s, : n * rb] = proc_b[start : start + n].reshape(-1)
+            start += n
+    back = comm.world.alltoallv(buf, (cap,) * P, (cap,) * P).numpy().reshape(P, -1)
+    return _from_bytes(_gather(back, handle.send_splits, 0, rb), processed)
+
+
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_rows_per_rank: int | None = None,
              cap_rows: int | None = None):  # fmt: skip
     """send [R, ...] (rows for rank 0 first), send_splits (P counts) -> recv [M, ...], recv_splits, handle."""
@@ -83,6 +152,9 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
     if over:
         d, n = over[0]
         raise ValueError(f"ll: rank {comm.rank} sends {n} rows to rank {d}, over the cap of {cap} rows per peer")
+    if send.device.type == "cpu" and send.dim() > 1 and row_bytes(send):
+        recv, recv_splits = _host_dispatch(comm, send, splits, cap)
+        return recv, list(recv_splits), Handle(cap, splits, recv_splits)
     P, K = comm.world_size, header_rows(row_bytes(send))
     buf = _blocks(send, splits, K + cap, K, P)
     counts = torch.tensor(splits, dtype=torch.int64).view(torch.uint8).view(P, COUNT_BYTES)
@@ -95,6 +167,8 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
 
 def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
     """processed_recv [M, ...] (row i answers recv row i) -> out [R, ...] (row i answers send row i)."""
+    if processed_recv.device.type == "cpu" and processed_recv.dim() > 1 and row_bytes(processed_recv):
+        return _host_combine(comm, processed_recv, handle)
     P, cap = comm.world_size, handle.cap
     buf = _blocks(processed_recv, handle.recv_splits, cap, 0, P)
     back = comm.world.alltoallv(buf, (cap,) * P, (cap,) * P)
