@@ -18,7 +18,7 @@ if __name__ == "collectives":  # imported bare, from the checkout root: step asi
     moebench.step_aside(__name__)
 
 
-from moebench.collectives import coordinated, flat, hierarchical, low_latency, native, plain
+from moebench.collectives import allgather, coordinated, flat, hierarchical, low_latency, native, plain
 from moebench.collectives.backends import BACKENDS, init_comm
 from moebench.collectives.comm import Communicator
 from moebench.collectives.exchange import Algorithm, DispatchCombine
@@ -36,6 +36,7 @@ DISPATCH_COMBINE: dict[str, DispatchCombine] = {
     "plain": plain.PAIR,
     "coordinated": coordinated.PAIR,
     "ll": low_latency.PAIR,
+    "allgather": allgather.PAIR,
 }
 
 __all__ = [

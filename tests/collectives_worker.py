@@ -91,9 +91,9 @@ def check(comm) -> int:
     return 1 if failures else 0
 
 
-def ll_edges(comm) -> int:
-    """ll's fixed buffers at their edges: every row to one peer (exactly the cap), a rank that sends nothing,
-    every row from one rank, a cap above the need; each round trip against plain over native."""
+def pair_edges(comm) -> int:
+    """Every pair over native at the edges: every row to one peer (exactly ll's worst-case cap), a rank that sends
+    nothing, every row from one rank; ll also with a cap above the need; each against plain."""
     from moebench.collectives import DISPATCH_COMBINE
 
     P, me = comm.world_size, comm.rank
@@ -107,16 +107,18 @@ def ll_edges(comm) -> int:
     for name, splits in cases.items():
         send = rows(me, splits[me], H, torch.float32, 7)
         want = DISPATCH_COMBINE["plain"].dispatch(comm, send, splits[me].tolist(), inner="native")
-        for cap in (None, int(splits.sum(axis=1).max()) + 3):
-            pair = DISPATCH_COMBINE["ll"]
-            recv, recv_splits, handle = pair.dispatch(comm, send, splits[me].tolist(), max_rows_per_rank=int(
-                splits.sum(axis=1).max()), cap_rows=cap)  # fmt: skip
+        most = int(splits.sum(axis=1).max())
+        runs = [(pair, {}) for pair in DISPATCH_COMBINE if pair != "plain"] + [("ll", {"cap_rows": most + 3})]
+        for pair_name, extra in runs:
+            pair = DISPATCH_COMBINE[pair_name]
+            recv, recv_splits, handle = pair.dispatch(comm, send, splits[me].tolist(), inner="native",
+                                                      max_rows_per_rank=most, **extra)  # fmt: skip
             out = pair.combine(comm, recv * 3 + 1, handle)
             if recv_splits != want[1] or not torch.equal(recv, want[0]) or not torch.equal(out, send * 3 + 1):
                 failures += 1
-                print(f"rank {me}: ll wrong ({name}, cap {cap})", flush=True)
+                print(f"rank {me}: {pair_name} wrong ({name}, {extra})", flush=True)
     if comm.rank == 0:
-        print(f"ll edges P={P}: {failures} failures", flush=True)
+        print(f"pair edges P={P}: {failures} failures", flush=True)
     return 1 if failures else 0
 
 
@@ -155,8 +157,8 @@ def main() -> int:
         comm = open_comm(backend, G or None, L)
         if mode == "check":
             return check(comm)
-        if mode == "ll":
-            return ll_edges(comm)
+        if mode == "edges":
+            return pair_edges(comm)
         if mode == "ll-overflow":
             return ll_overflow(comm)
         if mode.startswith("bad-"):

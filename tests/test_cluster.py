@@ -136,7 +136,8 @@ def test_every_algorithm_correct_and_shaped_link_slower(tmp_path):
         "hierarchical",
         "native",
         *(f"{pair}:{inner}" for pair in ("plain", "coordinated") for inner in ("flat", "hierarchical", "native")),
-        "ll:native",  # ll runs over the library's own exchange only
+        "ll:native",  # ll and allgather run over the library's own exchange only
+        "allgather:native",
     }
     assert all(r["wrong"] == 0 and r["schedule_matches"] for r in checked)
     assert all(r["wire_inter_bytes"] > 0 for r in checked)

@@ -27,10 +27,10 @@ def test_every_algorithm_matches_reference(mpiexec_available, backend, P, G, L):
 
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
 @pytest.mark.parametrize("P", [2, 4])
-def test_ll_edges_match_plain(mpiexec_available, backend, P):
-    result = mpirun(P, [WORKER, backend, "0", "1", "ll"])
+def test_every_pair_at_the_edges_matches_plain(mpiexec_available, backend, P):
+    result = mpirun(P, [WORKER, backend, "0", "1", "edges"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"ll edges P={P}: 0 failures" in result.stdout
+    assert f"pair edges P={P}: 0 failures" in result.stdout
 
 
 def test_ll_overflow_is_one_line_and_ends_every_rank(mpiexec_available):

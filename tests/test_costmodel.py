@@ -34,7 +34,7 @@ def test_schedules_match_counted_traffic(mpiexec_available, backend, G, L):
     args = ["-m", "moebench", "calibrate", "--check-schedules", "--backend", backend, "--ranks-per-node", str(G)]
     result = mpirun(4, [*args, "--tp", str(L)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"schedules checked P=4 G={G} L={L} {backend}: 10 cases, 0 mismatches" in result.stdout  # 3 + 3 x 2 + ll
+    assert f"schedules checked P=4 G={G} L={L} {backend}: 11 cases, 0 mismatches" in result.stdout  # 3 + 3 x 2 + 2
 
 
 def test_message_counts_follow_the_structure():
