@@ -38,7 +38,7 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
     P, me = comm.world_size, comm.rank
     mine = torch.tensor([splits], dtype=torch.int64, device=send.device)
     matrix = comm.world.allgatherv(mine, [1] * P).cpu().numpy()  # [P, P]: row s = rank s's send_splits
-    everything = comm.world.allgatherv(send, matrix.sum(axis=1).tolist())
+    everything = comm.world.allgatherv(send.contiguous(), matrix.sum(axis=1).tolist())
     starts = offsets(matrix.sum(axis=1))
     recv_splits = tuple(int(n) for n in matrix[:, me])
     parts = [everything[starts[s] + int(matrix[s, :me].sum()) :][:n] for s, n in enumerate(recv_splits) if n]

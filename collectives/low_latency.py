@@ -80,7 +80,7 @@ def _host_buffer(comm, peers: int, block_rows: int, row_nbytes: int) -> tuple[to
     key = (id(comm.world), peers, block_rows, row_nbytes)
     cached = _BUFFERS.get(key)
     if cached is None:
-        if len(_BUFFERS) > 64:
+        if len(_BUFFERS) >= 8:  # a few shapes repeat; each buffer is P x (K + C) rows
             _BUFFERS.clear()
         buf = torch.empty(peers * block_rows, row_nbytes, dtype=torch.uint8)
         cached = _BUFFERS[key] = (buf, buf.numpy().reshape(peers, block_rows * row_nbytes))
@@ -89,6 +89,8 @@ def _host_buffer(comm, peers: int, block_rows: int, row_nbytes: int) -> tuple[to
 
 def _as_bytes(x: torch.Tensor) -> np.ndarray:
     """uint8 [rows, row bytes] numpy view of a CPU tensor of any dtype (a copy only if not contiguous)."""
+    if x.numel() == 0:
+        return np.empty((x.shape[0], row_bytes(x)), np.uint8)
     a = x.numpy() if x.dtype in _NUMPY else x.contiguous().view(torch.uint8).numpy()
     return np.ascontiguousarray(a).reshape(x.shape[0], -1).view(np.uint8) if a.size else a.reshape(0, 0)
 
@@ -148,6 +150,8 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
                          f"not {inner}")  # fmt: skip
     splits = validate_splits(comm, send, send_splits)
     cap = cap_rows_for(cap_rows, max_rows_per_rank)
+    if row_bytes(send) == 0:
+        raise ValueError("ll carries its counts inside the rows: rows of 0 bytes cannot hold them")
     over = [(d, n) for d, n in enumerate(splits) if n > cap]
     if over:
         d, n = over[0]

@@ -117,6 +117,14 @@ def pair_edges(comm) -> int:
             if recv_splits != want[1] or not torch.equal(recv, want[0]) or not torch.equal(out, send * 3 + 1):
                 failures += 1
                 print(f"rank {me}: {pair_name} wrong ({name}, {extra})", flush=True)
+            if pair_name not in ("ll", "allgather"):  # the exchanges take contiguous rows; these two copy
+                continue
+            strided = torch.stack([send, send], dim=-1)[..., 0]  # the same rows, not contiguous
+            recv, _, _ = pair.dispatch(comm, strided, splits[me].tolist(), inner="native", max_rows_per_rank=most,
+                                       **extra)  # fmt: skip
+            if not torch.equal(recv, want[0]):
+                failures += 1
+                print(f"rank {me}: {pair_name} wrong on strided rows ({name})", flush=True)
     if comm.rank == 0:
         print(f"pair edges P={P}: {failures} failures", flush=True)
     return 1 if failures else 0

@@ -252,21 +252,17 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
             "rss_mb": rss,
             "error": error,
             "send_splits": list(info.permuted.send_splits),
+            "dispatch_wire_bytes": info.dispatch_wire_bytes,
             "gate_mass": moe.gate_mass(moe.gate_logits(work.x_TH, weights, work.forced[0]), info.routing, cfg.preset.k),
         }
     )
     row = {"algo": layer.label, "kernel": layer.kernel, "role": role, "router": str(layer.router or "topk"),
            "placement": layer.placement.name if layer.placement else "contiguous",
            "redundant": layer.placement.redundant if layer.placement else 0,
-           "dispatch_bytes": dispatch_bytes(per_rank, info.permuted.send_AW.shape[1]),
+           "dispatch_bytes": max(r["dispatch_wire_bytes"] for r in per_rank),
            "gate_mass": float(np.mean([r["gate_mass"] for r in per_rank[:: cfg.tp]])),
            **load_fields(cfg, work, per_rank)}  # fmt: skip
     return row, per_rank, info
-
-
-def dispatch_bytes(per_rank: list[dict], row_bytes: int) -> int:
-    """The busiest rank's dispatch wire bytes: the packed rows it sends to other ranks (combine sends them back)."""
-    return max((sum(r["send_splits"]) - r["send_splits"][rank]) * row_bytes for rank, r in enumerate(per_rank))
 
 
 def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
@@ -581,7 +577,9 @@ CAPTION = (
     "--warm-weights reuses one. roofline = router GEMM + the critical rank's active experts (their weight bytes "
     "at the measured read bandwidth, or their FLOPs at the measured GEMM rate) + the floor all-to-all (the "
     "library call on prebuilt arguments) at the dispatch's and combine's splits; roof frac = roofline / total. "
-    "tok/s = distinct tokens (P/L x batch) / total. imb = max/mean rows received per rank, and kept assignments per "
+    "tok/s = distinct tokens (P/L x batch) / total. dispatch bytes (JSON `dispatch_bytes`): the busiest rank's "
+    "dispatch wire bytes as the communicator counted them (rows, headers and count exchange). "
+    "imb = max/mean rows received per rank, and kept assignments per "
     "expert. pad waste = executed / useful expert FLOPs. drop % of T*k assignments. kernel MB = the expert kernel's "
     "ledger of its own buffers (MB = 1e6 B); rss MB = peak resident set during this configuration's checked "
     "forward (high-water mark reset before it; max over ranks). rel err = ||y - ref|| / ||ref|| against a "

@@ -293,6 +293,7 @@ class ForwardInfo:
     routing: object = None
     permuted: object = None  # the Permuted rows this rank dispatched
     active_experts: int = 0  # local experts that received at least one row
+    dispatch_wire_bytes: int = 0  # bytes this rank's dispatch sent to other ranks, as the communicator counted them
 
 
 def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None,
@@ -305,9 +306,12 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     mark()
     permuted = permute(x_TH, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
     mark()
+    before = comm.traffic.as_array() if info is not None else None
     recv_MW, _, handle = cfg.pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=cfg.inner,
                                            max_rows_per_rank=cfg.max_rows)  # fmt: skip
     mark()
+    if info is not None:
+        info.dispatch_wire_bytes = int((comm.traffic.as_array() - before)[:2].sum())
     x_MH, ids_M = unpack(recv_MW, x_TH.dtype)
     y_MH, stats = run_experts(x_MH, ids_M, weights, cfg)
     mark()

@@ -220,8 +220,8 @@ class MpiGroup(Group):
             out = x.new_empty(spec.recv_shape)
             self.mpi.Allgatherv([_as_bytes(x), nbytes, byte], [_as_bytes(out), spec.recv_args, byte])
         else:
-            recv = np.empty(spec.recv_shape, spec.np_dtype)
-            self.mpi.Allgatherv([self._address(x.contiguous().data_ptr(), nbytes), nbytes, byte],
+            recv, mine = np.empty(spec.recv_shape, spec.np_dtype), x.contiguous()  # `mine` outlives the call
+            self.mpi.Allgatherv([self._address(mine.data_ptr(), nbytes), nbytes, byte],
                                 [recv, spec.recv_args, byte])  # fmt: skip
             out = from_numpy(recv, x.dtype)
         self.traffic.add(*self.call_traffic(np.full(self.size, nbytes)))
