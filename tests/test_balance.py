@@ -486,6 +486,8 @@ def test_study_rows_hold_their_invariants():
         assert math.isclose(r["local_bytes"] + r["intra_bytes"] + r["inter_bytes"], kept * row_bytes, rel_tol=1e-9)
         inter_assignments = r["inter_bytes"] / row_bytes  # a token crosses to a node at most once per assignment
         assert 0 < r["inter_node_dedup_bytes"] <= inter_assignments * (cfg.preset.H * cfg.elem_bytes + 12) + 1e-6
+        off_rank = (r["intra_bytes"] + r["inter_bytes"]) / row_bytes
+        assert 0 < r["rank_dedup_bytes"] <= off_rank * (cfg.preset.H * cfg.elem_bytes + 12) + 1e-6
         assert r["max_mean_rank"] >= 1 and r["max_mean_expert"] >= 1 and 0 < r["gate_mass"] <= 1 + 1e-9
         assert r["extra_weight_bytes"] == (r["redundant"] // cfg.num_ranks) * 3 * 256 * 896 * 2
     topk, aware = rows[0], rows[3]

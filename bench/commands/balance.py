@@ -166,6 +166,11 @@ def summary_lines(rows: list[dict], cfg_meta: dict) -> list[str]:
                     f"{hier['inter_node_dedup_bytes'] / 1e3:.1f} vs {flat['inter_node_dedup_bytes'] / 1e3:.1f} "
                     f"(max/mean rank {hier['max_mean_rank']:.3f} vs {flat['max_mean_rank']:.3f})")  # fmt: skip
         topk, aware = _find(rows, router="topk", skew=skew), _find(rows, router="capacity-aware", skew=skew)
+        if topk and topk["placement"] == "contiguous" and topk["intra_bytes"] + topk["inter_bytes"]:
+            plain = topk["intra_bytes"] + topk["inter_bytes"]
+            lines.append(f"{skew}: a token once per destination rank (dedup) would send "
+                         f"{topk['rank_dedup_bytes'] / 1e3:.1f} KB per batch against {plain / 1e3:.1f} "
+                         f"({plain / topk['rank_dedup_bytes']:.2f}x less), topk + contiguous")  # fmt: skip
         if topk and aware and topk["capacity_factor"] is not None:
             lines.append(f"{skew}: capacity-aware drops {aware['dropped_pct']:.2f}% (rerouted "
                          f"{aware['rerouted_pct']:.2f}%) where topk drops {topk['dropped_pct']:.2f}% at cf "

@@ -26,7 +26,9 @@ evaluation window (`next`, or `same`: the fit window itself). Figures:
   8 bytes (the layer's row and its expert id); combine sends the same bytes back.
   inter_node_dedup_bytes: the inter-node bytes of a dispatch that sends a token once to each remote node
   holding any of its experts (DeepEP's internode path: H * elem per token and node, plus 12 bytes of id and
-  weight per assignment), the bytes a node-limited gate and a node-aware placement save.
+  weight per assignment), the bytes a node-limited gate and a node-aware placement save. rank_dedup_bytes: the
+  same per destination rank (a token once to each other rank holding any of its experts: the `dedup` dispatch),
+  to set beside intra + inter bytes.
 - extra_weight_bytes: the most replica weight bytes a rank holds beyond its E / P experts (3 * H * F * elem
   per replica).
 - correct: every invariant held (`problems` says which did not): a router's experts are in range and distinct
@@ -246,7 +248,7 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
     p, G = cfg.preset, cfg.ranks_per_node
     row_bytes = p.H * cfg.elem_bytes + ID_BYTES
     rank_imbalance, node_imbalance, problems = [], [], set(placement_problems(placement))
-    local = intra = inter = kept = inter_rows = 0
+    local = intra = inter = kept = inter_rows = remote_rows = 0
     expert_S = torch.tensor(placement.expert_S, dtype=torch.int64)
     for routed_P in window.routed:
         expert_A, source_A, token_A = kept_assignments(routed_P, with_tokens=True)
@@ -264,6 +266,8 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
         inter += int((~same_node_A).sum())
         remote_A = ~same_node_A  # a token crosses once to each remote node that holds any of its experts
         inter_rows += torch.unique(token_A[remote_A] * cfg.num_nodes + dest_A[remote_A] // G).numel()
+        off_rank_A = ~same_rank_A  # a token once to each other rank holding any of its experts (issue 13's dedup)
+        remote_rows += torch.unique(token_A[off_rank_A] * cfg.num_ranks + dest_A[off_rank_A]).numel()
     batches = len(window.routed)
     if local + intra + inter != kept:
         problems.add("dispatch bytes do not add up to the kept assignments")
@@ -275,6 +279,7 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
         "intra_bytes": intra * row_bytes / batches,
         "inter_bytes": inter * row_bytes / batches,
         "inter_node_dedup_bytes": (inter_rows * p.H * cfg.elem_bytes + inter * DEDUP_META_BYTES) / batches,
+        "rank_dedup_bytes": (remote_rows * p.H * cfg.elem_bytes + (intra + inter) * DEDUP_META_BYTES) / batches,
         "extra_weight_bytes": placement.extra_slots_per_rank() * 3 * p.H * p.F * cfg.elem_bytes,
         "slots_per_rank": len(placement.experts_P[0]),
     }
