@@ -92,7 +92,7 @@ def _as_bytes(x: torch.Tensor) -> np.ndarray:
     if x.numel() == 0:
         return np.empty((x.shape[0], row_bytes(x)), np.uint8)
     a = x.numpy() if x.dtype in _NUMPY else x.contiguous().view(torch.uint8).numpy()
-    return np.ascontiguousarray(a).reshape(x.shape[0], -1).view(np.uint8) if a.size else a.reshape(0, 0)
+    return np.ascontiguousarray(a).reshape(x.shape[0], -1).view(np.uint8)
 
 
 _NUMPY = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.int8)
@@ -113,16 +113,21 @@ def _gather(blocks: np.ndarray, counts, skip: int, rb: int) -> np.ndarray:
     return np.concatenate(parts).reshape(-1, rb) if parts else np.empty((0, rb), np.uint8)
 
 
+def _fill(blocks: np.ndarray, rows: np.ndarray, splits, skip: int, rb: int) -> None:
+    """Chunk s of `rows` (splits[s] rows of rb bytes) into peer block s after `skip` rows; the rest stays stale."""
+    start = 0
+    for s, n in enumerate(splits):
+        if n:
+            blocks[s, skip * rb : (skip + n) * rb] = rows[start : start + n].reshape(-1)
+            start += n
+
+
 def _host_dispatch(comm, send: torch.Tensor, splits, cap: int):
     """The CPU path: numpy copies into a reused buffer (a few µs where torch ops cost ~5 each)."""
     P, rb = comm.world_size, row_bytes(send)
     send_b, K = _as_bytes(send), header_rows(rb)
     buf, out_b = _host_buffer(comm, P, K + cap, rb)
-    start = 0
-    for d, n in enumerate(splits):
-        if n:
-            out_b[d, K * rb : (K + n) * rb] = send_b[start : start + n].reshape(-1)
-            start += n
+    _fill(out_b, send_b, splits, K, rb)
     out_b[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
     recv = comm.world.alltoallv(buf, (K + cap,) * P, (K + cap,) * P).numpy().reshape(P, -1)
     counts = tuple(recv[:, :COUNT_BYTES].view(np.int64)[:, 0].tolist())
@@ -133,11 +138,7 @@ def _host_combine(comm, processed: torch.Tensor, handle) -> torch.Tensor:
     P, cap, rb = comm.world_size, handle.cap, row_bytes(processed)
     proc_b = _as_bytes(processed)
     buf, out_b = _host_buffer(comm, P, cap, rb)
-    start = 0
-    for s, n in enumerate(handle.recv_splits):
-        if n:
-            out_b[s, : n * rb] = proc_b[start : start + n].reshape(-1)
-            start += n
+    _fill(out_b, proc_b, handle.recv_splits, 0, rb)
     back = comm.world.alltoallv(buf, (cap,) * P, (cap,) * P).numpy().reshape(P, -1)
     return _from_bytes(_gather(back, handle.send_splits, 0, rb), processed)
 
@@ -149,17 +150,17 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
         raise ValueError(f"ll is its own fixed-size exchange (the library's all-to-all): it runs over native, "
                          f"not {inner}")  # fmt: skip
     splits = validate_splits(comm, send, send_splits)
-    cap = cap_rows_for(cap_rows, max_rows_per_rank)
-    if row_bytes(send) == 0:
+    cap, rb = cap_rows_for(cap_rows, max_rows_per_rank), row_bytes(send)
+    if rb == 0:
         raise ValueError("ll carries its counts inside the rows: rows of 0 bytes cannot hold them")
     over = [(d, n) for d, n in enumerate(splits) if n > cap]
     if over:
         d, n = over[0]
         raise ValueError(f"ll: rank {comm.rank} sends {n} rows to rank {d}, over the cap of {cap} rows per peer")
-    if send.device.type == "cpu" and send.dim() > 1 and row_bytes(send):
+    if send.device.type == "cpu" and send.dim() > 1:
         recv, recv_splits = _host_dispatch(comm, send, splits, cap)
         return recv, list(recv_splits), Handle(cap, splits, recv_splits)
-    P, K = comm.world_size, header_rows(row_bytes(send))
+    P, K = comm.world_size, header_rows(rb)
     buf = _blocks(send, splits, K + cap, K, P)
     counts = torch.tensor(splits, dtype=torch.int64).view(torch.uint8).view(P, COUNT_BYTES)
     _count_slots(buf, P).copy_(counts)

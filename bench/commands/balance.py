@@ -20,11 +20,12 @@ import torch
 
 from moebench.bench import options, report
 from moebench.bench.layer import balance, traces
-from moebench.bench.layer.placements import PLACEMENTS, check_shape
+from moebench.bench.layer.placements import PLACEMENTS, check_placements
 from moebench.bench.layer.presets import get_preset
 from moebench.bench.layer.skews import Skew
+from moebench.bench.layer.workloads import make_router_weights
 from moebench.kernels import route
-from moebench.kernels.routers import ROUTERS, parse_router
+from moebench.kernels.routers import ROUTERS, parse_routers
 
 SWITCH_DROP_PCT = 1.0  # Switch Transformer (Fedus et al., 2021): < 1% of tokens dropped at capacity factor 1.25
 SWITCH_CF = 1.25
@@ -90,18 +91,15 @@ def parse_config(args) -> balance.BalanceConfig:
         raise ValueError(f"--window must be >= 1 batch, got {args.window}")
     if len(args.capacity_factor) != 1:
         raise ValueError("balance takes one --capacity-factor")
-    routers = [parse_router(r) for r in (args.routers or default_routers(preset.k, preset.groups))]
-    for router in routers:
-        router.check(preset.E, preset.k, preset.groups, preset.topk_groups, preset.name)
+    specs = args.routers or default_routers(preset.k, preset.groups)
+    routers = parse_routers(specs, preset.E, preset.k, preset.groups, preset.topk_groups, preset.name)
     if not routers:
         raise ValueError("--routers needs at least one router")
     options.check_names(args.placements, PLACEMENTS, "placement")
     R = default_redundant(preset.E, P) if args.redundant is None else args.redundant
-    if args.placements == list(PLACEMENTS) and G == 1 and R:  # the default list: hierarchical needs G > 1
-        args.placements = [name for name in PLACEMENTS if name != "hierarchical"]
-    for name in args.placements:
-        if PLACEMENTS[name].replicates:
-            check_shape(preset.E, P, G, R, per_node=name == "hierarchical")
+    if args.placements == list(PLACEMENTS) and G == 1 and R:  # the default list: per-node placements need G > 1
+        args.placements = [name for name, kind in PLACEMENTS.items() if not kind.per_node]
+    check_placements(args.placements, preset.E, P, G, R)
     options.check_skews(args)
     elem_bytes = torch.finfo(options.resolve_dtype(args.dtype, torch.device("cpu"))).bits // 8
     return balance.BalanceConfig(preset, P, G, args.batch[0], args.skew, routers, args.placements, R, args.window,
@@ -112,7 +110,7 @@ def parse_config(args) -> balance.BalanceConfig:
 def record(cfg: balance.BalanceConfig, skew: Skew, path: str, argv: list[str]) -> None:
     """The topk gate's routing of `skew` over the fit and next windows, one step per batch, as a trace."""
     p = cfg.preset
-    w_router_HE = balance.make_router_weights(p, cfg.seed)
+    w_router_HE = make_router_weights(p, cfg.seed)
     steps_ids, steps_weights = [], []
     for b in range(2 * cfg.window):
         routings = [route(r.logits_TE, p.k) for r in balance.make_batch(cfg, skew, w_router_HE, b)]

@@ -26,14 +26,14 @@ from moebench.bench import options, plots, report, roofline, timing
 from moebench.bench.cli import open_comm
 from moebench.bench.layer import forward as moe
 from moebench.bench.layer import traces
-from moebench.bench.layer.placements import PLACEMENTS, check_shape, fit_placement
+from moebench.bench.layer.placements import PLACEMENTS, check_placements, fit_placement, redundant_for
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.layer.skews import Skew, varies_by_batch
 from moebench.bench.layer.workloads import make_tokens, spread_batch_sizes
 from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.kernels import BASELINES, EXPERT_KERNELS
-from moebench.kernels.routers import parse_router
+from moebench.kernels.routers import parse_routers
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 PHASE_SUM_TOLERANCE = 0.02  # phases (critical rank, median band) must sum to the median total within 2%
@@ -105,16 +105,11 @@ def validate(args) -> Config:
     options.check_skews(args)
     if not args.capacity_factor:
         raise ValueError("--capacity-factor needs at least one value")
-    routers = tuple(None if spec == "topk" else parse_router(spec) for spec in args.routers)
-    for router in routers:
-        if router is not None:
-            router.check(preset.E, preset.k, preset.groups, preset.topk_groups, preset.name)
+    parsed = parse_routers(args.routers, preset.E, preset.k, preset.groups, preset.topk_groups, preset.name)
+    routers = tuple(None if router.kind == "topk" else router for router in parsed)  # None: the gate's fast paths
     options.check_names(args.placements, PLACEMENTS, "placement")
     R = args.redundant or 0
-    G = args.ranks_per_node or P
-    for name in args.placements:
-        if PLACEMENTS[name].replicates:
-            check_shape(preset.E, P, G, R, per_node=name == "hierarchical")
+    check_placements(args.placements, preset.E, P, args.ranks_per_node or P, R)
     if R and not any(PLACEMENTS[name].replicates for name in args.placements):
         raise ValueError(f"--redundant {R}: none of the placements {', '.join(args.placements)} holds replicas")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -353,7 +348,7 @@ def fit_layer_placement(comm, cfg: Config, work: Workload, weights, router, name
     for rank, counts in enumerate(comm.allgather_object(counts_E.tolist())):
         if rank % L == 0:  # tokens are duplicated inside a TP group: count each group once
             load_NE[rank // G] += torch.tensor(counts, dtype=torch.float64)
-    return fit_placement(name, load_NE, P, G, cfg.redundant if PLACEMENTS[name].replicates else 0, p.groups)
+    return fit_placement(name, load_NE, P, G, redundant_for(name, cfg.redundant), p.groups)
 
 
 def policy_weights(comm, cfg: Config, work: Workload, weights, warm: bool, contiguous: tuple):
@@ -644,10 +639,8 @@ def check_memory(comm, cfg: Config, ranks_per_host: int) -> None:
 def run(args) -> int:
     cfg = validate(args)
     comm = open_comm(args.backend, args.ranks_per_node, args.tp)
-    for name in cfg.placements:  # the node layout is known only now (hostnames, without --ranks-per-node)
-        if PLACEMENTS[name].replicates:
-            check_shape(cfg.preset.E, comm.world_size, comm.topology.ranks_per_node, cfg.redundant,
-                        per_node=name == "hierarchical")  # fmt: skip
+    # the node layout is known only now (hostnames, without --ranks-per-node)
+    check_placements(cfg.placements, cfg.preset.E, comm.world_size, comm.topology.ranks_per_node, cfg.redundant)
     p = cfg.preset
     meta = {**report.base_meta("moe", sys.argv), **report.comm_meta(comm), "tag": args.tag}
     check_memory(comm, cfg, meta["ranks_per_host"])

@@ -43,14 +43,14 @@ from dataclasses import dataclass
 
 import torch
 
-from moebench.bench.layer.placements import PLACEMENTS, Placement, fit_placement
+from moebench.bench.layer.forward import ID_BYTES  # the layer's packed row: H elements + its expert id
+from moebench.bench.layer.placements import Placement, fit_placement, redundant_for
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.skews import Skew, forced_logits, sample_topk
 from moebench.bench.layer.workloads import make_expert_weights, make_router_weights, make_tokens, spread_batch_sizes
 from moebench.kernels import get_kernel, route
 from moebench.kernels.routers import Routed, Router, RouterInput
 
-ID_BYTES = 8  # the layer's packed row carries its local expert id (int64)
 DEDUP_META_BYTES = 12  # per assignment in a node-deduplicated row: its expert id (int64) and gate weight (fp32)
 
 
@@ -79,9 +79,6 @@ class BalanceConfig:
     def num_nodes(self) -> int:
         return self.num_ranks // self.ranks_per_node
 
-    def redundant_for(self, placement: str) -> int:
-        return self.redundant if PLACEMENTS[placement].replicates else 0
-
 
 # ---------------------------------------------------------------------------------------------- workloads
 
@@ -106,7 +103,8 @@ class RankBatch:
 
 def make_batch(cfg: BalanceConfig, skew: Skew, w_router_HE: torch.Tensor, batch: int) -> list[RankBatch]:
     """Every rank's tokens, logits and global token ids for one batch of one workload."""
-    p, out, first = cfg.preset, [], batch * cfg.num_ranks * cfg.tokens * 2
+    p, out, row = cfg.preset, [], 0  # row: this rank's first token in the batch
+    first_id = batch * cfg.num_ranks * cfg.tokens * 2  # global token ids: batches never overlap (spread < 1)
     for rank, T in enumerate(rank_tokens(cfg, batch)):
         seed = _seed(cfg, batch, rank)
         x_TH = make_tokens(T, p.H, seed=seed)
@@ -121,11 +119,11 @@ def make_batch(cfg: BalanceConfig, skew: Skew, w_router_HE: torch.Tensor, batch:
                 batch=batch,
                 part=rank,
                 layout=(cfg.num_ranks, cfg.ranks_per_node),
-                first_row=first - batch * cfg.num_ranks * cfg.tokens * 2,  # this rank's rows of a trace step
+                first_row=row,  # this rank's rows of a trace step
             )
             logits_TE = forced_logits(logits_TE, ids_Tk, weights_Tk)
-        out.append(RankBatch(x_TH, logits_TE, torch.arange(first, first + T)))
-        first += T
+        out.append(RankBatch(x_TH, logits_TE, torch.arange(first_id + row, first_id + row + T)))
+        row += T
     return out
 
 
@@ -134,21 +132,23 @@ def make_batch(cfg: BalanceConfig, skew: Skew, w_router_HE: torch.Tensor, batch:
 
 @dataclass
 class RouterWindow:
-    """What a router did over one window: per batch, each rank's Routed and its source rank's assignments."""
+    """What a router did over one window: per batch, each rank's Routed, the batch, and its kept assignments
+    (expert_A, source_rank_A, token_A: kept_assignments, computed once)."""
 
     routed: list[list[Routed]]  # [batch][rank]
     batches: list[list[RankBatch]]
+    kept: list[tuple]
 
 
-def route_window(cfg: BalanceConfig, router: Router, skew: Skew, w_router_HE, batches: range) -> RouterWindow:
-    window = RouterWindow([], [])
-    for b in batches:
-        ranks = make_batch(cfg, skew, w_router_HE, b)
-        p = cfg.preset
+def route_window(cfg: BalanceConfig, router: Router, batches: list[list[RankBatch]]) -> RouterWindow:
+    """The router on every rank of every batch (made once per workload: make_batch)."""
+    p, window = cfg.preset, RouterWindow([], batches, [])
+    for ranks in batches:
         inputs = [RouterInput(r.logits_TE, p.k, cfg.capacity_factor, r.token_ids_T, None, p.groups, p.topk_groups,
                               rank, cfg.num_ranks) for rank, r in enumerate(ranks)]  # fmt: skip
-        window.routed.append([router(inp) for inp in inputs])
-        window.batches.append(ranks)
+        routed_P = [router(inp) for inp in inputs]
+        window.routed.append(routed_P)
+        window.kept.append(kept_assignments(routed_P, with_tokens=True))
     return window
 
 
@@ -170,8 +170,7 @@ def kept_assignments(routed_P: list[Routed], with_tokens: bool = False):
 def node_load(cfg: BalanceConfig, window: RouterWindow) -> torch.Tensor:
     """float64 [N, E]: kept assignments from each source node to each expert over the window."""
     load_NE = torch.zeros(cfg.num_nodes, cfg.preset.E, dtype=torch.float64)
-    for routed_P in window.routed:
-        expert_A, source_A = kept_assignments(routed_P)
+    for expert_A, source_A, _ in window.kept:
         load_NE.index_put_((source_A // cfg.ranks_per_node, expert_A), torch.ones_like(expert_A, dtype=torch.float64),
                            accumulate=True)  # fmt: skip
     return load_NE
@@ -199,17 +198,24 @@ def routing_problems(routed: Routed, num_experts: int) -> list[str]:
     return problems
 
 
-def router_figures(cfg: BalanceConfig, window: RouterWindow, experts_EHF) -> dict:
+def reference_outputs(cfg: BalanceConfig, batches: list[list[RankBatch]], experts_EHF) -> list[list[torch.Tensor]]:
+    """[batch][rank] y_ref_TH: the dropless topk layer output (fp32, dynamic kernel), once per workload."""
+    kernel, k = get_kernel("dynamic"), cfg.preset.k
+    return [[kernel(r.x_TH, route(r.logits_TE, k), *experts_EHF)[0] for r in ranks] for ranks in batches]
+
+
+def router_figures(cfg: BalanceConfig, window: RouterWindow, experts_EHF, refs) -> dict:
     """The router's own figures over a window (placement-independent): expert imbalance, drops, reroutes,
-    gate mass kept and the output's deviation from the dropless topk output; `problems`: broken invariants."""
+    gate mass kept and the output's deviation from the dropless topk output (refs: reference_outputs);
+    `problems`: broken invariants."""
     p, kernel = cfg.preset, get_kernel("dynamic")
     gate_total = kept_mass = 0.0
     dropped = rerouted = assignments = 0
     dev_sq = ref_sq = 0.0
     expert_imbalance, problems = [], set()
-    for routed_P, ranks in zip(window.routed, window.batches):
+    for routed_P, ranks, refs_P in zip(window.routed, window.batches, refs):
         counts_E = torch.zeros(p.E, dtype=torch.int64)
-        for r, rank in zip(routed_P, ranks):
+        for r, rank, y_ref_TH in zip(routed_P, ranks, refs_P):
             problems.update(routing_problems(r, p.E))
             routing = r.routing
             counts_E += routing.kept_counts_E
@@ -220,7 +226,6 @@ def router_figures(cfg: BalanceConfig, window: RouterWindow, experts_EHF) -> dic
             gate_total += prob_TE.topk(p.k, dim=-1).values.sum().item()
             kept_mass += (torch.gather(prob_TE, 1, routing.topk_ids_Tk) * routing.kept_Tk).sum().item()
             y_TH, _ = kernel(rank.x_TH, routing, *experts_EHF)
-            y_ref_TH, _ = kernel(rank.x_TH, route(rank.logits_TE, p.k), *experts_EHF)
             dev_sq += (y_TH.double() - y_ref_TH.double()).pow(2).sum().item()
             ref_sq += y_ref_TH.double().pow(2).sum().item()
         expert_imbalance.append(_max_mean(counts_E))
@@ -250,8 +255,7 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
     rank_imbalance, node_imbalance, problems = [], [], set(placement_problems(placement))
     local = intra = inter = kept = inter_rows = remote_rows = 0
     expert_S = torch.tensor(placement.expert_S, dtype=torch.int64)
-    for routed_P in window.routed:
-        expert_A, source_A, token_A = kept_assignments(routed_P, with_tokens=True)
+    for expert_A, source_A, token_A in window.kept:
         slot_A = placement.dispatch(expert_A, source_A)
         if not torch.equal(expert_S[slot_A], expert_A):
             problems.add("dispatch sent an assignment to another expert's slot")
@@ -285,7 +289,7 @@ def placement_figures(cfg: BalanceConfig, placement: Placement, window: RouterWi
     }
 
 
-def study(cfg: BalanceConfig, progress=None) -> list[dict]:
+def study(cfg: BalanceConfig) -> list[dict]:
     """Every router x placement x workload of the config: one row each (module doc for the figures)."""
     p = cfg.preset
     w_router_HE = make_router_weights(p, cfg.seed)
@@ -294,13 +298,16 @@ def study(cfg: BalanceConfig, progress=None) -> list[dict]:
     eval_batches = fit_batches if cfg.eval_window == "same" else range(cfg.window, 2 * cfg.window)
     rows = []
     for skew in cfg.skews:
+        made = {b: make_batch(cfg, skew, w_router_HE, b) for b in (*fit_batches, *eval_batches)}
+        fit_windows, eval_windows = [made[b] for b in fit_batches], [made[b] for b in eval_batches]
+        refs = reference_outputs(cfg, eval_windows, experts_EHF)
         for router in cfg.routers:
-            fit = route_window(cfg, router, skew, w_router_HE, fit_batches)
-            evaluated = fit if cfg.eval_window == "same" else route_window(cfg, router, skew, w_router_HE, eval_batches)
+            fit = route_window(cfg, router, fit_windows)
+            evaluated = fit if cfg.eval_window == "same" else route_window(cfg, router, eval_windows)
             load_NE = node_load(cfg, fit)
-            figures = router_figures(cfg, evaluated, experts_EHF)
+            figures = router_figures(cfg, evaluated, experts_EHF, refs)
             for name in cfg.placements:
-                R = cfg.redundant_for(name)
+                R = redundant_for(name, cfg.redundant)
                 placement = fit_placement(name, load_NE, cfg.num_ranks, cfg.ranks_per_node, R, p.groups)
                 placed = placement_figures(cfg, placement, evaluated)
                 problems = sorted({*figures["problems"], *placed["problems"]})
@@ -310,6 +317,4 @@ def study(cfg: BalanceConfig, progress=None) -> list[dict]:
                     "tokens": cfg.tokens, "capacity_factor": cfg.capacity_factor,
                     **placed, **figures, "problems": "; ".join(problems), "correct": not problems,
                 })  # fmt: skip
-            if progress is not None:
-                progress()
     return rows

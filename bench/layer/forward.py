@@ -214,8 +214,7 @@ def _placed_order(routing, placement: Placement, rank: int):
     ids_A, kept_A = routing.topk_ids_Tk.view(-1).cpu(), routing.kept_Tk.view(-1).cpu()
     kept_K = kept_A.nonzero().view(-1)
     slot_K = placement.dispatch(ids_A[kept_K], torch.full_like(kept_K, rank))
-    dest_K = torch.tensor(placement.rank_S, dtype=torch.int64)[slot_K]
-    local_K = torch.tensor(placement.local_index_S, dtype=torch.int64)[slot_K]
+    dest_K, local_K = placement.rank_of_slots(slot_K), placement.local_of_slot_S[slot_K]
     order_K = torch.sort(dest_K, stable=True).indices
     splits = tuple(torch.bincount(dest_K, minlength=placement.num_ranks).tolist())
     return kept_K[order_K].to(device), local_K[order_K].to(device), splits

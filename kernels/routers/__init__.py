@@ -157,4 +157,13 @@ def parse_router(spec: str) -> Router:
     return Router(*parsed)
 
 
-__all__ = ["ROUTERS", "Routed", "Router", "RouterInput", "RouterKind", "grammar", "parse_router"]
+def parse_routers(specs, num_experts: int, k: int, groups: int = 1, topk_groups: int = 1,
+                  model: str = "the model") -> list[Router]:  # fmt: skip
+    """Each spec parsed and checked against the model (E, k, expert groups): ValueError, one line."""
+    routers = [parse_router(spec) for spec in specs]
+    for router in routers:
+        router.check(num_experts, k, groups, topk_groups, model)
+    return routers
+
+
+__all__ = ["ROUTERS", "Routed", "Router", "RouterInput", "RouterKind", "grammar", "parse_router", "parse_routers"]

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import torch
-
 from moebench.kernels.routers.common import routed
+from moebench.kernels.routing import topk_softmax
 
 
 def route(inp, param=None):
     """Top-k of the logits [T, E], the softmax over them as weights; capacity from inp.capacity_factor."""
-    vals_Tk, ids_Tk = inp.logits_TE.float().topk(inp.k, dim=-1)
-    return routed(ids_Tk, torch.softmax(vals_Tk, dim=-1), inp.num_experts, inp.capacity_factor)
+    return routed(*topk_softmax(inp.logits_TE, inp.k), inp.num_experts, inp.capacity_factor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from moebench.kernels.routers.common import routed
+from moebench.kernels.routing import topk_softmax
 
 MODEL_DEFAULT = 0  # topk-group written bare: the model's own topk_groups (RouterInput.topk_groups)
 BEST_PER_GROUP = 2  # DeepSeek-V3 scores a group by its two best experts
@@ -27,5 +28,4 @@ def route(inp, param):
     keep_TG = torch.zeros(T, NG, dtype=torch.bool, device=logits_TE.device)
     keep_TG.scatter_(1, group_score_TG.topk(TG, dim=-1).indices, True)
     masked_TE = logits_TE.masked_fill(~keep_TG.repeat_interleave(E // NG, dim=1), -torch.inf)
-    vals_Tk, ids_Tk = masked_TE.topk(k, dim=-1)
-    return routed(ids_Tk, torch.softmax(vals_Tk, dim=-1), E, inp.capacity_factor)
+    return routed(*topk_softmax(masked_TE, k), E, inp.capacity_factor)

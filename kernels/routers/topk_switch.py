@@ -4,14 +4,12 @@ top-K2 of the same logits, the softmax renormalised over those K2; capacity as t
 
 from __future__ import annotations
 
-import torch
-
 from moebench.kernels.routers.common import routed
+from moebench.kernels.routing import topk_softmax
 
 
 def route(inp, param):
     k2 = int(param)
     if not 1 <= k2 < inp.k:
         raise ValueError(f"topk-switch:{k2} needs 1 <= K2 < k = {inp.k}")
-    vals_TK, ids_TK = inp.logits_TE.float().topk(k2, dim=-1)
-    return routed(ids_TK, torch.softmax(vals_TK, dim=-1), inp.num_experts, inp.capacity_factor)
+    return routed(*topk_softmax(inp.logits_TE, k2), inp.num_experts, inp.capacity_factor)

@@ -39,10 +39,12 @@ from moebench.bench.layer.placements.base import Placement, check_shape
 
 @dataclass(frozen=True)
 class PlacementKind:
-    """One placement of the registry: fit(load_NE, P, G, R, groups) -> Placement; replicates: takes R > 0."""
+    """One placement of the registry: fit(load_NE, P, G, R, groups) -> Placement; replicates: takes R > 0;
+    per_node: keeps each expert's replicas inside one node (its shape rules are per node)."""
 
     fit: Callable
     replicates: bool
+    per_node: bool = False
 
 
 def _registry() -> dict[str, PlacementKind]:
@@ -51,11 +53,24 @@ def _registry() -> dict[str, PlacementKind]:
     return {
         "contiguous": PlacementKind(contiguous.fit, replicates=False),
         "eplb": PlacementKind(eplb.fit, replicates=True),
-        "hierarchical": PlacementKind(hierarchical.fit, replicates=True),
+        "hierarchical": PlacementKind(hierarchical.fit, replicates=True, per_node=True),
     }
 
 
 PLACEMENTS: dict[str, PlacementKind] = _registry()
+
+
+def redundant_for(name: str, redundant: int) -> int:
+    """R for a placement that replicates, 0 for one that does not."""
+    return redundant if PLACEMENTS[name].replicates else 0
+
+
+def check_placements(names, num_experts: int, num_ranks: int, ranks_per_node: int, redundant: int) -> None:
+    """check_shape for every replicating placement of `names` (ValueError, one line, before any work)."""
+    for name in names:
+        kind = PLACEMENTS[name]
+        if kind.replicates:
+            check_shape(num_experts, num_ranks, ranks_per_node, redundant, per_node=kind.per_node)
 
 
 def fit_placement(name: str, load_NE: torch.Tensor, num_ranks: int, ranks_per_node: int, redundant: int = 0,
@@ -74,4 +89,6 @@ def fit_placement(name: str, load_NE: torch.Tensor, num_ranks: int, ranks_per_no
     return kind.fit(load_NE.double(), num_ranks, ranks_per_node, redundant, groups)
 
 
-__all__ = ["PLACEMENTS", "Placement", "PlacementKind", "check_shape", "fit_placement"]
+__all__ = [
+    "PLACEMENTS", "Placement", "PlacementKind", "check_placements", "check_shape", "fit_placement", "redundant_for",
+]  # fmt: skip

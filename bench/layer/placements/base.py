@@ -85,8 +85,18 @@ class Placement:
             seen[r] += 1
         return out
 
+    @cached_property
+    def rank_of_slot_S(self) -> torch.Tensor:
+        """int64 [S]: rank_S as a tensor (built once, not per dispatch)."""
+        return torch.tensor(self.rank_S, dtype=torch.int64)
+
+    @cached_property
+    def local_of_slot_S(self) -> torch.Tensor:
+        """int64 [S]: local_index_S as a tensor."""
+        return torch.tensor(self.local_index_S, dtype=torch.int64)
+
     def rank_of_slots(self, slot_A: torch.Tensor) -> torch.Tensor:
-        return torch.tensor(self.rank_S, dtype=torch.int64)[slot_A]
+        return self.rank_of_slot_S[slot_A]
 
     def extra_slots_per_rank(self) -> int:
         """Slots a rank holds beyond E / P (the most over ranks): the replicas' weight memory."""
