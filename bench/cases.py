@@ -65,11 +65,14 @@ def expected_recv(me: int, splits: np.ndarray, H: int, dtype, seed: int) -> torc
     return torch.cat(chunks)
 
 
-def count_wrong(got: torch.Tensor, want: torch.Tensor) -> int:
-    """Elements of `got` that differ from `want` (every element, when the shapes differ)."""
+def count_wrong(got: torch.Tensor, want: torch.Tensor, tolerance: torch.Tensor | None = None) -> int:
+    """Elements of `got` that differ from `want` (by more than `tolerance`, elementwise, when given; every
+    element when the shapes differ)."""
     if got.shape != want.shape:
         return max(got.numel(), want.numel(), 1)
-    return int((got.cpu() != want.cpu()).sum())
+    if tolerance is None:
+        return int((got.cpu() != want.cpu()).sum())
+    return int(((got.cpu().float() - want.cpu().float()).abs() > tolerance.cpu()).sum())
 
 
 def checked_case(comm, row: dict, fn, check, schedule) -> Case:
@@ -154,43 +157,58 @@ def library_cases(comm, send: torch.Tensor, size: int, skew: Skew, seed: int, ch
 
 
 def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits, max_rows: int | None = None):
-    """A dispatch + combine call with identity processing: out must equal send. max_rows: the most rows any rank
-    sends (a fixed-buffer pair's worst case)."""
+    """A dispatch + combine call with identity processing: out must equal send (within the codec's tolerance:
+    a pair with an encoding encodes before dispatch, decodes after it, and combines in its combine dtype).
+    max_rows: the most rows any rank sends (a fixed-buffer pair's worst case)."""
+    codec = pair.codec
+    if codec.exact:
 
-    def fn():
-        recv, _, handle = pair.dispatch(comm, send, send_splits, inner=inner, max_rows_per_rank=max_rows)
-        return pair.combine(comm, recv, handle)
+        def fn():
+            recv, _, handle = pair.dispatch(comm, send, send_splits, inner=inner, max_rows_per_rank=max_rows)
+            return pair.combine(comm, recv, handle)
 
-    return fn
+        return fn
+    H, dtype, back = send.shape[1], send.dtype, codec.combine_dtype(send.dtype)
+
+    def encoded():
+        recv, _, handle = pair.dispatch(comm, codec.encode(send), send_splits, inner=inner,
+                                        max_rows_per_rank=max_rows)  # fmt: skip
+        return pair.combine(comm, codec.decode(recv, dtype, H).to(back), handle).to(dtype)
+
+    return encoded
 
 
 def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dtype, seed: int, check: bool = True):
     """`<pair>:<inner>` dispatch + combine round trips on rows duplicated across each TP group (as after a TP
-    block), each checked (out == send) and traffic-counted, with its dispatch's wire bytes. Returns
-    (cases, logical bytes)."""
+    block), each checked (out == send, or within the pair's codec tolerance) and traffic-counted, with its
+    dispatch's wire bytes. Pairs whose rows are tokens with their experts (unit "token": dedup) need a routing
+    and run in the moe benchmark instead. Returns (cases, logical bytes)."""
     P, me, L = comm.world_size, comm.rank, comm.tp.size
     R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
     splits = split_matrix(R, P, skew, seed)
     leaders = np.arange(P) // L * L  # every TP rank holds its group's first rank's rows
     send = rank_rows(int(leaders[me]), R, H, dtype, seed).to(comm.device)
     send_splits = tuple(int(n) for n in splits[leaders[me]])  # a tuple, as the MoE layer passes them
-    row_bytes = H * send.element_size()
     # Both directions: dispatch sends the busiest rank's rows out, combine brings the same rows back.
-    logical = 2 * int(splits.sum(axis=1).max()) * row_bytes
+    logical = 2 * int(splits.sum(axis=1).max()) * H * send.element_size()
     max_rows = int(splits[leaders].sum(axis=1).max())
     cases = []
     for inner in inners:
         for name in pairs:
             pair = DISPATCH_COMBINE[name]
-            if not pair.runs_over(inner):
+            if not pair.runs_over(inner) or pair.unit != "assignment":
                 continue
+            codec = pair.codec
+            tolerance = None if codec.exact else codec.tolerance(send)
             comm.traffic.reset()
-            pair.dispatch(comm, send, send_splits, inner=inner, max_rows_per_rank=max_rows)
+            pair.dispatch(comm, codec.encode(send) if tolerance is not None else send, send_splits, inner=inner,
+                          max_rows_per_rank=max_rows)  # fmt: skip
             dispatch_bytes = comm.allreduce_max(comm.traffic.as_array())
-            schedule = pair.schedule(ALGORITHMS[inner], splits[leaders], row_bytes, comm.topology)
+            row_bytes, back_bytes = pair.wire_row_bytes(H, dtype)
+            schedule = pair.schedule(ALGORITHMS[inner], splits[leaders], row_bytes, comm.topology, back_bytes)
             row = {"algo": f"{name}:{inner}", "pair": name, "inner": inner, "size": size}
             fn = roundtrip(comm, pair, inner, send, send_splits, max_rows)
-            case = checked_case(comm, row, fn, check and (lambda out: count_wrong(out, send)), schedule)
+            case = checked_case(comm, row, fn, check and (lambda out, t=tolerance: count_wrong(out, send, t)), schedule)
             row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
             cases.append(case)
     return cases, logical

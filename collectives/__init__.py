@@ -18,7 +18,7 @@ if __name__ == "collectives":  # imported bare, from the checkout root: step asi
     moebench.step_aside(__name__)
 
 
-from moebench.collectives import allgather, coordinated, flat, hierarchical, low_latency, native, plain
+from moebench.collectives import allgather, coordinated, dedup, flat, fp8, hierarchical, low_latency, native, plain
 from moebench.collectives.backends import BACKENDS, init_comm
 from moebench.collectives.comm import Communicator
 from moebench.collectives.exchange import Algorithm, DispatchCombine
@@ -37,6 +37,9 @@ DISPATCH_COMBINE: dict[str, DispatchCombine] = {
     "coordinated": coordinated.PAIR,
     "ll": low_latency.PAIR,
     "allgather": allgather.PAIR,
+    "dedup": dedup.PAIR,
+    "fp8": fp8.PAIR,
+    "fp8-dedup": fp8.DEDUP_PAIR,
 }
 
 __all__ = [

@@ -51,14 +51,15 @@ def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
     return comm.world.alltoallv(processed_recv, handle.recv_splits, handle.send_splits)
 
 
-def schedule(inner, splits, row_bytes: int, topo) -> list:
+def schedule(inner, splits, row_bytes: int, topo, back_bytes: int | None = None,
+             max_rows_per_rank: int | None = None) -> list:  # fmt: skip
     """The counts (every rank's P integers to every peer), every rank's rows to every peer, then the all-to-all-v
-    back; the inner exchange plays no part."""
+    back (rows of back_bytes); the inner exchange plays no part."""
     P = topo.world_size
     splits = np.asarray(splits, dtype=np.int64)
     counts = np.full((P, P), P * sched.COUNT_BYTES, dtype=np.float64)
     rows_out = np.repeat(splits.sum(axis=1)[:, None] * float(row_bytes), P, axis=1)
-    back = sched.byte_matrix(splits.T, row_bytes)
+    back = sched.byte_matrix(splits.T, row_bytes if back_bytes is None else back_bytes)
     return [sched.dense_exchange("allgather counts", counts),
             sched.dense_exchange("allgather rows", rows_out),
             sched.dense_exchange("alltoallv back", back, self_bytes=np.diag(back).copy())]  # fmt: skip

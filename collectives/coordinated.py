@@ -64,24 +64,26 @@ def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
     return transpose_chunks(gathered, np.ascontiguousarray(handle.parts.T))  # (u, d) -> (d, u)
 
 
-def schedule(inner: Algorithm, splits, row_bytes: int, topo) -> list:
+def schedule(inner: Algorithm, splits, row_bytes: int, topo, back_bytes: int | None = None,
+             max_rows_per_rank: int | None = None) -> list:  # fmt: skip
     """splits[r]: r's TP group's (identical) send_splits. TP rank t cuts out part t of every chunk (one copy),
-    the inner plan + forward + backward move 1/L of the rows, then an all-gather inside the TP group and
-    one copy restore the row order. With L = 1, the plain round trip."""
+    the inner plan + forward + backward move 1/L of the rows (out in row_bytes, back in back_bytes), then an
+    all-gather inside the TP group and one copy restore the row order. With L = 1, the plain round trip."""
     P, L = topo.world_size, topo.tp
+    back = row_bytes if back_bytes is None else back_bytes
     if L == 1:
-        return plain.schedule(inner, splits, row_bytes, topo)
+        return plain.schedule(inner, splits, row_bytes, topo, back)
     splits = np.asarray(splits, dtype=np.int64)
     ranks = np.arange(P)
     part = split_parts(splits.reshape(-1), L).reshape(P, P, L)[ranks, :, ranks % L]  # [P, P]: rows r moves to d
-    part_bytes = part.sum(axis=1).astype(np.float64) * row_bytes
-    full_bytes = splits.sum(axis=1).astype(np.float64) * row_bytes
+    part_rows = part.sum(axis=1).astype(np.float64)
+    full_bytes = splits.sum(axis=1).astype(np.float64) * back
     tp_groups = [topo.tp_ranks(g) for g in range(P // L)]
-    gather = sched.group_exchange("tp allgather", tp_groups, lambda a, b: part_bytes[a], P)
+    gather = sched.group_exchange("tp allgather", tp_groups, lambda a, b: part_rows[a] * back, P)
     return [
-        sched.copy_phase("slice", part_bytes, P),
-        *plain.schedule(inner, part, row_bytes, topo),
-        sched.with_self(gather, part_bytes),
+        sched.copy_phase("slice", part_rows * row_bytes, P),
+        *plain.schedule(inner, part, row_bytes, topo, back),
+        sched.with_self(gather, part_rows * back),
         sched.copy_phase("unslice", full_bytes, L * P),
     ]
 

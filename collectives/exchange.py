@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from moebench.collectives.codec import RAW, Codec
+
 
 class Plan(NamedTuple):
     """Counts for one exchange. send_splits/recv_splits: P row counts (tuples of ints); extra: algorithm-specific."""
@@ -56,7 +58,13 @@ class DispatchCombine:
     schedule(inner: Algorithm, splits[P, P], row_bytes, topo) -> list[Phase]: dispatch + combine.
     dispatch also takes max_rows_per_rank (the most rows any rank sends, when the caller knows it): a pair
     with fixed-size buffers sizes them from it; the others ignore it. inners: the exchanges it runs over
-    (None: any of ALGORITHMS).
+    (None: any of ALGORITHMS). schedule also takes back_bytes, the combine's row bytes (default row_bytes), and
+    max_rows_per_rank as dispatch does.
+
+    How the rows look is the pair's too: codec (collectives/codec.py) writes each row's payload on the wire
+    (RAW: its own bytes; fp8: e4m3 + scales) and names combine's dtype; unit names the MoE layer's row
+    (bench/layer/units): "assignment", one row per kept (token, expert), or "token", one row per token and
+    destination rank carrying its experts there (dedup).
     """
 
     name: str
@@ -64,9 +72,16 @@ class DispatchCombine:
     combine: Callable
     schedule: Callable
     inners: tuple[str, ...] | None = None
+    codec: Codec = RAW
+    unit: str = "assignment"
 
     def runs_over(self, inner: str) -> bool:
         return self.inners is None or inner in self.inners
+
+    def wire_row_bytes(self, H: int, dtype: torch.dtype, header: int = 0) -> tuple[int, int]:
+        """(dispatch, combine) bytes of one row of H elements of dtype, `header` bytes riding on each
+        dispatched row."""
+        return self.codec.payload_bytes(H, dtype.itemsize) + header, H * self.codec.combine_dtype(dtype).itemsize
 
 
 def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:

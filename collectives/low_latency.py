@@ -180,15 +180,18 @@ def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
     return _unblock(back, handle.send_splits, cap, 0)
 
 
-def schedule(inner, splits, row_bytes: int, topo) -> list:
+def schedule(inner, splits, row_bytes: int, topo, back_bytes: int | None = None,
+             max_rows_per_rank: int | None = None) -> list:  # fmt: skip
     """One fixed-size all-to-all each way, no count exchange: P x (K + C) rows out (C the worst case, the most
-    rows any rank sends), P x C rows back; the inner exchange plays no part."""
+    rows any rank sends, or max_rows_per_rank as dispatch takes it), P x C rows back (of back_bytes); the inner
+    exchange plays no part."""
+    back_row = row_bytes if back_bytes is None else back_bytes
     P = topo.world_size
     splits = np.asarray(splits, dtype=np.int64)
-    cap = int(splits.sum(axis=1).max()) if splits.size else 0
+    cap = max_rows_per_rank if max_rows_per_rank is not None else int(splits.sum(axis=1).max()) if splits.size else 0
     K = header_rows(row_bytes)
     out = np.full((P, P), (K + cap) * row_bytes, dtype=np.float64)
-    back = np.full((P, P), cap * row_bytes, dtype=np.float64)
+    back = np.full((P, P), cap * back_row, dtype=np.float64)
     return [sched.dense_exchange("ll dispatch", out, self_bytes=np.diag(out).copy()),
             sched.dense_exchange("ll combine", back, self_bytes=np.diag(back).copy())]  # fmt: skip
 

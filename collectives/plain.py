@@ -34,9 +34,11 @@ def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
     return handle.algorithm.backward(comm, processed_recv, handle.plan)
 
 
-def schedule(inner: Algorithm, splits, row_bytes: int, topo) -> list:
-    """The inner exchange's plan + forward, then its backward."""
-    return [*inner.schedule(splits, row_bytes, topo), *inner.schedule(splits, row_bytes, topo, backward=True)]
+def schedule(inner: Algorithm, splits, row_bytes: int, topo, back_bytes: int | None = None,
+             max_rows_per_rank: int | None = None) -> list:  # fmt: skip
+    """The inner exchange's plan + forward (rows of row_bytes), then its backward (rows of back_bytes)."""
+    back = row_bytes if back_bytes is None else back_bytes
+    return [*inner.schedule(splits, row_bytes, topo), *inner.schedule(splits, back, topo, backward=True)]
 
 
 PAIR = DispatchCombine("plain", dispatch, combine, schedule)

@@ -34,7 +34,7 @@ def test_schedules_match_counted_traffic(mpiexec_available, backend, G, L):
     args = ["-m", "moebench", "calibrate", "--check-schedules", "--backend", backend, "--ranks-per-node", str(G)]
     result = mpirun(4, [*args, "--tp", str(L)], timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"schedules checked P=4 G={G} L={L} {backend}: 11 cases, 0 mismatches" in result.stdout  # 3 + 3 x 2 + 2
+    assert f"schedules checked P=4 G={G} L={L} {backend}: 14 cases, 0 mismatches" in result.stdout  # 3 + 3 x 3 + 2
 
 
 def test_message_counts_follow_the_structure():
@@ -197,7 +197,9 @@ def test_report_renders_a_stored_projection_and_its_plots(tmp_path):
     result = subprocess.run([sys.executable, "-m", "moebench", "report", str(out)], cwd=REPO, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "projected all-to-all, h100-8gpu" in result.stdout and "coordinated TP4 saving" in result.stdout
+    assert "projected all-to-all, h100-8gpu" in result.stdout and "TP4 saving" in result.stdout
+    assert all(f" {pair} " in result.stdout for pair in ("coordinated", "fp8", "dedup", "fp8-dedup", "ll"))
+    assert "dedup under routing skew" in result.stdout
     for suffix in ("time-vs-gpus", "busbw", "coordinated"):
         assert (tmp_path / f"project-h100-8gpu-t-{suffix}.png").stat().st_size > 1000
 

@@ -73,7 +73,7 @@ def test_moe_runs_the_twin_algorithm_and_kernel(mpiexec_available, twin):
 def test_calibrate_checks_and_predicts_the_twin_from_its_own_schedule(mpiexec_available, twin):
     result = mpirun(4, [str(twin / "launch.py"), "calibrate", "--check-schedules", "--ranks-per-node", "2"])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "schedules checked P=4 G=2 L=1 mpi: 14 cases, 0 mismatches" in result.stdout  # 4 + 4 x 2 + ll, allgather
+    assert "schedules checked P=4 G=2 L=1 mpi: 18 cases, 0 mismatches" in result.stdout  # 4 + 4 x 3 + ll, allgather
     out = twin / "calibrate.json"
     args = [str(twin / "launch.py"), "calibrate", "--ranks-per-node", "1", "-b", "4K", "-e", "64K", "-n", "3"]
     args += ["--rounds", "1", "--validate", "--sizes", "4K", "--algos", "flat_twin,flat", "--json", str(out)]

@@ -32,6 +32,7 @@ from moebench.bench.layer.skews import Skew, varies_by_batch
 from moebench.bench.layer.workloads import make_tokens, spread_batch_sizes
 from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
+from moebench.collectives import schedule as sched
 from moebench.kernels import BASELINES, EXPERT_KERNELS
 from moebench.kernels.routers import parse_routers
 
@@ -248,16 +249,40 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
             "error": error,
             "send_splits": list(info.permuted.send_splits),
             "dispatch_wire_bytes": info.dispatch_wire_bytes,
+            "combine_wire_bytes": info.combine_wire_bytes,
             "gate_mass": moe.gate_mass(moe.gate_logits(work.x_TH, weights, work.forced[0]), info.routing, cfg.preset.k),
         }
     )
-    row = {"algo": layer.label, "kernel": layer.kernel, "role": role, "router": str(layer.router or "topk"),
+    row = {"algo": layer.label, "pair": layer.pair_name, "inner": layer.inner, "kernel": layer.kernel, "role": role,
+           "router": str(layer.router or "topk"),
            "placement": layer.placement.name if layer.placement else "contiguous",
            "redundant": layer.placement.redundant if layer.placement else 0,
-           "dispatch_bytes": max(r["dispatch_wire_bytes"] for r in per_rank),
            "gate_mass": float(np.mean([r["gate_mass"] for r in per_rank[:: cfg.tp]])),
-           **load_fields(cfg, work, per_rank)}  # fmt: skip
+           **wire_fields(comm, cfg, layer, per_rank), **load_fields(cfg, work, per_rank)}  # fmt: skip
+    bound = TOLERANCE[cfg.dtype] + layer.pair.codec.rel_error_bound
+    row["error_bound"] = bound
+    row["correct"] = row["rel_error"] <= bound and row["bytes_match"]
     return row, per_rank, info
+
+
+def wire_fields(comm, cfg: Config, layer: moe.LayerConfig, per_rank: list[dict]) -> dict:
+    """The busiest rank's dispatch and combine wire bytes as counted, as the pair's schedule predicts them at the
+    same splits and row bytes (the dispatch alone: the schedule with 0-byte combine rows), and whether every
+    rank's counted bytes equal the prediction."""
+    splits = np.array([r["send_splits"] for r in per_rank], dtype=np.int64)
+    out_bytes, back_bytes = moe.row_bytes(layer, cfg.dtype)
+    inner, topo = ALGORITHMS[layer.inner], comm.topology
+    cap = layer.max_rows
+    dispatch = sched.traffic(layer.pair.schedule(inner, splits, out_bytes, topo, 0, cap), topo)[:, :2].sum(axis=1)
+    both = sched.traffic(layer.pair.schedule(inner, splits, out_bytes, topo, back_bytes, cap), topo)[:, :2]
+    combine = both.sum(axis=1) - dispatch
+    counted_dispatch = np.array([r["dispatch_wire_bytes"] for r in per_rank])
+    counted_combine = np.array([r["combine_wire_bytes"] for r in per_rank])
+    return {"dispatch_bytes": int(counted_dispatch.max()), "combine_bytes": int(counted_combine.max()),
+            "dispatch_bytes_predicted": int(dispatch.max()), "combine_bytes_predicted": int(combine.max()),
+            "dispatch_row_bytes": out_bytes, "combine_row_bytes": back_bytes,
+            "bytes_match": bool(np.array_equal(counted_dispatch, dispatch)
+                                and np.array_equal(counted_combine, combine))}  # fmt: skip
 
 
 def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
@@ -275,7 +300,6 @@ def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
         "kernel_peak_mb": max(r["kernel_peak_mb"] for r in per_rank),
         "peak_rss_mb": max(r["rss_mb"] for r in per_rank),
         "rel_error": error,
-        "correct": error <= TOLERANCE[cfg.dtype],
     }
 
 
@@ -299,18 +323,24 @@ def dense_case(work: Workload, copies: list, rotate: roofline.Rotation, row: dic
     return Case(row, fn, phases=moe.PHASES)
 
 
-def floor_cases(comm, per_rank: list[dict], row_bytes: int) -> list[Case]:
-    """The backend's all-to-all-v on prebuilt arguments at the dispatch's splits and at the combine's (the
-    reverse): what the exchanges cost at least, for the layer's roofline."""
+def floor_cases(comm, per_rank: list[dict], row_bytes: tuple[int, int]) -> list[Case]:
+    """The backend's all-to-all-v on prebuilt arguments at the dispatch's splits and row bytes and at the
+    combine's (the reverse): what the exchanges cost at least, for the layer's roofline."""
     splits = np.array([r["send_splits"] for r in per_rank], dtype=np.int64)
     me = comm.rank
     out = []
-    directions = (("dispatch", splits[me], splits[:, me]), ("combine", splits[:, me], splits[me]))
-    for name, send_splits, recv_splits in directions:
-        send = torch.zeros(int(send_splits.sum()), row_bytes, dtype=torch.uint8, device=comm.device)
+    directions = (("dispatch", splits[me], splits[:, me], row_bytes[0]),
+                  ("combine", splits[:, me], splits[me], row_bytes[1]))  # fmt: skip
+    for name, send_splits, recv_splits, width in directions:
+        send = torch.zeros(int(send_splits.sum()), width, dtype=torch.uint8, device=comm.device)
         fn = comm.world.prepared_alltoallv(send, [int(n) for n in send_splits], [int(n) for n in recv_splits])
         out.append(Case({"floor": name}, fn))
     return out
+
+
+def floor_key(row: dict, per_rank: list[dict]) -> tuple:
+    """Configurations that move the same rows of the same widths share their floor."""
+    return (row["dispatch_row_bytes"], row["combine_row_bytes"], *(tuple(r["send_splits"]) for r in per_rank))
 
 
 def layer_roofline(cfg: Config, roof, per_rank: list[dict], T: int, floor_us: float) -> float:
@@ -378,15 +408,20 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
                                                                          (copies, rotate)):  # fmt: skip
         max_rows = max(work.group_tokens) * cfg.preset.k
         for layer, role in layer_configs(cfg, work.capacity_factor, router, placement, max_rows):
-            row, per_rank, info = checked_layer(comm, cfg, work, policy_copies[0], layer, role)
+            row, per_rank, _ = checked_layer(comm, cfg, work, policy_copies[0], layer, role)
             timed.append(layer_case(comm, work, policy_copies, policy_rotate, layer, row))
             checks.append(per_rank)
-    floors = floor_cases(comm, checks[0], info.permuted.send_AW.shape[1])  # packed row width: same in every config
-    dense = dense_case(work, dense_copies, rotate, dense_row(cfg, roof, max(work.group_tokens)))
-    timed_all = [*timed, dense, *floors]
-    timing.run_interleaved(comm, timed_all, cfg.iters, cfg.warmup, cfg.rounds, comm.device, cfg.budget_s)
-    floor_us = sum(c.row["time_us"] for c in floors)
+    floors = {}  # floor_key -> its two floor cases (the same on every rank: keys come from allgathered fields)
     for case, per_rank in zip(timed, checks):
+        key = floor_key(case.row, per_rank)
+        if key not in floors:
+            floors[key] = floor_cases(comm, per_rank, (case.row["dispatch_row_bytes"], case.row["combine_row_bytes"]))
+    dense = dense_case(work, dense_copies, rotate, dense_row(cfg, roof, max(work.group_tokens)))
+    timed_all = [*timed, dense, *(c for pair in floors.values() for c in pair)]
+    timing.run_interleaved(comm, timed_all, cfg.iters, cfg.warmup, cfg.rounds, comm.device, cfg.budget_s)
+    for case, per_rank in zip(timed, checks):
+        floor_us = sum(c.row["time_us"] for c in floors[floor_key(case.row, per_rank)])
+        case.row["floor_a2a_us"] = floor_us
         case.row["roofline_us"] = layer_roofline(cfg, roof, per_rank, max(work.group_tokens), floor_us)
     rows = [c.row for c in (*timed, dense)]
     for row in rows:
@@ -394,7 +429,6 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
         row["total_us"] = row["time_us"]
         row["phases_add_up"] = abs(row["phase_sum_us"] - row["time_us"]) <= PHASE_SUM_TOLERANCE * row["time_us"]
         row["weight_copies"] = rotate.n
-        row["floor_a2a_us"] = floor_us
     return rows
 
 
@@ -437,7 +471,7 @@ def table_rows(rows: list[dict]) -> list[list]:
             [
                 r["batch"], r["algo"], r["kernel"], r.get("router", "topk"), _placement_label(r), r["skew"],
                 r["capacity_factor"] or "none",
-                *(r[f"{p}_us"] for p in moe.PHASES),
+                *(r.get(f"{p}_us", "") for p in moe.PHASES),
                 r["total_us"], r.get("p20_us", "-"), r.get("p80_us", "-"), r["p99_us"],
                 "-" if sums is None else f"{sums / r['total_us']:.3f}",
                 _opt(r.get("roofline_us")), _opt(r.get("roofline_frac"), "{:.2f}"),
@@ -488,8 +522,8 @@ def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
             continue
         best = min(candidates, key=lambda r: r["total_us"])
         tied = [r for r in candidates if r is not best and _versus(best, r) == "tie"]
-        dominant = max(moe.PHASES, key=lambda p: best[f"{p}_us"])
-        non_expert = sum(best[f"{p}_us"] for p in moe.PHASES if p != "experts")
+        dominant = max(moe.PHASES, key=lambda p: best.get(f"{p}_us", 0.0))
+        non_expert = sum(best.get(f"{p}_us", 0.0) for p in moe.PHASES if p != "experts")
         out.append(
             [
                 key[2], key[0], key[1] or "none", f"{best['algo']} + {best['kernel']}", len(tied), best["total_us"],
@@ -522,6 +556,27 @@ def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
                     r["router"], _placement_label(r), r["total_us"], _versus(r, base), r["dispatch_bytes"] / 1e3,
                     bytes_ratio, r["imbalance_rank"], r["dropped_pct"], r["gate_mass"],
                     _opt(r["rel_error"], "{:.1e}")])  # fmt: skip
+    return columns, out
+
+
+def dispatch_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Each pair other than plain against the plain pair over the same exchange, same kernel (topk + contiguous):
+    its dispatch and combine wire bytes (busiest rank, counted) and the schedule's prediction, the bytes ratio,
+    its encode/decode phases, its time against plain's (or tie) and its error beside its bound."""
+    columns = ["batch", "skew", "cf", "config", "dispatch B", "predicted", "plain / this B", "combine B",
+               "quantize µs", "dequantize µs", "total µs", "vs plain", "rel err", "bound"]  # fmt: skip
+    out = []
+    for r in rows:
+        if r["role"] != "config" or not _default_policy(r) or r.get("pair", "plain") == "plain":
+            continue
+        base = _twin(rows, r, algo=r["inner"])
+        if base is None:
+            continue
+        ratio = f"{base['dispatch_bytes'] / r['dispatch_bytes']:.2f}x" if r["dispatch_bytes"] else "-"
+        out.append([r["batch"], r["skew"], r["capacity_factor"] or "none", f"{r['algo']} + {r['kernel']}",
+                    r["dispatch_bytes"], r["dispatch_bytes_predicted"], ratio, r["combine_bytes"], r["quantize_us"],
+                    r["dequantize_us"], r["total_us"], _versus(r, base), _opt(r["rel_error"], "{:.1e}"),
+                    _opt(r["error_bound"], "{:.1e}")])  # fmt: skip
     return columns, out
 
 
@@ -598,6 +653,9 @@ def render(data: dict, path) -> None:
     rows = [{"role": OLD_ROLES.get(r["algo"], "config"), **r} for r in data["rows"]]
     report.print_table(report.stored_title(data, path), COLUMNS, table_rows(rows))
     report.print_table("Best configuration per batch", *summary(rows))
+    pair_cols, pair_rows = dispatch_summary(rows)
+    if pair_rows:
+        report.print_table("Dispatch/combine pairs against plain", pair_cols, pair_rows)
     pol_cols, pol_rows = policy_summary(rows)
     if pol_rows:
         report.print_table("Routers and placements against topk + contiguous", pol_cols, pol_rows)
@@ -686,6 +744,11 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
         report.print_table("Routers and placements against topk + contiguous (same algo + kernel; vs = that row's "
                            "time / this row's, or tie; vs topk = this row's dispatch bytes / that row's)",
                            pol_cols, pol_rows)  # fmt: skip
+    pair_cols, pair_rows = dispatch_summary(rows)
+    if pair_rows:
+        report.print_table("Dispatch/combine pairs against plain over the same exchange (bytes: the busiest rank's, "
+                           "counted; predicted: the pair's schedule; vs plain = plain's time / this, or tie)",
+                           pair_cols, pair_rows)  # fmt: skip
     straggler = skew_lines(rows) + task_lines(rows)
     for line in straggler:
         report.console.print(line)
@@ -695,6 +758,11 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
         + (
             "\n## Routers and placements against topk + contiguous\n\n" + report.rows_to_markdown(pol_cols, pol_rows)
             if pol_rows
+            else ""
+        )
+        + (
+            "\n## Dispatch/combine pairs against plain\n\n" + report.rows_to_markdown(pair_cols, pair_rows)
+            if pair_rows
             else ""
         )
         + "".join(f"- {line}\n" for line in straggler)

@@ -7,7 +7,8 @@ P = GPUs (ranks), G = GPUs per node, N = nodes, L = TP degree, S = bytes each ra
 For each profile, node count and S (uniform all-to-all): predicted time and busbw of every algorithm
 of the ALGORITHMS registry, from its own schedule; the crossover where each overtakes the library's
 all-to-all (native: NCCL's flat all-to-all on GPUs); the saving of every dispatch/combine pair over
-the plain round trip for TP 2/4/8; and the model beside the field's numbers (DESIGN.md §5), saying
+the plain round trip for TP 2/4/8, in the model's rows (--model; fp8 and dedup change the bytes); dedup's
+saving under each routing skew (--skew) at one size; and the model beside the field's numbers (DESIGN.md §5), saying
 where they agree and not. A profile is a built-in name (`--list-profiles`) or a JSON file from
 `moebench calibrate`.
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from moebench.bench import options, plots, report
+from moebench.bench.layer.presets import get_preset
 from moebench.bench.topo import field, projection
 from moebench.bench.topo.costmodel import Profile
 from moebench.bench.topo.profiles import BUILTIN, resolve_profile
@@ -35,6 +37,10 @@ def add_arguments(p) -> None:
     p.add_argument("--sizes", type=options.size_list, default=options.size_list("64K,256K,1M,4M,16M,64M,256M"),
                    help="S: bytes each rank sends")  # fmt: skip
     p.add_argument("--tp", type=options.int_list, default=[2, 4, 8], help="TP degrees for the pairs' saving")
+    p.add_argument("--model", default="deepseek-v3", help="the preset whose rows the pairs move (H, E, k)")
+    options.add_skew(p, "uniform,zipf:1.2,lognormal:1.0", gate=False)
+    p.add_argument("--dedup-size", type=options.size_list, default=options.size_list("16M"),
+                   help="S of the dedup-under-skew table")  # fmt: skip
     p.add_argument("--list-profiles", action="store_true", help="print the built-in profiles and their sources")
     p.add_argument("--no-field", action="store_true", help="skip the comparison with the field's numbers")
     p.add_argument("--plots", default=None, help="folder for PNG plots (default: beside --save files)")
@@ -53,6 +59,10 @@ def validate(args) -> list[Profile]:
         raise ValueError("--sizes must be >= 1 byte")
     if any(t < 1 for t in args.tp):
         raise ValueError(f"--tp degrees must be >= 1 (got {args.tp})")
+    args.preset = get_preset(args.model)
+    options.check_skews(args)
+    if len(args.dedup_size) != 1 or args.dedup_size[0] < 1:
+        raise ValueError("--dedup-size: one size >= 1 byte")
     return profiles
 
 
@@ -78,24 +88,22 @@ def exchange_table(rows):
 
 
 def pair_columns(tps) -> list[str]:
-    return ["nodes", "P (GPUs)", "size", "inner", "plain-rt µs", *(f"{p} TP{L} saving" for p in PAIRS for L in tps)]
+    return ["nodes", "P (GPUs)", "size", "inner", "plain-rt µs", "pair", *(f"TP{L} saving" for L in tps)]
 
 
 def pair_table(rows, tps):
+    """One line per (N, S, pair): its saving over plain at each TP degree."""
+
     def fmt(v):
         return f"{v:.2f}x" if v is not None else "-"
 
     return [
-        [
-            r["nodes"],
-            r["gpus"],
-            size_label(r["size"]),
-            r["inner"],
-            r["plain_rt_us"],
-            *(fmt(r.get(f"{p}_tp{L}_saving")) for p in PAIRS for L in tps),
-        ]
+        [r["nodes"], r["gpus"], size_label(r["size"]), r["inner"], r["plain_rt_us"], p,
+         *(fmt(r.get(f"{p}_tp{L}_saving")) for L in tps)]
         for r in rows
-    ]
+        for p in PAIRS
+        if any(f"{p}_tp{L}_saving" in r for L in tps)
+    ]  # fmt: skip
 
 
 EXCHANGE_CAPTION = (
@@ -107,8 +115,26 @@ EXCHANGE_CAPTION = (
 PAIR_CAPTION = (
     "saving = plain dispatch+combine round-trip time / the pair's round-trip time (coordinated: each TP rank sends "
     "1/L of the duplicated tokens, then an all-gather inside the TP group over NVLink), over the fastest inner "
-    "exchange (inner); - where a TP group would not fit in a node."
+    "exchange (inner); - where a TP group would not fit in a node. size = S bytes of bf16 (token, expert) rows per "
+    "rank; each pair sends them in its wire format (fp8: H + 4 H/128 B a row, combine bf16; dedup: one row per "
+    "token and destination rank with an 8k-byte header, under uniform routing; - where P does not divide E)."
 )
+DEDUP_COLUMNS = ["skew", "nodes", "P (GPUs)", "inner", "ranks/token", "dedup factor", "dedup saving",
+                 "fp8-dedup saving"]  # fmt: skip
+DEDUP_CAPTION = (
+    "dedup factor = mean distinct destination ranks of a token's k experts / k (4096 tokens drawn from the skew, "
+    "experts contiguous over P ranks); saving = plain round trip / the pair's at the size named, TP 1; - where P "
+    "does not divide E."
+)
+
+
+def dedup_table(rows, k: int):
+    def fmt(v, f="{:.2f}x"):
+        return f.format(v) if v is not None else "-"
+
+    return [[r["skew"], r["nodes"], r["gpus"], r["inner"], fmt(r["dedup_factor"] and r["dedup_factor"] * k, "{:.2f}"),
+             fmt(r["dedup_factor"], "{:.3f}"), fmt(r.get("dedup_saving")), fmt(r.get("fp8-dedup_saving"))]
+            for r in rows]  # fmt: skip
 
 
 def profile_text(profile: Profile) -> list[str]:
@@ -191,6 +217,9 @@ def render(data: dict, path) -> None:
         report.print_table(f"projected all-to-all, {name} ({path})", EXCHANGE_COLUMNS, exchange_table(exchange))
         if pairs:
             report.print_table(f"dispatch/combine pairs' saving, {name}", pair_columns(tps), pair_table(pairs, tps))
+        drows = [r for r in rows if r["kind"] == "dedup" and r["profile"] == name]
+        if drows:
+            report.print_table(f"dedup under routing skew, {name}", DEDUP_COLUMNS, dedup_table(drows, drows[0]["k"]))
         frows = [r for r in rows if r["kind"] == "field" and r["profile"] == name]
         if frows:
             cols = ["item", "field", "model", "verdict"]
@@ -220,7 +249,8 @@ def run(args) -> int:
     field_cols = ["item", "field", "model", "verdict"]
     for profile in profiles:
         rows = projection.projection_rows(profile, args.nodes, args.sizes)
-        prows = projection.pair_rows(profile, args.nodes, args.sizes, args.tp)
+        prows = projection.pair_rows(profile, args.nodes, args.sizes, args.tp, args.preset)
+        drows = projection.dedup_rows(profile, args.nodes, args.dedup_size[0], args.skew, args.preset)
         cross = projection.all_crossovers(rows)
         lines = projection.crossover_lines(profile, cross, args.nodes, builtin=profile.name in BUILTIN)
         in_field = not args.no_field and profile.name in field.FIELD_PROFILES
@@ -229,12 +259,14 @@ def run(args) -> int:
             r.update(kind="field", profile=profile.name)
         for c in cross:
             c.update(kind="crossover", profile=profile.name)
-        all_rows += rows + prows + cross + frows
+        all_rows += rows + prows + drows + cross + frows
         meta.setdefault("profiles", {})[profile.name] = profile.to_dict()
         tables = [
             (f"projected all-to-all, {profile.name}", EXCHANGE_COLUMNS, exchange_table(rows), EXCHANGE_CAPTION),
             (f"dispatch/combine pairs' saving, {profile.name}", pair_columns(args.tp), pair_table(prows, args.tp),
              PAIR_CAPTION),
+            (f"dedup under routing skew, {args.preset.name}, S={size_label(args.dedup_size[0])}, {profile.name}",
+             DEDUP_COLUMNS, dedup_table(drows, args.preset.k), DEDUP_CAPTION),
         ]  # fmt: skip
         if frows:
             field_table = [[r[c] for c in field_cols] for r in frows]

@@ -43,10 +43,10 @@ from dataclasses import dataclass
 
 import torch
 
-from moebench.bench.layer.forward import ID_BYTES  # the layer's packed row: H elements + its expert id
 from moebench.bench.layer.placements import Placement, fit_placement, redundant_for
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.skews import Skew, forced_logits, sample_topk
+from moebench.bench.layer.units.assignment import ID_BYTES  # the layer's packed row: H elements + its expert id
 from moebench.bench.layer.workloads import make_expert_weights, make_router_weights, make_tokens, spread_batch_sizes
 from moebench.kernels import get_kernel, route
 from moebench.kernels.routers import Routed, Router, RouterInput

@@ -31,22 +31,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from moebench.bench.layer.placements import Placement
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.skews import forced_logits, sample_topk
+from moebench.bench.layer.units import UNITS
 from moebench.bench.layer.workloads import make_expert_weights, make_router_weights
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
-from moebench.collectives.comm import from_numpy
-from moebench.kernels import KernelStats, get_kernel, reference, route, routing_for_rows, routing_from_topk
+from moebench.kernels import KernelStats, reference, route, routing_from_topk
 from moebench.kernels.common import rows_matmul
 from moebench.kernels.routers import Router, RouterInput
-from moebench.kernels.routing import HOST_GATE_LOGITS, HOST_ROWS, route_host
+from moebench.kernels.routing import HOST_GATE_LOGITS, route_host
 
-PHASES = ("gate", "permute", "dispatch", "experts", "combine", "unpermute")
-ID_BYTES = 8  # a local expert id (int64) travels at the end of each packed row
+PHASES = ("gate", "quantize", "permute", "dispatch", "dequantize", "experts", "combine", "unpermute")
 DEFAULT_INNER = "flat"  # the exchange under a pair named without one ("coordinated" = "coordinated:flat")
 
 
@@ -162,127 +160,6 @@ def gate(x_TH, weights: MoeWeights, cfg: LayerConfig, forced=None, first_token: 
     return routing_from_topk(forced[0], forced[1], cfg.preset.E, cfg.capacity_factor, validate=False)
 
 
-@dataclass(frozen=True)
-class Permuted:
-    """send_AW: packed rows [A, W] (uint8) in destination order; token_A, weight_A: their token and weight
-    (tensors [A], or lists for a small CPU batch)."""
-
-    send_AW: torch.Tensor
-    send_splits: tuple[int, ...]
-    token_A: torch.Tensor
-    weight_A: torch.Tensor
-
-
-def _host_order(routing, num_ranks: int, experts_per_rank: int):
-    """Small batches on the CPU: the kept assignments' order by destination, in a few Python lines.
-    Returns (assignment ids in send order, their local expert ids, send_splits)."""
-    ids = routing.topk_ids_list
-    kept = None if routing.capacity is None else routing.kept_Tk.view(-1).tolist()
-    dest = [e // experts_per_rank for e in ids]
-    order = sorted((a for a in range(len(ids)) if kept is None or kept[a]), key=dest.__getitem__)
-    splits = [0] * num_ranks
-    for a in order:
-        splits[dest[a]] += 1
-    return order, [ids[a] % experts_per_rank for a in order], tuple(splits)
-
-
-def _device_order(routing, num_ranks: int, experts_per_rank: int):
-    """The same on the device: one stable sort by destination (dropped assignments sort last), and the
-    counts, which the all-to-all needs on the host (the one sync of this phase)."""
-    ids_A = routing.topk_ids_Tk.view(-1)
-    dest_A = ids_A // experts_per_rank
-    if routing.capacity is not None:
-        dest_A = torch.where(routing.kept_Tk.view(-1), dest_A, num_ranks)
-    order_A = torch.sort(dest_A, stable=True).indices
-    counts = torch.bincount(dest_A, minlength=num_ranks + 1).tolist()
-    order_A = order_A[: sum(counts[:num_ranks])]
-    return order_A, ids_A[order_A] % experts_per_rank, tuple(counts[:num_ranks])
-
-
-NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.uint8: np.uint8}
-
-
-def _on_host(x: torch.Tensor, rows: int, dtype=None) -> bool:
-    """Small CPU batches of a numpy-representable dtype go through numpy: a few µs where tensor ops cost ~5 each."""
-    return x.device.type == "cpu" and (dtype or x.dtype) in NUMPY_DTYPES and rows <= HOST_ROWS
-
-
-def _placed_order(routing, placement: Placement, rank: int):
-    """Under a placement: each kept assignment to the slot the placement's dispatch picks for this rank, in
-    destination order (stable). Returns (assignment ids, their local slot ids, send_splits) like _device_order."""
-    device = routing.topk_ids_Tk.device
-    ids_A, kept_A = routing.topk_ids_Tk.view(-1).cpu(), routing.kept_Tk.view(-1).cpu()
-    kept_K = kept_A.nonzero().view(-1)
-    slot_K = placement.dispatch(ids_A[kept_K], torch.full_like(kept_K, rank))
-    dest_K, local_K = placement.rank_of_slots(slot_K), placement.local_of_slot_S[slot_K]
-    order_K = torch.sort(dest_K, stable=True).indices
-    splits = tuple(torch.bincount(dest_K, minlength=placement.num_ranks).tolist())
-    return kept_K[order_K].to(device), local_K[order_K].to(device), splits
-
-
-def permute(x_TH, routing, num_ranks: int, experts_per_rank: int, placement=None, rank: int = 0) -> Permuted:
-    """Sort kept assignments by destination rank and pack each row with its local expert id (under a placement:
-    the slot its dispatch picks, as rank `rank`)."""
-    T, k = routing.topk_ids_Tk.shape
-    if placement is None and _on_host(x_TH, T * k):
-        order, local, send_splits = _host_order(routing, num_ranks, experts_per_rank)
-        tokens = [a // k for a in order]
-        x_bytes_TW = x_TH.contiguous().numpy().view(np.uint8)
-        send_AW = np.empty((len(order), x_bytes_TW.shape[1] + ID_BYTES), np.uint8)
-        for row, token in enumerate(tokens):  # row by row: no gathered temporary (~12 µs less with cold caches)
-            send_AW[row, :-ID_BYTES] = x_bytes_TW[token]
-        send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
-        weights = routing.topk_weights_list
-        return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
-    if placement is None:
-        order_A, local_A, send_splits = _device_order(routing, num_ranks, experts_per_rank)
-    else:
-        order_A, local_A, send_splits = _placed_order(routing, placement, rank)
-    token_A = order_A // k
-    x_bytes_TW = x_TH.contiguous().view(torch.uint8).view(T, -1)
-    send_AW = torch.cat([x_bytes_TW.index_select(0, token_A), local_A.view(torch.uint8).view(-1, ID_BYTES)], dim=1)
-    weight_A = routing.topk_weights_Tk.view(-1)[order_A]
-    return Permuted(send_AW, send_splits, token_A, weight_A)
-
-
-def unpack(recv_MW: torch.Tensor, dtype):
-    """Packed rows [M, W] -> x_MH in `dtype` and the local expert ids [M] (a list for a small CPU batch)."""
-    if recv_MW.device.type == "cpu" and dtype in (torch.float32, torch.float16) and recv_MW.shape[0] <= HOST_ROWS:
-        recv = recv_MW.numpy()
-        x_MH = from_numpy(
-            np.ascontiguousarray(recv[:, :-ID_BYTES]).view(np.float32 if dtype == torch.float32 else np.float16)
-        )
-        return x_MH, recv[:, -ID_BYTES:].copy().view(np.int64).reshape(-1).tolist()
-    x_MH = recv_MW[:, :-ID_BYTES].contiguous().view(dtype)
-    ids_M = recv_MW[:, -ID_BYTES:].contiguous().view(torch.int64).view(-1)
-    return x_MH, ids_M
-
-
-def run_experts(x_MH, ids_M, weights: MoeWeights, cfg: LayerConfig):
-    """Each received row through its expert (k = 1, weight 1): y_MH and the kernel's stats."""
-    routing = routing_for_rows(ids_M, weights.w_gate_EHF.shape[0], device=x_MH.device)
-    return get_kernel(cfg.kernel)(x_MH, routing, *weights.experts, impl=cfg.impl)
-
-
-LOOP_ROWS = 16  # up to this many rows, unpermute adds each row in numpy; beyond, one index_add
-
-
-def unpermute(out_AH, permuted: Permuted, T: int) -> torch.Tensor:
-    """y[t] = sum of token t's expert outputs, each times its combine weight (fp32 accumulate)."""
-    if isinstance(permuted.token_A, list) and len(permuted.token_A) <= LOOP_ROWS:  # the host path of permute
-        out, y_TH = out_AH.numpy(), np.zeros((T, out_AH.shape[1]), np.float32)
-        for row, (token, weight) in enumerate(zip(permuted.token_A, permuted.weight_A)):
-            y_TH[token] += weight * out[row]
-        y = from_numpy(y_TH)
-        return y if out_AH.dtype == torch.float32 else y.to(out_AH.dtype)
-    device = out_AH.device
-    token_A, weight_A = (torch.as_tensor(v, device=device) for v in (permuted.token_A, permuted.weight_A))
-    y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=device)
-    rows_AH = out_AH.float() if out_AH.dtype != torch.float32 else out_AH
-    y_TH.index_add_(0, token_A, rows_AH * weight_A[:, None].float())
-    return y_TH if out_AH.dtype == torch.float32 else y_TH.to(out_AH.dtype)
-
-
 @dataclass
 class ForwardInfo:
     """What one forward saw: rows received, kernel stats, routing (for load and drop figures)."""
@@ -293,34 +170,49 @@ class ForwardInfo:
     permuted: object = None  # the Permuted rows this rank dispatched
     active_experts: int = 0  # local experts that received at least one row
     dispatch_wire_bytes: int = 0  # bytes this rank's dispatch sent to other ranks, as the communicator counted them
+    combine_wire_bytes: int = 0  # the same for its combine
+
+
+def row_bytes(cfg: LayerConfig, dtype) -> tuple[int, int]:
+    """(dispatch, combine) bytes of one of the layer's rows under cfg's pair: its codec's payload + its unit's
+    header, and the combine's row."""
+    return cfg.pair.wire_row_bytes(cfg.preset.H, dtype, UNITS[cfg.pair.unit].header_bytes(cfg.preset.k))
 
 
 def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None,
             first_id: int | None = None):  # fmt: skip
     """y_TH = MoE(x_TH) across all ranks; `mark()` is called after each phase in PHASES. first_id: the global id
-    of this rank's first token (routers that read token ids; default: TP groups of equal batches)."""
-    P = comm.world_size
-    first_id = first_token(comm, x_TH.shape[0]) if first_id is None else first_id
+    of this rank's first token (routers that read token ids; default: TP groups of equal batches). The pair's
+    codec encodes each token once (quantize) and decodes what arrives (dequantize); its unit makes the rows."""
+    P, pair, T, dtype = comm.world_size, cfg.pair, x_TH.shape[0], x_TH.dtype
+    codec, unit = pair.codec, UNITS[pair.unit]
+    first_id = first_token(comm, T) if first_id is None else first_id
     routing = gate(x_TH, weights, cfg, forced, first_id, rank_part(comm))
     mark()
-    permuted = permute(x_TH, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
+    payload_TW = codec.encode(x_TH)
+    mark()
+    permuted = unit.permute(payload_TW, routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
     mark()
     before = comm.traffic.as_array() if info is not None else None
-    recv_MW, _, handle = cfg.pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=cfg.inner,
-                                           max_rows_per_rank=cfg.max_rows)  # fmt: skip
+    recv_MW, _, handle = pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=cfg.inner,
+                                       max_rows_per_rank=cfg.max_rows)  # fmt: skip
+    mark()
+    middle = comm.traffic.as_array() if info is not None else None
+    payload_MW, meta = unit.unpack(recv_MW, cfg.preset.k)
+    x_MH = codec.decode(payload_MW, dtype, cfg.preset.H)
+    mark()
+    y_MH, stats, active = unit.run_experts(x_MH, meta, weights, cfg)
+    mark()
+    out_RH = pair.combine(comm, y_MH.to(codec.combine_dtype(dtype)), handle)
+    mark()
+    y_TH = unit.unpermute(out_RH, permuted, T, dtype)
     mark()
     if info is not None:
-        info.dispatch_wire_bytes = int((comm.traffic.as_array() - before)[:2].sum())
-    x_MH, ids_M = unpack(recv_MW, x_TH.dtype)
-    y_MH, stats = run_experts(x_MH, ids_M, weights, cfg)
-    mark()
-    out_AH = cfg.pair.combine(comm, y_MH, handle)
-    mark()
-    y_TH = unpermute(out_AH, permuted, x_TH.shape[0])
-    mark()
-    if info is not None:
+        after = comm.traffic.as_array()
+        info.dispatch_wire_bytes = int((middle - before)[:2].sum())
+        info.combine_wire_bytes = int((after - middle)[:2].sum())
         info.recv_rows, info.stats, info.routing, info.permuted = x_MH.shape[0], stats, routing, permuted
-        info.active_experts = len(set(ids_M if isinstance(ids_M, list) else ids_M.tolist()))
+        info.active_experts = active
     return y_TH
 
 

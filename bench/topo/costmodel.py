@@ -114,9 +114,12 @@ def exchange_schedule(algo: str, splits, row_bytes: int, topo: Topology, plan: b
     return ALGORITHMS[algo].schedule(np.asarray(splits), row_bytes, topo, plan, backward)
 
 
-def roundtrip_schedule(pair: str, inner: str, splits, row_bytes: int, topo: Topology) -> list[Phase]:
-    """DISPATCH_COMBINE[pair]'s own schedule over `inner`: dispatch + combine (splits[r]: r's send_splits)."""
-    return DISPATCH_COMBINE[pair].schedule(ALGORITHMS[inner], np.asarray(splits, dtype=np.int64), row_bytes, topo)
+def roundtrip_schedule(pair: str, inner: str, splits, row_bytes: int, topo: Topology,
+                       back_bytes: int | None = None) -> list[Phase]:  # fmt: skip
+    """DISPATCH_COMBINE[pair]'s own schedule over `inner`: dispatch (rows of row_bytes) + combine (rows of
+    back_bytes, default row_bytes) (splits[r]: r's send_splits)."""
+    splits = np.asarray(splits, dtype=np.int64)
+    return DISPATCH_COMBINE[pair].schedule(ALGORITHMS[inner], splits, row_bytes, topo, back_bytes)
 
 
 # ------------------------------------------------------------------------------ timing

@@ -1,16 +1,29 @@
 """Projection: every registered algorithm and pair on clusters nobody here has, from its own schedule.
 
-P = GPUs (ranks), G = GPUs per node, N = nodes, L = TP degree, S = bytes each rank sends (own chunk included).
+P = GPUs (ranks), G = GPUs per node, N = nodes, L = TP degree, S = bytes each rank sends (own chunk included),
+H, E, k = the model's hidden size, experts and experts per token.
 Every figure is predicted by the cost model (bench/topo/costmodel.py) on a uniform all-to-all, never measured.
+A pair's round trip moves the model's rows: S / (2H) bf16 rows of (token, expert) assignments per rank, each
+in the pair's own wire format (its codec's payload and its unit's header: fp8 sends H + 4 H/128 bytes, combine
+bf16), and a token-unit pair (dedup) sends one row per token and destination rank: the assignment rows x its
+dedup factor (the mean number of distinct destination ranks of a token's k experts / k, drawn from a skew).
 """
 
 from __future__ import annotations
 
+import torch
+
+from moebench.bench.layer.presets import Preset
+from moebench.bench.layer.skews import sample_topk
+from moebench.bench.layer.units import UNITS
 from moebench.bench.topo import costmodel
 from moebench.bench.topo.costmodel import Profile
 from moebench.bench.units import busbw_gbs
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.topology import Topology
+
+WIRE_DTYPE = torch.bfloat16  # the activations a GPU cluster dispatches
+DEDUP_TOKENS = 4096  # tokens drawn to estimate a dedup factor
 
 REFERENCE = "native"  # the library's own (flat) all-to-all: what every crossover is measured against
 
@@ -31,11 +44,33 @@ def exchange_time(profile: Profile, algo: str, N: int, S: int, tp: int = 1) -> f
     return costmodel.predict(schedule, topo, profile)
 
 
-def roundtrip_time(profile: Profile, pair: str, inner: str, N: int, S: int, tp: int) -> float:
-    """Predicted µs of dispatch + combine of S bytes per rank over `inner` on N nodes with TP degree tp."""
-    G = profile.ranks_per_node
+def dedup_factor(preset: Preset, P: int, skew="uniform", seed: int = 0) -> float | None:
+    """Mean distinct destination ranks of a token's k experts / k, experts laid out contiguously over P ranks,
+    routing drawn from `skew` (DEDUP_TOKENS tokens); None where P does not divide E (a rank holds no whole
+    expert group)."""
+    if P > preset.E or preset.E % P:
+        return None
+    ids_Tk = sample_topk(skew, DEDUP_TOKENS, preset.E, preset.k, seed=seed)[0]
+    dest_Tk = (ids_Tk // (preset.E // P)).sort(dim=1).values
+    distinct_T = 1 + (dest_Tk[:, 1:] != dest_Tk[:, :-1]).sum(dim=1)
+    return float(distinct_T.double().mean()) / preset.k
+
+
+def roundtrip_time(profile: Profile, pair: str, inner: str, N: int, S: int, tp: int, preset: Preset,
+                   factor: float | None = 1.0) -> float | None:  # fmt: skip
+    """Predicted µs of dispatch + combine of S bytes of (token, expert) rows per rank over `inner` on N nodes with
+    TP degree tp, each row in the pair's wire format; a token-unit pair moves `factor` x the rows (None: no
+    estimate, and no time)."""
+    G, pair_def = profile.ranks_per_node, DISPATCH_COMBINE[pair]
+    unit = UNITS[pair_def.unit]
+    if unit.name == "token" and factor is None:
+        return None
     topo = Topology(N * G, G, tp)
-    schedule = costmodel.roundtrip_schedule(pair, inner, costmodel.uniform_splits(N * G, S), 1, topo)
+    out_bytes, back_bytes = pair_def.wire_row_bytes(preset.H, WIRE_DTYPE, unit.header_bytes(preset.k))
+    rows = S // (preset.H * WIRE_DTYPE.itemsize)
+    rows = round(rows * factor) if unit.name == "token" else rows
+    splits = costmodel.uniform_splits(N * G, rows)
+    schedule = pair_def.schedule(ALGORITHMS[inner], splits, out_bytes, topo, back_bytes)
     return costmodel.predict(schedule, topo, profile)
 
 
@@ -54,24 +89,46 @@ def projection_rows(profile: Profile, nodes: list[int], sizes: list[int]) -> lis
     return rows
 
 
-def pair_rows(profile: Profile, nodes: list[int], sizes: list[int], tps: list[int]) -> list[dict]:
+def pair_rows(profile: Profile, nodes: list[int], sizes: list[int], tps: list[int], preset: Preset) -> list[dict]:
     """One row per (N, S): the plain round trip over the fastest exchange, and plain / <pair> per TP degree
-    for every other pair (`<pair>_tp<L>_saving`; None where a TP group would not fit in a node)."""
+    for every other pair (`<pair>_tp<L>_saving`; None where a TP group would not fit in a node, or a dedup
+    factor has no estimate), the model's rows under uniform routing."""
     G = profile.ranks_per_node
     rows = []
     for N in nodes:
         P = N * G
+        factor = dedup_factor(preset, P)
         for S in sizes:
-            plain = {inner: roundtrip_time(profile, "plain", inner, N, S, 1) for inner in ALGORITHMS}
+            plain = {inner: roundtrip_time(profile, "plain", inner, N, S, 1, preset) for inner in ALGORITHMS}
             inner = min(plain, key=plain.get)
-            row = {"kind": "pairs", "profile": profile.name, "nodes": N, "gpus": P, "size": S, "inner": inner}
+            row = {"kind": "pairs", "profile": profile.name, "nodes": N, "gpus": P, "size": S, "inner": inner,
+                   "model": preset.name, "dedup_factor": factor}  # fmt: skip
             row["plain_rt_us"] = plain[inner]
             for pair in (p for p in DISPATCH_COMBINE if p != "plain"):
                 for L in tps:
                     fits = L <= G and P % L == 0
-                    t = roundtrip_time(profile, pair, inner, N, S, L) if fits else None
+                    t = roundtrip_time(profile, pair, inner, N, S, L, preset, factor) if fits else None
                     row[f"{pair}_tp{L}_us"] = t
-                    row[f"{pair}_tp{L}_saving"] = plain[inner] / t if fits else None
+                    row[f"{pair}_tp{L}_saving"] = plain[inner] / t if t else None
+            rows.append(row)
+    return rows
+
+
+def dedup_rows(profile: Profile, nodes: list[int], S: int, skews: list, preset: Preset) -> list[dict]:
+    """Per routing skew and N: the dedup factor and the round-trip saving of each token-unit pair over plain
+    (TP 1, the fastest inner exchange for plain) at S bytes of assignment rows per rank."""
+    G, rows = profile.ranks_per_node, []
+    token_pairs = [p for p, d in DISPATCH_COMBINE.items() if d.unit == "token"]
+    for skew in skews:
+        for N in nodes:
+            factor = dedup_factor(preset, N * G, skew)
+            plain = {inner: roundtrip_time(profile, "plain", inner, N, S, 1, preset) for inner in ALGORITHMS}
+            inner = min(plain, key=plain.get)
+            row = {"kind": "dedup", "profile": profile.name, "skew": str(skew), "nodes": N, "gpus": N * G,
+                   "size": S, "inner": inner, "model": preset.name, "k": preset.k, "dedup_factor": factor}  # fmt: skip
+            for pair in token_pairs:
+                t = roundtrip_time(profile, pair, inner, N, S, 1, preset, factor)
+                row[f"{pair}_saving"] = plain[inner] / t if t else None
             rows.append(row)
     return rows
 

@@ -1,0 +1,146 @@
+# T = tokens per rank, k = experts per token, P = ranks, El = local experts (slots) per rank, H = hidden,
+# A = kept (token, expert) assignments this rank sends, M = rows it receives, Wp = payload bytes of a token
+# (the codec's), W = Wp + 8 (the payload and a local expert id)
+"""The layer's rows, one per kept (token, expert) assignment: the plain, coordinated, ll, allgather and fp8
+pairs' unit. Each row is the token's encoded payload followed by its local expert id (int64); the receiver
+runs each row through its expert (k = 1, weight 1) and the sender weights and sums what comes back.
+
+Small CPU batches take host paths (Python lists and numpy: a few µs where each torch op costs ~5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moebench.bench.layer.placements import Placement
+from moebench.collectives.codec import NUMPY_DTYPES, packed
+from moebench.collectives.comm import from_numpy
+from moebench.kernels import get_kernel, routing_for_rows
+from moebench.kernels.routing import HOST_ROWS
+
+ID_BYTES = 8  # a local expert id (int64) travels at the end of each row
+LOOP_ROWS = 16  # up to this many rows, unpermute adds each row in numpy; beyond, one index_add
+
+
+@dataclass(frozen=True)
+class Permuted:
+    """send_AW: rows [A, W] (uint8) in destination order; token_A, weight_A: each row's token and the weight its
+    output is summed with (tensors [A], or lists for a small CPU batch)."""
+
+    send_AW: torch.Tensor
+    send_splits: tuple[int, ...]
+    token_A: torch.Tensor
+    weight_A: torch.Tensor
+
+
+def header_bytes(k: int) -> int:
+    """Bytes riding on each row after the payload: the local expert id."""
+    return ID_BYTES
+
+
+def host_order(routing, num_ranks: int, experts_per_rank: int):
+    """Small batches on the CPU: the kept assignments' order by destination, in a few Python lines.
+    Returns (assignment ids in send order, their local expert ids, send_splits)."""
+    ids = routing.topk_ids_list
+    kept = None if routing.capacity is None else routing.kept_Tk.view(-1).tolist()
+    dest = [e // experts_per_rank for e in ids]
+    order = sorted((a for a in range(len(ids)) if kept is None or kept[a]), key=dest.__getitem__)
+    splits = [0] * num_ranks
+    for a in order:
+        splits[dest[a]] += 1
+    return order, [ids[a] % experts_per_rank for a in order], tuple(splits)
+
+
+def device_order(routing, num_ranks: int, experts_per_rank: int):
+    """The same on the device: one stable sort by destination (dropped assignments sort last), and the
+    counts, which the all-to-all needs on the host (the one sync of this phase)."""
+    ids_A = routing.topk_ids_Tk.view(-1)
+    dest_A = ids_A // experts_per_rank
+    if routing.capacity is not None:
+        dest_A = torch.where(routing.kept_Tk.view(-1), dest_A, num_ranks)
+    order_A = torch.sort(dest_A, stable=True).indices
+    counts = torch.bincount(dest_A, minlength=num_ranks + 1).tolist()
+    order_A = order_A[: sum(counts[:num_ranks])]
+    return order_A, ids_A[order_A] % experts_per_rank, tuple(counts[:num_ranks])
+
+
+def placed_order(routing, placement: Placement, rank: int):
+    """Under a placement: each kept assignment to the slot the placement's dispatch picks for this rank, in
+    destination order (stable). Returns (assignment ids, their local slot ids, send_splits) like device_order."""
+    device = routing.topk_ids_Tk.device
+    ids_A, kept_A = routing.topk_ids_Tk.view(-1).cpu(), routing.kept_Tk.view(-1).cpu()
+    kept_K = kept_A.nonzero().view(-1)
+    slot_K = placement.dispatch(ids_A[kept_K], torch.full_like(kept_K, rank))
+    dest_K, local_K = placement.rank_of_slots(slot_K), placement.local_of_slot_S[slot_K]
+    order_K = torch.sort(dest_K, stable=True).indices
+    splits = tuple(torch.bincount(dest_K, minlength=placement.num_ranks).tolist())
+    return kept_K[order_K].to(device), local_K[order_K].to(device), splits
+
+
+def on_host(x: torch.Tensor, rows: int) -> bool:
+    """Small CPU batches of a numpy-representable dtype go through numpy."""
+    return x.device.type == "cpu" and x.dtype in NUMPY_DTYPES and rows <= HOST_ROWS
+
+
+def tensor_order(routing, num_ranks: int, experts_per_rank: int, placement=None, rank: int = 0):
+    """(assignment ids, local ids, send_splits) as tensors: device_order, or placed_order under a placement."""
+    if placement is None:
+        return device_order(routing, num_ranks, experts_per_rank)
+    return placed_order(routing, placement, rank)
+
+
+def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placement=None, rank: int = 0) -> Permuted:
+    """payload_TW: uint8 [T, Wp], each token encoded once -> kept assignments sorted by destination rank, each
+    row its token's payload and its local expert id (under a placement: the slot its dispatch picks, as rank
+    `rank`)."""
+    T, k = routing.topk_ids_Tk.shape
+    if placement is None and on_host(payload_TW, T * k):
+        order, local, send_splits = host_order(routing, num_ranks, experts_per_rank)
+        tokens = [a // k for a in order]
+        payload = payload_TW.numpy()
+        send_AW = np.empty((len(order), payload.shape[1] + ID_BYTES), np.uint8)
+        for row, token in enumerate(tokens):  # row by row: no gathered temporary (~12 µs less with cold caches)
+            send_AW[row, :-ID_BYTES] = payload[token]
+        send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
+        weights = routing.topk_weights_list
+        return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
+    order_A, local_A, send_splits = tensor_order(routing, num_ranks, experts_per_rank, placement, rank)
+    token_A = order_A // k
+    send_AW = torch.cat([payload_TW.index_select(0, token_A), local_A.view(torch.uint8).view(-1, ID_BYTES)], dim=1)
+    weight_A = routing.topk_weights_Tk.view(-1)[order_A]
+    return Permuted(send_AW, send_splits, token_A, weight_A)
+
+
+def unpack(recv_MW: torch.Tensor, k: int):
+    """Rows [M, W] -> (payload [M, Wp] (a view), local expert ids [M]: a list for a small CPU batch)."""
+    if recv_MW.device.type == "cpu" and recv_MW.shape[0] <= HOST_ROWS:
+        ids = recv_MW.numpy()[:, -ID_BYTES:].copy().view(np.int64).reshape(-1).tolist()
+        return recv_MW[:, :-ID_BYTES], ids
+    return recv_MW[:, :-ID_BYTES], packed(recv_MW[:, -ID_BYTES:]).view(torch.int64).view(-1)
+
+
+def run_experts(x_MH, ids_M, weights, cfg):
+    """Each received row through its expert (k = 1, weight 1) -> (y_MH, the kernel's stats, active experts)."""
+    routing = routing_for_rows(ids_M, weights.w_gate_EHF.shape[0], device=x_MH.device)
+    y_MH, stats = get_kernel(cfg.kernel)(x_MH, routing, *weights.experts, impl=cfg.impl)
+    return y_MH, stats, len(set(ids_M if isinstance(ids_M, list) else ids_M.tolist()))
+
+
+def unpermute(out_AH, permuted: Permuted, T: int, dtype) -> torch.Tensor:
+    """y[t] = sum of token t's returned rows, each times its weight (fp32 accumulate) -> [T, H] in dtype."""
+    small = isinstance(permuted.token_A, list) and len(permuted.token_A) <= LOOP_ROWS
+    if small and out_AH.dtype in NUMPY_DTYPES:  # the host path of permute
+        out, y_TH = out_AH.numpy(), np.zeros((T, out_AH.shape[1]), np.float32)
+        for row, (token, weight) in enumerate(zip(permuted.token_A, permuted.weight_A)):
+            y_TH[token] += weight * out[row]
+        y = from_numpy(y_TH)
+        return y if dtype == torch.float32 else y.to(dtype)
+    device = out_AH.device
+    token_A, weight_A = (torch.as_tensor(v, device=device) for v in (permuted.token_A, permuted.weight_A))
+    y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=device)
+    rows_AH = out_AH.float() if out_AH.dtype != torch.float32 else out_AH
+    y_TH.index_add_(0, token_A, rows_AH * weight_A[:, None].float())
+    return y_TH if dtype == torch.float32 else y_TH.to(dtype)

@@ -1,0 +1,139 @@
+# T = tokens, E = experts, k = experts per token, P = ranks (simulated in one process), H = hidden, R = rows sent
+"""The layer's row units (assignment, token = dedup) and the fp8 codec, in one process: every rank's rows are
+run through that rank's experts (the exchange simulated by slicing), and the layer's output must equal the
+float64 reference; dedup must send one row per (token, destination rank); fp8 must stay within its bound."""
+
+import pytest
+import torch
+
+from moebench.bench.layer import forward as moe
+from moebench.bench.layer.presets import Preset
+from moebench.bench.layer.units import UNITS
+from moebench.bench.layer.workloads import make_tokens
+from moebench.collectives import DISPATCH_COMBINE, fp8
+from moebench.collectives.codec import RAW
+from moebench.kernels import routing_from_topk
+
+MICRO = Preset("micro-test", 32, 48, 8, 2, "swiglu", "test shape")
+WIDE = Preset("micro-wide", 200, 24, 8, 8, "swiglu", "k = E, H not a multiple of 128")
+
+
+def loopback(pair_name: str, preset: Preset, P: int, x_TH, forced, cf=None, kernel="dynamic"):
+    """One rank's forward with every destination rank simulated here: (y_TH, permuted)."""
+    pair = DISPATCH_COMBINE[pair_name]
+    unit, codec, El = UNITS[pair.unit], pair.codec, preset.E // P
+    ids_Tk, weights_Tk = forced
+    routing = routing_from_topk(ids_Tk, weights_Tk, preset.E, cf, validate=False)
+    permuted = unit.permute(codec.encode(x_TH), routing, P, El)
+    send, out = permuted.send_AW, []
+    for d, (start, n) in enumerate(zip([0, *torch.tensor(permuted.send_splits).cumsum(0).tolist()],
+                                       permuted.send_splits)):  # fmt: skip
+        weights = moe.make_weights(preset, torch.float32, "cpu", 3, d * El, El)
+        layer = moe.LayerConfig(preset, pair_name, "flat", kernel, capacity_factor=cf)
+        payload, meta = unit.unpack(send[start : start + n], preset.k)
+        y, _, _ = unit.run_experts(codec.decode(payload, x_TH.dtype, preset.H), meta, weights, layer)
+        out.append(y.to(codec.combine_dtype(x_TH.dtype)))
+    return unit.unpermute(torch.cat(out), permuted, x_TH.shape[0], x_TH.dtype), permuted
+
+
+def draw(T: int, preset: Preset, P: int, kind: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.softmax(torch.randn(T, preset.k, generator=g), dim=-1)
+    if kind == "random":
+        ids = torch.stack([torch.randperm(preset.E, generator=g)[: preset.k] for _ in range(T)])
+    elif kind == "one-rank":  # every expert of every token on rank 0
+        ids = torch.stack([torch.randperm(preset.E // P, generator=g)[: preset.k] for _ in range(T)])
+    else:  # idle: two experts for every token, the others get nothing
+        ids = torch.tensor([1, preset.E - 1]).repeat(T, 1)
+    return ids, weights
+
+
+CASES = [(MICRO, 1, "random"), (MICRO, 5, "random"), (MICRO, 300, "random"), (MICRO, 7, "idle"),
+         (MICRO, 300, "idle")]  # fmt: skip
+
+
+@pytest.mark.parametrize("pair_name", ["plain", "dedup"])
+@pytest.mark.parametrize("P", [1, 2, 4])
+@pytest.mark.parametrize("preset,T,kind", CASES)
+@pytest.mark.parametrize("cf", [None, 1.0])
+def test_units_match_the_reference(pair_name, P, preset, T, kind, cf):
+    x_TH = make_tokens(T, preset.H, seed=T)
+    forced = draw(T, preset, P, kind, seed=T + P)
+    y, _ = loopback(pair_name, preset, P, x_TH, forced, cf)
+    ref = moe.reference_forward(x_TH, preset, cf, 3, forced)
+    assert torch.linalg.vector_norm(y.double() - ref) <= 1e-5 * torch.linalg.vector_norm(ref)
+
+
+@pytest.mark.parametrize("T", [1, 4, 300])  # host path (<= 256 rows) and tensor path
+@pytest.mark.parametrize("P", [1, 2, 4])
+def test_dedup_sends_a_token_once_per_destination_rank_and_k_equal_e(T, P):
+    preset = WIDE  # k = E: every token has an expert on every rank
+    x_TH = make_tokens(T, preset.H, seed=1)
+    forced = draw(T, preset, P, "random", seed=2)
+    y, permuted = loopback("dedup", preset, P, x_TH, forced)
+    assert permuted.send_splits == (T,) * P  # one row per token per rank, not k / P of them
+    assert permuted.send_AW.shape[1] == preset.H * 4 + 8 * preset.k
+    ids = permuted.send_AW[:, -8 * preset.k : -4 * preset.k].contiguous().view(torch.int32)
+    assert ((ids >= 0).sum(dim=1) == preset.k // P).all()  # each row carries that rank's E / P experts
+    ref = moe.reference_forward(x_TH, preset, None, 3, forced)
+    assert torch.linalg.vector_norm(y.double() - ref) <= 1e-5 * torch.linalg.vector_norm(ref)
+
+
+@pytest.mark.parametrize("T", [3, 300])
+def test_dedup_rows_count_distinct_token_rank_pairs(T):
+    P, preset = 4, MICRO
+    forced = draw(T, preset, P, "random", seed=5)
+    _, permuted = loopback("dedup", preset, P, make_tokens(T, preset.H, seed=5), forced)
+    dest = forced[0] // (preset.E // P)
+    want = [int(((dest == d).any(dim=1)).sum()) for d in range(P)]
+    assert list(permuted.send_splits) == want
+    _, plain = loopback("plain", preset, P, make_tokens(T, preset.H, seed=5), forced)
+    assert sum(plain.send_splits) == T * preset.k and sum(want) <= T * preset.k
+    assert T < 300 or sum(want) < T * preset.k  # 300 tokens: some send both experts to one rank
+
+
+def test_one_rank_gets_every_expert_of_every_token():
+    P, preset, T = 2, MICRO, 6
+    forced = draw(T, preset, P, "one-rank", seed=3)
+    x_TH = make_tokens(T, preset.H, seed=3)
+    y, permuted = loopback("dedup", preset, P, x_TH, forced)
+    assert permuted.send_splits == (T, 0)  # the other rank gets a zero-row chunk
+    ref = moe.reference_forward(x_TH, preset, None, 3, forced)
+    assert torch.linalg.vector_norm(y.double() - ref) <= 1e-5 * torch.linalg.vector_norm(ref)
+
+
+@pytest.mark.parametrize("H", [1, 128, 200, 448])
+def test_fp8_codec_round_trip_within_its_bound(H):
+    x = torch.randn(37, H, generator=torch.Generator().manual_seed(H)) * torch.logspace(-3, 3, 37)[:, None]
+    x[3] = 0.0  # an all-zero row: scale 1, decodes to zeros
+    payload = fp8.encode(x)
+    assert payload.dtype == torch.uint8 and payload.shape == (37, H + 4 * -(-H // 128))
+    assert fp8.payload_bytes(H) == payload.shape[1]
+    back = fp8.decode(payload, torch.float32, H)
+    err = (back - x).abs()
+    bound = fp8.elementwise_bound(x)
+    assert (err <= bound).all() and err.max() > 0  # quantized, and within the stated error
+    assert torch.equal(back[3], torch.zeros(H))
+    strided = torch.cat([payload, torch.zeros(37, 8, dtype=torch.uint8)], dim=1)[:, :-8]  # a slice of wider rows
+    assert torch.equal(fp8.decode(strided, torch.float32, H), back)
+
+
+def test_fp8_wire_bytes_formula_and_zero_rows():
+    pair = DISPATCH_COMBINE["fp8"]
+    assert pair.wire_row_bytes(448, torch.bfloat16, 8) == (448 + 4 * 4 + 8, 448 * 2)
+    assert pair.wire_row_bytes(256, torch.float32) == (256 + 8, 256 * 2)  # combine in bf16 from an fp32 layer
+    assert DISPATCH_COMBINE["plain"].wire_row_bytes(256, torch.float32, 8) == (256 * 4 + 8, 256 * 4)
+    assert fp8.encode(torch.zeros(0, 200)).shape == (0, 208)
+    assert fp8.decode(torch.zeros(0, 208, dtype=torch.uint8), torch.float32, 200).shape == (0, 200)
+    assert RAW.exact and not fp8.CODEC.exact
+
+
+@pytest.mark.parametrize("pair_name", ["fp8", "fp8-dedup"])
+def test_fp8_layer_error_is_real_and_within_its_bound(pair_name):
+    T, P, preset = 64, 2, MICRO
+    x_TH = make_tokens(T, preset.H, seed=9)
+    forced = draw(T, preset, P, "random", seed=9)
+    y, _ = loopback(pair_name, preset, P, x_TH, forced)
+    ref = moe.reference_forward(x_TH, preset, None, 3, forced)
+    err = float(torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref))
+    assert 1e-4 < err <= DISPATCH_COMBINE[pair_name].codec.rel_error_bound
