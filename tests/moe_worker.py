@@ -15,6 +15,7 @@ import torch
 from moebench.bench.cli import guarded, open_comm
 from moebench.bench.commands.moe import DEFAULT_ALGOS, rel_error
 from moebench.bench.layer import forward as moe
+from moebench.bench.layer.overlap import parse_overlap
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.workloads import make_tokens
 from moebench.kernels import BASELINES, EXPERT_KERNELS
@@ -61,9 +62,38 @@ def check(comm, impl: str) -> int:
                             failures += 1
                             where = f"{preset.name} T={T} {name} cf={cf} {layer.label}+{kernel}"
                             print(f"rank {comm.rank}: {where}: {err:.2e}")
+    failures += check_overlap(comm, impl)
     if comm.rank == 0:
         print(f"moe checked P={P} L={L} {impl}: {failures} failures", flush=True)
     return 1 if failures else 0
+
+
+OVERLAPS = ("chunks:2", "chunks:3", "dual")
+PIPELINED = ("plain", "dedup", "fp8", "fp8-dedup")
+
+
+def check_overlap(comm, impl: str) -> int:
+    """Every overlap mode x the pairs it pipelines, with and without a shared expert: T = 1 (one chunk), T = 5
+    (chunks of 2, 2, 1), a peer with no rows (rank 0's experts only), against the reference."""
+    P, L, failures = comm.world_size, comm.tp.size, 0
+    for shared in (0, 1):
+        weights = moe.make_weights(MICRO, torch.float32, "cpu", 3, comm.rank * (MICRO.E // P), MICRO.E // P,
+                                   shared=shared)  # fmt: skip
+        for T in (1, 5):
+            seed = 29 + comm.rank // L
+            x_TH = make_tokens(T, MICRO.H, seed=seed)
+            for name, forced in routings(T, MICRO, P, seed).items():
+                ref = moe.reference_forward(x_TH, MICRO, None, 3, forced, shared=shared)
+                for mode in OVERLAPS:
+                    for pair in PIPELINED:
+                        layer = moe.LayerConfig(MICRO, pair, "native", "dynamic", impl, None,
+                                                overlap=parse_overlap(mode))  # fmt: skip
+                        y = moe.run_layer(comm, x_TH, weights, layer, lambda: None, forced)
+                        err = rel_error(y, ref)
+                        if not err <= 1e-5 + layer.pair.codec.rel_error_bound:
+                            failures += 1
+                            print(f"rank {comm.rank}: shared={shared} T={T} {name} {mode} {pair}: {err:.2e}")
+    return failures
 
 
 def main() -> int:

@@ -111,6 +111,33 @@ def test_routers_and_placements_in_the_layer(mpiexec_available, tmp_path):
     assert "Routers and placements against topk + contiguous" in result.stdout
 
 
+def test_dispatch_pairs_and_overlap_rows(mpiexec_available, tmp_path):
+    """dedup / fp8 rows: counted bytes equal the schedule's, dedup sends fewer, fp8's ratio is the formula; overlap
+    rows carry their efficiency against the sequential twin; the shared expert is in every row's reference."""
+    out = tmp_path / "moe.json"
+    args = ["-m", "moebench", "moe", "--batch", "4,64", "-n", "3", "-w", "1", "--algos",
+            "native,dedup:native,fp8:native,fp8-dedup:native,ll:native", "--kernels", "dynamic", "--overlap",
+            "none,chunks:2,dual", "--shared-experts", "1", "--json", str(out)]  # fmt: skip
+    result = mpirun(2, args, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Dispatch/combine pairs against plain" in result.stdout and "Overlap:" in result.stdout
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["role"] == "config"]
+    assert all(r["correct"] and r["bytes_match"] for r in rows)
+    by = {(r["algo"], r["overlap"], r["batch"]): r for r in rows}
+    assert ("ll:native", "chunks:2", 64) not in by  # ll is not pipelined
+    H = 256  # mixtral-8x7b-tiny, float32 rows; dispatch bytes carry the 8-byte count exchange
+    plain, fp8 = by[("native", "none", 64)], by[("fp8:native", "none", 64)]
+    rows_sent = (plain["dispatch_bytes"] - 8) // (4 * H + 8)
+    assert fp8["dispatch_bytes"] == rows_sent * (H + 4 * 2 + 8) + 8
+    assert fp8["combine_bytes"] == plain["combine_bytes"] // 2  # bf16 back
+    assert by[("dedup:native", "none", 64)]["dispatch_bytes"] < plain["dispatch_bytes"]
+    assert 1e-3 < fp8["rel_error"] <= fp8["error_bound"]
+    for mode in ("chunks:2", "dual"):
+        r = by[("native", mode, 64)]
+        assert r["dispatch_bytes"] == plain["dispatch_bytes"] + 8  # one count exchange of 2 counts (16 B) per peer
+        assert "overlap_efficiency" in r and r["t_sequential_us"] == plain["total_us"]
+
+
 def test_moe_records_a_trace_that_replays_its_routing(mpiexec_available, tmp_path):
     trace, out, again = tmp_path / "gate.json", tmp_path / "gate-run.json", tmp_path / "replay.json"
     common = ["-m", "moebench", "moe", "--batch", "6", "--algos", "flat", "--kernels", "dynamic", "--capacity-factor",
@@ -193,6 +220,11 @@ BAD_MOE = [
     (2, ["--redundant", "2"], "none of the placements contiguous holds replicas"),
     (2, ["--placements", "eplb", "--redundant", "1"], "multiple of P = 2"),
     (2, ["--trace", "/nonexistent/trace.json"], "cannot read it"),
+    (2, ["--overlap", "chunks:0"], "overlap chunks:C needs a whole number C >= 1"),
+    (2, ["--overlap", "triple"], "unknown overlap 'triple'"),
+    (2, ["--overlap", "dual", "--algos", "flat,ll:native"], "--overlap dual pipelines the plain, dedup, fp8"),
+    (2, ["--overlap", "chunks:2", "--algos", "native", "--capacity-factor", "1.0"], "none of --algos"),
+    (2, ["--shared-experts", "-1"], "--shared-experts must be >= 0"),
 ]
 
 

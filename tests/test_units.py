@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from moebench.bench.layer import forward as moe
+from moebench.bench.layer.overlap import parse_overlap, pipeline
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.units import UNITS
 from moebench.bench.layer.workloads import make_tokens
@@ -137,3 +138,18 @@ def test_fp8_layer_error_is_real_and_within_its_bound(pair_name):
     ref = moe.reference_forward(x_TH, preset, None, 3, forced)
     err = float(torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref))
     assert 1e-4 < err <= DISPATCH_COMBINE[pair_name].codec.rel_error_bound
+
+
+@pytest.mark.parametrize(("T", "C", "want"), [(5, 3, [(0, 1), (1, 3), (3, 5)]), (1, 4, [(0, 1)]), (0, 2, [(0, 0)]),
+                                              (8, 2, [(0, 4), (4, 8)])])  # fmt: skip
+def test_pipeline_chunks_cover_the_batch_once(T, C, want):
+    assert pipeline.chunk_bounds(T, C) == want
+
+
+def test_overlap_modes_parse_and_refuse_in_one_line():
+    assert parse_overlap("chunks:4").chunks == 4 and parse_overlap("dual").chunks == 2
+    assert parse_overlap("none").forward is None
+    for bad, says in (("chunks", "needs a whole number"), ("chunks:1.5", "needs a whole number"),
+                      ("dual:3", "takes no value"), ("ring", "unknown overlap")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            parse_overlap(bad)

@@ -26,6 +26,7 @@ from moebench.bench import options, plots, report, roofline, timing
 from moebench.bench.cli import open_comm
 from moebench.bench.layer import forward as moe
 from moebench.bench.layer import traces
+from moebench.bench.layer.overlap import parse_overlap, pipeline
 from moebench.bench.layer.placements import PLACEMENTS, check_placements, fit_placement, redundant_for
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.layer.skews import Skew, varies_by_batch
@@ -38,6 +39,7 @@ from moebench.kernels.routers import parse_routers
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 PHASE_SUM_TOLERANCE = 0.02  # phases (critical rank, median band) must sum to the median total within 2%
+NO_OVERLAP = parse_overlap("none")  # the sequential layer's schedule (the pair's own)
 BASELINE_ALGO = "native"  # the baselines run over the backend's own all-to-all
 DEFAULT_ALGOS = [*ALGORITHMS, *(f"{pair}:{moe.default_inner(pair)}" for pair in DISPATCH_COMBINE if pair != "plain")]
 
@@ -55,6 +57,12 @@ def add_arguments(p) -> None:
     options.add_batch_spread(p)
     options.add_routers(p, "topk")
     options.add_placements(p, ["contiguous"])
+    p.add_argument("--overlap", type=options.str_list, default=["none"],
+                   help="communication-computation overlap modes: none, chunks:C (C chunks pipelined), dual (two "
+                   "micro-batches); overlap runs plain, dedup, fp8, fp8-dedup over native, dropless")  # fmt: skip
+    p.add_argument("--shared-experts", type=int, default=0, metavar="N",
+                   help="N shared experts (a dense SwiGLU of N*F columns on every token, every rank; DeepSeek-V3 "
+                   "has 1); with overlap they run while the first dispatch is in flight")  # fmt: skip
     options.add_launch(p)
     options.add_dtype(p, "auto")
     options.add_iterations(p, iters=100, warmup=3)
@@ -87,6 +95,8 @@ class Config:
     placements: tuple[str, ...] = ("contiguous",)
     redundant: int = 0
     batch_spread: float = 0.0
+    overlaps: tuple = (None,)  # None: the sequential layer; else bench.layer.overlap.Overlap
+    shared: int = 0  # shared experts
 
 
 def validate(args) -> Config:
@@ -113,11 +123,32 @@ def validate(args) -> Config:
     check_placements(args.placements, preset.E, P, args.ranks_per_node or P, R)
     if R and not any(PLACEMENTS[name].replicates for name in args.placements):
         raise ValueError(f"--redundant {R}: none of the placements {', '.join(args.placements)} holds replicas")
+    if args.shared_experts < 0:
+        raise ValueError(f"--shared-experts must be >= 0 (got {args.shared_experts})")
+    if not args.overlap:
+        raise ValueError("--overlap needs at least one mode")
+    overlaps = tuple(None if o.name == "none" else o for o in map(parse_overlap, args.overlap))
+    for overlap in overlaps:
+        if overlap is not None and not any(pipelinable(a, overlap, cf) for a in algos for cf in args.capacity_factor):
+            raise ValueError(f"--overlap {overlap.name} pipelines the plain, dedup, fp8 and fp8-dedup pairs over "
+                             f"native, dropless: none of --algos / --capacity-factor qualifies")  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return Config(preset, args.batch, algos, args.kernels, args.impl, args.skew, args.capacity_factor,
                   options.resolve_dtype(args.dtype, device), args.iters, args.warmup, args.seed, args.tp, args.rounds,
                   options.budget_seconds(args), args.warm_weights, routers, tuple(args.placements), R,
-                  args.batch_spread)  # fmt: skip
+                  args.batch_spread, overlaps, args.shared_experts)  # fmt: skip
+
+
+def pipelinable(algo: tuple[str, str], overlap, cf) -> bool:
+    """Whether (pair, inner) at capacity factor cf runs under the overlap mode (None: always)."""
+    if overlap is None:
+        return True
+    probe = moe.LayerConfig(get_preset("mixtral-8x7b-tiny"), *algo, "dynamic", capacity_factor=cf, overlap=overlap)
+    try:
+        pipeline.check(probe)
+    except ValueError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------- one config
@@ -152,8 +183,8 @@ def make_workload(comm, cfg: Config, skew: Skew, cf, T: int) -> Workload:
     # one expert popularity for the whole cluster (cfg.seed); each TP group draws its own tokens (part = group)
     forced = [moe.forced_routing(skew, mine, cfg.preset, cfg.seed, b, group, layout, first_id) for b in batches]
     part = moe.rank_part(comm)
-    y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id, part)
-                for router in cfg.routers}  # fmt: skip
+    y_ref_TH = {router: moe.reference_forward(x_TH, cfg.preset, cf, cfg.seed, forced[0], router, first_id, part,
+                                              cfg.shared) for router in cfg.routers}  # fmt: skip
     return Workload(skew, cf, T, x_TH.to(comm.device), forced, y_ref_TH, tuple(sizes), first_id)
 
 
@@ -221,7 +252,12 @@ def weight_copies(comm, cfg: Config, weights, dense_w, warm: bool) -> tuple[list
     budget = options.available_memory_bytes() // (2 * comm.world_size)
     n = 1 if warm else roofline.cold_copies(active, llc, local_bytes + active, budget)
     experts = [weights] + [
-        moe.MoeWeights(weights.w_router_HE, *(w.clone() for w in weights.experts), weights.first_expert)
+        moe.MoeWeights(
+            weights.w_router_HE,
+            *(w.clone() for w in weights.experts),
+            weights.first_expert,
+            None if weights.shared is None else tuple(w.clone() for w in weights.shared),
+        )
         for _ in range(n - 1)
     ]
     dense = None if dense_w is None else [dense_w] + [tuple(w.clone() for w in dense_w) for _ in range(n - 1)]
@@ -232,7 +268,7 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
     """One forward checked against the reference: the row's correctness, load and memory fields (collective)."""
     info = moe.ForwardInfo()
     reset_peak_rss()
-    y_TH = moe.forward(comm, work.x_TH, weights, layer, lambda: None, work.forced[0], info, work.first_id)
+    y_TH = moe.run_layer(comm, work.x_TH, weights, layer, lambda: None, work.forced[0], info, work.first_id)
     rss = peak_rss_mb()
     error = rel_error(y_TH, work.y_ref_TH[layer.router])
     stats = info.stats
@@ -247,14 +283,15 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
             "kernel_peak_mb": stats.peak_extra_bytes / 1e6,
             "rss_mb": rss,
             "error": error,
-            "send_splits": list(info.permuted.send_splits),
+            "send_splits": [int(n) for n in np.sum(info.chunk_splits, axis=0)],
+            "chunk_splits": [list(c) for c in info.chunk_splits],
             "dispatch_wire_bytes": info.dispatch_wire_bytes,
             "combine_wire_bytes": info.combine_wire_bytes,
             "gate_mass": moe.gate_mass(moe.gate_logits(work.x_TH, weights, work.forced[0]), info.routing, cfg.preset.k),
         }
     )
     row = {"algo": layer.label, "pair": layer.pair_name, "inner": layer.inner, "kernel": layer.kernel, "role": role,
-           "router": str(layer.router or "topk"),
+           "overlap": layer.overlap_name, "shared_experts": cfg.shared, "router": str(layer.router or "topk"),
            "placement": layer.placement.name if layer.placement else "contiguous",
            "redundant": layer.placement.redundant if layer.placement else 0,
            "gate_mass": float(np.mean([r["gate_mass"] for r in per_rank[:: cfg.tp]])),
@@ -266,15 +303,15 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
 
 
 def wire_fields(comm, cfg: Config, layer: moe.LayerConfig, per_rank: list[dict]) -> dict:
-    """The busiest rank's dispatch and combine wire bytes as counted, as the pair's schedule predicts them at the
-    same splits and row bytes (the dispatch alone: the schedule with 0-byte combine rows), and whether every
-    rank's counted bytes equal the prediction."""
-    splits = np.array([r["send_splits"] for r in per_rank], dtype=np.int64)
+    """The busiest rank's dispatch and combine wire bytes as counted, as the schedule (the pair's, or the overlap
+    mode's over its chunks) predicts them at the same splits and row bytes (the dispatch alone: the schedule with
+    0-byte combine rows), and whether every rank's counted bytes equal the prediction."""
+    chunks = np.array([r["chunk_splits"] for r in per_rank], dtype=np.int64).transpose(1, 0, 2)  # [C, P, P]
     out_bytes, back_bytes = moe.row_bytes(layer, cfg.dtype)
-    inner, topo = ALGORITHMS[layer.inner], comm.topology
-    cap = layer.max_rows
-    dispatch = sched.traffic(layer.pair.schedule(inner, splits, out_bytes, topo, 0, cap), topo)[:, :2].sum(axis=1)
-    both = sched.traffic(layer.pair.schedule(inner, splits, out_bytes, topo, back_bytes, cap), topo)[:, :2]
+    inner, topo, cap = ALGORITHMS[layer.inner], comm.topology, layer.max_rows
+    schedule = (layer.overlap or NO_OVERLAP).schedule
+    dispatch = sched.traffic(schedule(layer.pair, inner, chunks, out_bytes, 0, topo, cap), topo)[:, :2].sum(axis=1)
+    both = sched.traffic(schedule(layer.pair, inner, chunks, out_bytes, back_bytes, topo, cap), topo)[:, :2]
     combine = both.sum(axis=1) - dispatch
     counted_dispatch = np.array([r["dispatch_wire_bytes"] for r in per_rank])
     counted_combine = np.array([r["combine_wire_bytes"] for r in per_rank])
@@ -306,7 +343,7 @@ def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
 def layer_case(comm, work: Workload, copies: list, rotate: roofline.Rotation, layer: moe.LayerConfig, row: dict):
     """The timed forward of one configuration, phase by phase, each call on the next weight copy."""
     forced = itertools.cycle(work.forced)
-    fn = lambda mark: moe.forward(comm, work.x_TH, rotate(copies), layer, mark, next(forced), None, work.first_id)
+    fn = lambda mark: moe.run_layer(comm, work.x_TH, rotate(copies), layer, mark, next(forced), None, work.first_id)
     return Case(row, fn, phases=moe.PHASES)
 
 
@@ -392,7 +429,7 @@ def policy_weights(comm, cfg: Config, work: Workload, weights, warm: bool, conti
                 out.append((router, None, *contiguous))
                 continue
             held = placement.experts_P[comm.rank]
-            mine = moe.make_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed, held=held)
+            mine = moe.make_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed, held=held, shared=cfg.shared)
             copies, _, rotate, _ = weight_copies(comm, cfg, mine, None, warm)
             out.append((router, placement, copies, rotate))
     return out
@@ -401,7 +438,7 @@ def policy_weights(comm, cfg: Config, work: Workload, weights, warm: bool, conti
 def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) -> list[dict]:
     """Every configuration, the baselines and the dense-equivalent at one (skew, cf, batch): each checked once,
     then all timed interleaved (phases from the critical rank of each iteration), cold weights unless warm."""
-    dense_w = moe.dense_equivalent_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed)
+    dense_w = moe.dense_equivalent_weights(cfg.preset, cfg.dtype, comm.device, cfg.seed, cfg.shared)
     copies, dense_copies, rotate, _ = weight_copies(comm, cfg, weights, dense_w, warm)
     timed, checks = [], []
     for router, placement, policy_copies, policy_rotate in policy_weights(comm, cfg, work, weights, warm,
@@ -433,14 +470,17 @@ def bench_batch(comm, cfg: Config, work: Workload, weights, roof, warm: bool) ->
 
 
 def layer_configs(cfg: Config, cf, router=None, placement=None, max_rows=None) -> list[tuple[moe.LayerConfig, str]]:
-    """Every (pair, inner) x kernel of the run under one router and placement; under the gate as trained and
-    the contiguous layout, then each baseline over the native all-to-all. max_rows: the most rows any rank
-    sends (the busiest TP group's tokens x k)."""
+    """Every overlap mode x (pair, inner) x kernel of the run under one router and placement (an overlap mode
+    with the pairs it pipelines only); under the gate as trained and the contiguous layout, then each baseline
+    over the native all-to-all. max_rows: the most rows any rank sends (the busiest TP group's tokens x k)."""
     configs = [
-        (moe.LayerConfig(cfg.preset, pair, inner, kernel, cfg.impl, cf, router, placement, max_rows), "config")
+        (moe.LayerConfig(cfg.preset, pair, inner, kernel, cfg.impl, cf, router, placement, max_rows, overlap),
+         "config")
+        for overlap in cfg.overlaps
         for pair, inner in cfg.algos
+        if pipelinable((pair, inner), overlap, cf)
         for kernel in cfg.kernels
-    ]
+    ]  # fmt: skip
     if router is not None or placement is not None:
         return configs
     return configs + [
@@ -494,9 +534,10 @@ def _default_policy(r: dict) -> bool:
 
 def _twin(rows: list[dict], r: dict, **fields) -> dict | None:
     """The topk + contiguous row with r's skew, cf, batch, algo and kernel (`fields` overriding r's values)."""
-    want = {key: r[key] for key in ("skew", "capacity_factor", "batch", "algo", "kernel")} | fields
+    want = {key: r.get(key, "none") for key in ("skew", "capacity_factor", "batch", "algo", "kernel", "overlap")}
+    want |= fields
     return next((b for b in rows if b["role"] == "config" and _default_policy(b)
-                 and all(b[key] == value for key, value in want.items())), None)  # fmt: skip
+                 and all(b.get(key, "none") == value for key, value in want.items())), None)  # fmt: skip
 
 
 def _versus(a: dict, b: dict) -> str:
@@ -556,6 +597,33 @@ def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
                     r["router"], _placement_label(r), r["total_us"], _versus(r, base), r["dispatch_bytes"] / 1e3,
                     bytes_ratio, r["imbalance_rank"], r["dropped_pct"], r["gate_mass"],
                     _opt(r["rel_error"], "{:.1e}")])  # fmt: skip
+    return columns, out
+
+
+def add_overlap_efficiency(rows: list[dict]) -> None:
+    """Each overlapped row against the same configuration without overlap (timed in the same run): t_comm = that
+    row's dispatch + combine phases, t_comp = the rest of its total; efficiency = (t_comm + t_comp - t_both) /
+    min(t_comm, t_comp): 1 when the smaller part is wholly hidden, 0 when nothing is, < 0 when overlapping costs."""
+    for r in rows:
+        if r["role"] != "config" or r.get("overlap", "none") == "none":
+            continue
+        base = _twin(rows, r, overlap="none")
+        if base is None:
+            continue
+        t_comm = base["dispatch_us"] + base["combine_us"]
+        t_comp = base["total_us"] - t_comm
+        r.update(t_comm_us=t_comm, t_comp_us=t_comp, t_sequential_us=base["total_us"],
+                 overlap_efficiency=(t_comm + t_comp - r["total_us"]) / max(min(t_comm, t_comp), 1e-9),
+                 overlap_tie=timing.ties(base, r))  # fmt: skip
+
+
+def overlap_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
+    columns = ["batch", "skew", "config", "overlap", "t_comm µs", "t_comp µs", "sequential µs", "overlapped µs",
+               "vs sequential", "efficiency"]  # fmt: skip
+    out = [[r["batch"], r["skew"], f"{r['algo']} + {r['kernel']}", r["overlap"], r["t_comm_us"], r["t_comp_us"],
+            r["t_sequential_us"], r["total_us"], "tie" if r["overlap_tie"] else
+            f"{r['t_sequential_us'] / r['total_us']:.2f}x", f"{r['overlap_efficiency']:.2f}"]
+           for r in rows if "overlap_efficiency" in r]  # fmt: skip
     return columns, out
 
 
@@ -656,6 +724,9 @@ def render(data: dict, path) -> None:
     pair_cols, pair_rows = dispatch_summary(rows)
     if pair_rows:
         report.print_table("Dispatch/combine pairs against plain", pair_cols, pair_rows)
+    over_cols, over_rows = overlap_summary(rows)
+    if over_rows:
+        report.print_table("Overlap against the sequential layer", over_cols, over_rows)
     pol_cols, pol_rows = policy_summary(rows)
     if pol_rows:
         report.print_table("Routers and placements against topk + contiguous", pol_cols, pol_rows)
@@ -703,11 +774,12 @@ def run(args) -> int:
     meta = {**report.base_meta("moe", sys.argv), **report.comm_meta(comm), "tag": args.tag}
     check_memory(comm, cfg, meta["ranks_per_host"])
     meta.update(model=p.name, H=p.H, F=p.F, E=p.E, k=p.k, dtype=str(cfg.dtype).removeprefix("torch."), impl=cfg.impl,
-                iters=cfg.iters, warmup=cfg.warmup, rounds=cfg.rounds, budget_s=cfg.budget_s)  # fmt: skip
+                iters=cfg.iters, warmup=cfg.warmup, rounds=cfg.rounds, budget_s=cfg.budget_s,
+                shared_experts=cfg.shared, overlap=",".join(args.overlap))  # fmt: skip
     if comm.rank == 0:
         report.print_header(meta)
     P = comm.world_size
-    weights = moe.make_weights(p, cfg.dtype, comm.device, cfg.seed, comm.rank * (p.E // P), p.E // P)
+    weights = moe.make_weights(p, cfg.dtype, comm.device, cfg.seed, comm.rank * (p.E // P), p.E // P, shared=cfg.shared)
     roof = roofline.measure_roofline_ranks(comm, cfg.dtype)
     meta.update(roofline=roof.fields(), warm_weights=cfg.warm)
     cases = list(itertools.product(cfg.skews, cfg.capacity_factors, cfg.batches))
@@ -726,6 +798,7 @@ def run(args) -> int:
             progress.advance(task)
     for r in rows:
         r["tokens_per_s"] = r["total_tokens"] / (r["total_us"] * 1e-6)
+    add_overlap_efficiency(rows)
     if comm.rank == 0:
         write_outputs(meta, rows, args)
         if recorder is not None:
@@ -744,6 +817,12 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
         report.print_table("Routers and placements against topk + contiguous (same algo + kernel; vs = that row's "
                            "time / this row's, or tie; vs topk = this row's dispatch bytes / that row's)",
                            pol_cols, pol_rows)  # fmt: skip
+    over_cols, over_rows = overlap_summary(rows)
+    if over_rows:
+        report.print_table("Overlap: each mode against the same configuration without (t_comm = its dispatch + "
+                           "combine phases, t_comp = the rest; efficiency = (t_comm + t_comp - overlapped) / "
+                           "min(t_comm, t_comp); vs sequential = sequential / overlapped, or tie)",
+                           over_cols, over_rows)  # fmt: skip
     pair_cols, pair_rows = dispatch_summary(rows)
     if pair_rows:
         report.print_table("Dispatch/combine pairs against plain over the same exchange (bytes: the busiest rank's, "

@@ -29,7 +29,7 @@ TP group hold the same tokens; `plain` sends all of them (each expert computes L
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -44,7 +44,7 @@ from moebench.kernels.common import rows_matmul
 from moebench.kernels.routers import Router, RouterInput
 from moebench.kernels.routing import HOST_GATE_LOGITS, route_host
 
-PHASES = ("gate", "quantize", "permute", "dispatch", "dequantize", "experts", "combine", "unpermute")
+PHASES = ("gate", "quantize", "permute", "dispatch", "shared", "dequantize", "experts", "combine", "unpermute")
 DEFAULT_INNER = "flat"  # the exchange under a pair named without one ("coordinated" = "coordinated:flat")
 
 
@@ -84,6 +84,7 @@ class MoeWeights:
     w_up_EHF: torch.Tensor
     w_down_EFH: torch.Tensor
     first_expert: int
+    shared: tuple | None = None  # the shared experts as one dense SwiGLU: [H, N*F], [H, N*F], [N*F, H]
 
     @property
     def experts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -91,14 +92,28 @@ class MoeWeights:
 
 
 def make_weights(preset: Preset, dtype, device, seed: int, first_expert: int = 0, num_local: int | None = None,
-                 held: list[int] | None = None):  # fmt: skip
+                 held: list[int] | None = None, shared: int = 0):  # fmt: skip
     """All ranks draw the same full weights from `seed` (on the CPU) and keep experts [first_expert, +num_local),
-    or, under a placement, the experts `held` (its slots in order: a replicated expert's weights once per slot)."""
+    or, under a placement, the experts `held` (its slots in order: a replicated expert's weights once per slot);
+    `shared` > 0: that many shared experts (DeepSeek-V3, Qwen-MoE), every rank a copy, as one dense SwiGLU."""
     num_local = preset.E if num_local is None else num_local
     local = slice(first_expert, first_expert + num_local) if held is None else torch.tensor(held, dtype=torch.int64)
     experts = [w[local].contiguous() for w in make_expert_weights(preset, dtype, "cpu", seed)]
     w_router_HE = make_router_weights(preset, seed)
-    return MoeWeights(*(w.to(device=device, dtype=dtype) for w in (w_router_HE, *experts)), first_expert)
+    common = MoeWeights(*(w.to(device=device, dtype=dtype) for w in (w_router_HE, *experts)), first_expert)
+    if not shared:
+        return common
+    return replace(common, shared=shared_expert_weights(preset, shared, dtype, device, seed))
+
+
+def shared_expert_weights(preset: Preset, shared: int, dtype, device, seed: int):
+    """N shared experts as one dense SwiGLU of width N*F: [H, N*F], [H, N*F], [N*F, H] (a seed of their own)."""
+    gen = torch.Generator().manual_seed(seed + 13)
+    H, width = preset.H, shared * preset.F
+    w_gate = torch.randn(H, width, generator=gen) / H**0.5
+    w_up = torch.randn(H, width, generator=gen) / H**0.5
+    w_down = torch.randn(width, H, generator=gen) / width**0.5
+    return tuple(w.to(device=device, dtype=dtype) for w in (w_gate, w_up, w_down))
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ class LayerConfig:
     router: Router | None = None  # None: the gate as trained (topk) on its fast paths
     placement: Placement | None = None  # None: contiguous (rank r holds experts r*El .. r*El+El-1)
     max_rows: int | None = None  # the most rows any rank sends (tokens per rank x k): fixed-buffer pairs' size
+    overlap: object = None  # None: the sequential forward; else a bench.layer.overlap.Overlap (its forward)
 
     @property
     def pair(self):
@@ -122,6 +138,10 @@ class LayerConfig:
     @property
     def label(self) -> str:
         return algo_label(self.pair_name, self.inner)
+
+    @property
+    def overlap_name(self) -> str:
+        return "none" if self.overlap is None else self.overlap.name
 
 
 def gate_logits(x_TH, weights: MoeWeights, forced=None) -> torch.Tensor:
@@ -171,6 +191,7 @@ class ForwardInfo:
     active_experts: int = 0  # local experts that received at least one row
     dispatch_wire_bytes: int = 0  # bytes this rank's dispatch sent to other ranks, as the communicator counted them
     combine_wire_bytes: int = 0  # the same for its combine
+    chunk_splits: list | None = None  # send_splits of each chunk dispatched (one chunk unless overlapped)
 
 
 def row_bytes(cfg: LayerConfig, dtype) -> tuple[int, int]:
@@ -198,6 +219,8 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
                                        max_rows_per_rank=cfg.max_rows)  # fmt: skip
     mark()
     middle = comm.traffic.as_array() if info is not None else None
+    shared_TH = shared_forward(x_TH, weights)
+    mark()
     payload_MW, meta = unit.unpack(recv_MW, cfg.preset.k)
     x_MH = codec.decode(payload_MW, dtype, cfg.preset.H)
     mark()
@@ -205,15 +228,32 @@ def forward(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[]
     mark()
     out_RH = pair.combine(comm, y_MH.to(codec.combine_dtype(dtype)), handle)
     mark()
-    y_TH = unit.unpermute(out_RH, permuted, T, dtype)
+    y_TH = add_shared(unit.unpermute(out_RH, permuted, T, dtype), shared_TH)
     mark()
     if info is not None:
         after = comm.traffic.as_array()
         info.dispatch_wire_bytes = int((middle - before)[:2].sum())
         info.combine_wire_bytes = int((after - middle)[:2].sum())
         info.recv_rows, info.stats, info.routing, info.permuted = x_MH.shape[0], stats, routing, permuted
-        info.active_experts = active
+        info.active_experts, info.chunk_splits = active, [permuted.send_splits]
     return y_TH
+
+
+def run_layer(comm, x_TH, weights: MoeWeights, cfg: LayerConfig, mark: Callable[[], None], forced=None, info=None,
+              first_id: int | None = None):  # fmt: skip
+    """The layer under cfg's overlap mode (bench.layer.overlap), or the sequential forward."""
+    run = forward if cfg.overlap is None else cfg.overlap.forward
+    return run(comm, x_TH, weights, cfg, mark, forced, info, first_id)
+
+
+def shared_forward(x_TH, weights: MoeWeights):
+    """The shared experts on every token ([T, H], fp32 accumulate as dense_forward), or None without them."""
+    return None if weights.shared is None else dense_forward(x_TH, *weights.shared)
+
+
+def add_shared(y_TH, shared_TH):
+    """y + the shared experts' output (y unchanged without them)."""
+    return y_TH if shared_TH is None else y_TH.add_(shared_TH.to(y_TH.dtype))
 
 
 def rank_part(comm) -> tuple[int, int]:
@@ -227,22 +267,29 @@ def first_token(comm, T: int) -> int:
 
 
 def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None, router=None, first_id: int = 0,
-                      part: tuple = (0, 1)):  # fmt: skip
+                      part: tuple = (0, 1), shared: int = 0):  # fmt: skip
     """The whole layer in one process: the same gate (or router, with token ids first_id..), then a float64
-    per-token loop over all E experts. A placement changes where an expert runs, not what it computes.
+    per-token loop over all E experts (+ the shared experts, float64). A placement changes where an expert runs,
+    not what it computes.
 
     Weights are the layer's own (same seed and dtype), so only the expert arithmetic differs."""
     x_TH = x_TH.cpu()
-    full = make_weights(preset, x_TH.dtype, "cpu", seed)
+    full = make_weights(preset, x_TH.dtype, "cpu", seed, shared=shared)
     cfg = LayerConfig(preset, "plain", "flat", "loop", capacity_factor=capacity_factor, router=router)
     forced = None if forced is None else tuple(f.cpu() for f in forced)
-    return reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced, first_id, part), *full.experts)
+    y_TH = reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced, first_id, part), *full.experts)
+    if full.shared is None:
+        return y_TH
+    w_gate, w_up, w_down = (w.double() for w in full.shared)
+    x = x_TH.double()
+    return y_TH + (torch.nn.functional.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
-def dense_equivalent_weights(preset: Preset, dtype, device, seed: int):
-    """A dense SwiGLU FFN with one token's active expert parameters: [H, k*F], [H, k*F], [k*F, H]."""
+def dense_equivalent_weights(preset: Preset, dtype, device, seed: int, shared: int = 0):
+    """A dense SwiGLU FFN with one token's active expert parameters (the shared experts' included):
+    [H, (k+N)*F], [H, (k+N)*F], [(k+N)*F, H]."""
     gen = torch.Generator().manual_seed(seed + 11)
-    H, width = preset.H, preset.k * preset.F
+    H, width = preset.H, (preset.k + shared) * preset.F
     w_gate = torch.randn(H, width, generator=gen) / H**0.5
     w_up = torch.randn(H, width, generator=gen) / H**0.5
     w_down = torch.randn(width, H, generator=gen) / width**0.5

@@ -157,6 +157,30 @@ class MpiGroup(Group):
             spin(meter.spin_s)
         return out
 
+    def ialltoallv(self, send, send_splits, recv_splits):
+        """Non-blocking all-to-all-v (MPI Ialltoallv): (recv, wait); recv holds the rows once wait() returns.
+        A fresh receive buffer per call (several may be in flight); the send tensor stays alive until wait."""
+        if type(send_splits) is not tuple or type(recv_splits) is not tuple:
+            send_splits, recv_splits = tuple(map(int, send_splits)), tuple(map(int, recv_splits))
+        if send.is_cuda and not self.cuda_aware:  # staged through host memory: blocking
+            recv = self.alltoallv(send, send_splits, recv_splits)
+            return recv, lambda: None
+        send = send.contiguous()
+        spec = self._spec(send, send_splits, recv_splits)
+        recv = send.new_empty(spec.recv_shape)
+        byte = self._byte
+        request = self.mpi.Ialltoallv([_mpi_view(_as_bytes(send), self.cuda_aware), spec.send_args, byte],
+                                      [_mpi_view(_as_bytes(recv), self.cuda_aware), spec.recv_args, byte])  # fmt: skip
+        meter = spec.meter
+
+        def wait(request=request, send=send):
+            request.Wait()
+            meter.calls += 1
+            if meter.spin_s:
+                spin(meter.spin_s)
+
+        return recv, wait
+
     def _new_spec(self, key, send) -> _VectorSpec:
         spec = self._specs[key] = _VectorSpec(self, key[0], key[1], send)
         return spec

@@ -93,6 +93,23 @@ class TorchGroup(Group):
             spin(spec.meter.spin_s)
         return recv
 
+    def ialltoallv(self, send, send_splits, recv_splits):
+        """Non-blocking all-to-all-v (async_op=True): (recv, wait); recv holds the rows once wait() returns."""
+        spec = self._spec(send_splits, recv_splits, row_bytes(send))
+        recv = send.new_empty((spec.recv_rows, *send.shape[1:]))
+        send = send.contiguous()
+        work = dist.all_to_all_single(_torch_view(recv), _torch_view(send), output_split_sizes=spec.out_splits,
+                                      input_split_sizes=spec.in_splits, group=self.pg, async_op=True)  # fmt: skip
+        meter = spec.meter
+
+        def wait(work=work, send=send):
+            work.wait()
+            meter.calls += 1
+            if meter.spin_s:
+                spin(meter.spin_s)
+
+        return recv, wait
+
     def prepared_alltoallv(self, send, send_splits, recv_splits):
         """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""
         spec = self._spec(send_splits, recv_splits, row_bytes(send))

@@ -1,0 +1,147 @@
+# T = tokens per rank, C = chunks, Tc = tokens of chunk c, P = ranks, H = hidden, Rc = rows chunk c sends,
+# Mc = rows chunk c receives
+"""The chunked pipeline: dispatch and combine of C chunks in flight while other chunks' experts run.
+
+The batch is cut into C chunks of consecutive tokens (fewer when T < C). Each chunk is gated, encoded and
+permuted as the sequential layer does (its pair's codec and unit); one count exchange carries every chunk's
+split counts ([P, C] integers); then, with the backend's non-blocking all-to-all-v (MPI Ialltoallv, torch
+async_op=True):
+
+    start dispatch 0; shared experts (while dispatch 0 flies); wait dispatch 0
+    for c in 0..C-1: start dispatch c+1; experts of chunk c; start combine c; (wait dispatch c+1 next round)
+    wait every combine; unpermute every chunk
+
+Phases (forward.PHASES): gate, quantize and permute of every chunk; dispatch = the count exchange and the start
+of chunk 0; shared = the shared experts; dequantize = waiting for chunk 0 and decoding it; experts = the
+pipelined body (every chunk's experts, the later dispatches' waits and decodes, the combines' starts); combine
+= waiting for the combines still in flight; unpermute. The transport is the plain pair over the library's own
+all-to-all (native), with the pair's rows: plain, dedup, fp8 and fp8-dedup pipeline, the others do not.
+Drops are refused (each chunk would get its own capacity).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from moebench.bench.layer import forward as layer
+from moebench.bench.layer.units import UNITS
+from moebench.collectives import plain
+from moebench.collectives import schedule as sched
+from moebench.collectives.native import ALGORITHM as NATIVE
+from moebench.kernels import routing_from_topk
+
+
+def check(cfg) -> None:
+    """ValueError (one line) for a configuration the pipeline cannot run."""
+    if cfg.pair.dispatch is not plain.dispatch or cfg.inner != "native":
+        raise ValueError(f"overlap {cfg.overlap_name} pipelines the library's non-blocking all-to-all: it runs the "
+                         f"plain, dedup, fp8 and fp8-dedup pairs over native, not {cfg.label}")  # fmt: skip
+    if cfg.capacity_factor is not None:
+        raise ValueError(f"overlap {cfg.overlap_name} runs dropless only (each chunk would get its own capacity)")
+
+
+def chunk_bounds(T: int, C: int) -> list[tuple[int, int]]:
+    """[(start, end)] of min(C, T) chunks of consecutive tokens, sizes differing by at most one (T = 0: one)."""
+    n = max(min(C, T), 1)
+    edges = [T * i // n for i in range(n + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _counted(comm, fn, into: list):
+    """fn() and the traffic it adds (intra + inter bytes) appended to `into`."""
+    before = comm.traffic.as_array()
+    out = fn()
+    into.append(int((comm.traffic.as_array() - before)[:2].sum()))
+    return out
+
+
+def forward_with(C: int):
+    """The pipeline's forward for C chunks (forward.run_layer's signature)."""
+
+    def run(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=None):
+        return forward(comm, x_TH, weights, cfg, mark, forced, info, first_id, C)
+
+    return run
+
+
+def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=None, C: int = 2):
+    """y_TH = MoE(x_TH) across all ranks, C chunks pipelined; `mark()` after each phase of forward.PHASES."""
+    P, pair, T, dtype = comm.world_size, cfg.pair, x_TH.shape[0], x_TH.dtype
+    codec, unit, world, k = pair.codec, UNITS[pair.unit], comm.world, cfg.preset.k
+    first_id = layer.first_token(comm, T) if first_id is None else first_id
+    bounds = chunk_bounds(T, C)
+    part = layer.rank_part(comm)
+    routings = [layer.gate(x_TH[a:b], weights, cfg, None if forced is None else tuple(f[a:b] for f in forced),
+                           first_id + a, part) for a, b in bounds]  # fmt: skip
+    mark()
+    payload_TW = codec.encode(x_TH)
+    mark()
+    permuted = [unit.permute(payload_TW[a:b], routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
+                for (a, b), routing in zip(bounds, routings)]  # fmt: skip
+    mark()
+    sent, back = [], []  # traffic of each dispatch wait / combine wait
+    send_PC = np.array([p.send_splits for p in permuted], dtype=np.int64).T  # [P, C]: rows to rank d in chunk c
+    recv_PC = _counted(comm, lambda: world.exchange_counts(send_PC), sent)  # [P, C]: rows from rank s in chunk c
+    splits = [(tuple(map(int, send_PC[:, c])), tuple(map(int, recv_PC[:, c]))) for c in range(len(bounds))]
+
+    def start_dispatch(c):
+        return world.ialltoallv(permuted[c].send_AW, *splits[c])
+
+    in_flight = start_dispatch(0)
+    mark()
+    shared_TH = layer.shared_forward(x_TH, weights)
+    mark()
+
+    def arrive(flight):
+        recv, wait = flight
+        _counted(comm, wait, sent)
+        payload_MW, meta = unit.unpack(recv, k)
+        return codec.decode(payload_MW, dtype, cfg.preset.H), meta
+
+    ready = arrive(in_flight)
+    mark()
+    combines, rows, active, stats = [], 0, 0, None
+    for c in range(len(bounds)):
+        nxt = start_dispatch(c + 1) if c + 1 < len(bounds) else None
+        x_MH, meta = ready
+        y_MH, stats, n_active = unit.run_experts(x_MH, meta, weights, cfg)
+        rows, active = rows + x_MH.shape[0], max(active, n_active)
+        combines.append(world.ialltoallv(y_MH.to(codec.combine_dtype(dtype)).contiguous(), *reversed(splits[c])))
+        if nxt is not None:
+            ready = arrive(nxt)
+    mark()
+    for _, wait in combines:
+        _counted(comm, wait, back)
+    mark()
+    parts = [unit.unpermute(out, p, b - a, dtype) for (out, _), p, (a, b) in zip(combines, permuted, bounds)]
+    y_TH = layer.add_shared(parts[0] if len(parts) == 1 else torch.cat(parts), shared_TH)
+    mark()
+    if info is not None:
+        info.dispatch_wire_bytes, info.combine_wire_bytes = sum(sent), sum(back)
+        info.recv_rows, info.stats, info.routing, info.permuted = rows, stats, _whole(routings), permuted[0]
+        info.active_experts = active  # the most of one chunk: a lower bound, chunks may use different experts
+        info.chunk_splits = [p.send_splits for p in permuted]
+    return y_TH
+
+
+def _whole(routings):
+    """The routing of the whole batch, for the row's load figures: the first chunk's when there is one chunk,
+    else a Routing rebuilt from every chunk's ids and weights (dropless)."""
+    if len(routings) == 1:
+        return routings[0]
+    ids = torch.cat([r.topk_ids_Tk for r in routings])
+    weights = torch.cat([r.topk_weights_Tk for r in routings])
+    return routing_from_topk(ids, weights, routings[0].num_experts, None, validate=False)
+
+
+def schedule(pair, inner, chunk_splits, out_bytes: int, back_bytes: int, topo, cap=None) -> list:
+    """One count exchange of C counts per peer, then each chunk's rows out and back through the library's
+    all-to-all-v (chunk_splits[c][s, d]: rows s sends d in chunk c); `inner` and `cap` play no part."""
+    P, C = topo.world_size, len(chunk_splits)
+    counts = sched.dense_exchange("chunk counts", np.full((P, P), C * sched.COUNT_BYTES, dtype=np.float64))
+    out = [ph for s in chunk_splits for ph in NATIVE.schedule(np.asarray(s), out_bytes, topo, plan=False)]
+    home = [ph for s in chunk_splits for ph in NATIVE.schedule(np.asarray(s), back_bytes, topo, backward=True)]
+    return [counts, *out, *home]
