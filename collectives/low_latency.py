@@ -6,7 +6,7 @@ inside the payload, one fixed-size all-to-all each way and no count exchange.
 Every rank reserves C rows for every peer, C agreed without communication: `cap_rows`, or by default the worst
 case, `max_rows_per_rank` (the most rows any rank sends: tokens per rank x k in the MoE layer, every row to one
 peer). Dispatch writes each peer's row count into K header rows ahead of its rows and sends P x (K + C) rows
-(the library's all-to-all with equal counts: MPI's Alltoall, a request the mpi backend keeps for the shape);
+(the library's all-to-all with equal counts: on the CPU an MPI-4 persistent Alltoall on buffers kept per shape);
 the receiver reads the counts from the headers. Combine needs no header: each rank knows what it received and
 what it sent, and sends P x C rows back. A peer chunk over the cap is a ValueError on the sending rank (one
 line), never a silent drop. The exchange is the library's own, so `ll` runs over `native` only.
@@ -71,24 +71,37 @@ def _count_slots(buf: torch.Tensor, P: int) -> torch.Tensor:
     return buf.reshape(P, -1).view(torch.uint8)[:, :COUNT_BYTES]
 
 
-_BUFFERS: dict = {}  # (group, rows, row bytes) -> a uint8 CPU send buffer reused call after call, and its numpy view
+_BUFFERS: dict = {}  # (group, peers, block rows, row bytes) -> _Exchange, reused call after call
 
 
-def _host_buffer(comm, peers: int, block_rows: int, row_nbytes: int) -> tuple[torch.Tensor, np.ndarray]:
-    """A reused uint8 [P * block rows, row bytes] CPU send buffer and its numpy view [P, block bytes]; the stale
-    rows past each peer's count are never read."""
+class _Exchange:
+    """One fixed shape's host buffers (send and receive, uint8 [P, block bytes]) and the backend's persistent
+    all-to-all over them (MPI Alltoall_init: each call is Start + Wait); stale rows past a peer's count are
+    never read."""
+
+    __slots__ = ("recv", "run", "send")
+
+    def __init__(self, comm, peers: int, block_rows: int, row_nbytes: int):
+        self.send = np.zeros((peers, block_rows * row_nbytes), np.uint8)
+        self.recv = np.zeros_like(self.send)
+        self.run = comm.world.persistent_alltoall(self.send, self.recv)
+
+
+def _host_exchange(comm, peers: int, block_rows: int, row_nbytes: int) -> _Exchange:
+    """The reused _Exchange of this shape (at most 8 shapes kept)."""
     key = (id(comm.world), peers, block_rows, row_nbytes)
     cached = _BUFFERS.get(key)
     if cached is None:
-        if len(_BUFFERS) >= 8:  # a few shapes repeat; each buffer is P x (K + C) rows
+        if len(_BUFFERS) >= 8:  # a few shapes repeat
             _BUFFERS.clear()
-        buf = torch.empty(peers * block_rows, row_nbytes, dtype=torch.uint8)
-        cached = _BUFFERS[key] = (buf, buf.numpy().reshape(peers, block_rows * row_nbytes))
+        cached = _BUFFERS[key] = _Exchange(comm, peers, block_rows, row_nbytes)
     return cached
 
 
 def _as_bytes(x: torch.Tensor) -> np.ndarray:
     """uint8 [rows, row bytes] numpy view of a CPU tensor of any dtype (a copy only if not contiguous)."""
+    if x.dtype == torch.uint8 and x.dim() == 2 and x.is_contiguous():  # the MoE layer's packed rows: a view
+        return x.numpy()
     if x.numel() == 0:
         return np.empty((x.shape[0], row_bytes(x)), np.uint8)
     a = x.numpy() if x.dtype in _NUMPY else x.contiguous().view(torch.uint8).numpy()
@@ -102,6 +115,8 @@ def _from_bytes(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """uint8 [M, row bytes] -> a tensor of like's dtype and trailing shape."""
     if rows.shape[0] == 0:
         return like.new_empty((0, *like.shape[1:]))
+    if like.dtype == torch.uint8 and like.dim() == 2:  # the MoE layer's packed rows: no views
+        return torch.from_numpy(rows)
     return torch.from_numpy(rows).view(like.dtype).view(rows.shape[0], *like.shape[1:])
 
 
@@ -123,24 +138,24 @@ def _fill(blocks: np.ndarray, rows: np.ndarray, splits, skip: int, rb: int) -> N
 
 
 def _host_dispatch(comm, send: torch.Tensor, splits, cap: int):
-    """The CPU path: numpy copies into a reused buffer (a few µs where torch ops cost ~5 each)."""
+    """The CPU path: numpy copies into reused buffers and a persistent all-to-all (a few µs where torch ops cost
+    ~5 each and a fresh all-to-all-v call ~5 of Python)."""
     P, rb = comm.world_size, row_bytes(send)
     send_b, K = _as_bytes(send), header_rows(rb)
-    buf, out_b = _host_buffer(comm, P, K + cap, rb)
-    _fill(out_b, send_b, splits, K, rb)
-    out_b[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
-    recv = comm.world.alltoallv(buf, (K + cap,) * P, (K + cap,) * P).numpy().reshape(P, -1)
-    counts = tuple(recv[:, :COUNT_BYTES].view(np.int64)[:, 0].tolist())
-    return _from_bytes(_gather(recv, counts, K, rb), send), counts
+    ex = _host_exchange(comm, P, K + cap, rb)
+    _fill(ex.send, send_b, splits, K, rb)
+    ex.send[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
+    ex.run()
+    counts = tuple(ex.recv[:, :COUNT_BYTES].view(np.int64)[:, 0].tolist())
+    return _from_bytes(_gather(ex.recv, counts, K, rb), send), counts
 
 
 def _host_combine(comm, processed: torch.Tensor, handle) -> torch.Tensor:
     P, cap, rb = comm.world_size, handle.cap, row_bytes(processed)
-    proc_b = _as_bytes(processed)
-    buf, out_b = _host_buffer(comm, P, cap, rb)
-    _fill(out_b, proc_b, handle.recv_splits, 0, rb)
-    back = comm.world.alltoallv(buf, (cap,) * P, (cap,) * P).numpy().reshape(P, -1)
-    return _from_bytes(_gather(back, handle.send_splits, 0, rb), processed)
+    ex = _host_exchange(comm, P, cap, rb)
+    _fill(ex.send, _as_bytes(processed), handle.recv_splits, 0, rb)
+    ex.run()
+    return _from_bytes(_gather(ex.recv, handle.send_splits, 0, rb), processed)
 
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_rows_per_rank: int | None = None,

@@ -113,6 +113,7 @@ class MpiGroup(Group):
         self._specs = SpecCache(traffic)
         self._counts: dict[tuple, _CountsSpec] = {}
         self._split_counts: _CountsSpec | None = None  # the [size] count exchange every plan makes
+        self._persistent: list = []  # persistent_alltoall's requests, freed with the group
 
     def exchange_counts(self, counts):
         """counts: a tuple of one count per member (the split counts: the fast path, returned as a tuple) or
@@ -203,6 +204,23 @@ class MpiGroup(Group):
             spin(spec.meter.spin_s)
         return recv
 
+    def persistent_alltoall(self, send: np.ndarray, recv: np.ndarray):
+        """A fixed-size all-to-all on two host buffers ([size, block] uint8, block d to / from member d) as an
+        MPI-4 persistent collective (Alltoall_init): a () -> None closure, Start + Wait and the traffic meter.
+        The buffers must stay alive as long as the closure (it holds them)."""
+        request = self.mpi.Alltoall_init(send, recv)
+        self._persistent.append(request)
+        meter = self.traffic.meter(*self.call_traffic(np.full(self.size, send.shape[1])))
+
+        def run(send=send, recv=recv):
+            request.Start()
+            request.Wait()
+            meter.calls += 1
+            if meter.spin_s:
+                spin(meter.spin_s)
+
+        return run
+
     def prepared_alltoallv(self, send, send_splits, recv_splits):
         """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""
         spec = _VectorSpec(self, send_splits, recv_splits, send)
@@ -218,6 +236,9 @@ class MpiGroup(Group):
         for spec in self._counts.values():
             spec.request.Free()
         self._counts.clear()
+        for request in self._persistent:
+            request.Free()
+        self._persistent.clear()
         self._split_counts = None
 
     def _sendrecv_peer(self, send, dest, recv, source):

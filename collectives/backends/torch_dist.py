@@ -110,6 +110,21 @@ class TorchGroup(Group):
 
         return recv, wait
 
+    def persistent_alltoall(self, send: np.ndarray, recv: np.ndarray):
+        """A fixed-size all-to-all on two host buffers ([size, block] uint8): a () -> None closure (torch has no
+        persistent collective: each call is an all_to_all_single on the same tensors)."""
+        send_t, recv_t = torch.from_numpy(send).view(-1), torch.from_numpy(recv).view(-1)
+        meter = self.traffic.meter(*self.call_traffic(np.full(self.size, send.shape[1])))
+        pg = self.pg
+
+        def run():
+            dist.all_to_all_single(recv_t, send_t, group=pg)
+            meter.calls += 1
+            if meter.spin_s:
+                spin(meter.spin_s)
+
+        return run
+
     def prepared_alltoallv(self, send, send_splits, recv_splits):
         """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""
         spec = self._spec(send_splits, recv_splits, row_bytes(send))
