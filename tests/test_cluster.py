@@ -135,7 +135,11 @@ def test_every_algorithm_correct_and_shaped_link_slower(tmp_path):
         "flat",
         "hierarchical",
         "native",
-        *(f"{pair}:{inner}" for pair in ("plain", "coordinated") for inner in ("flat", "hierarchical", "native")),
+        *(
+            f"{pair}:{inner}"
+            for pair in ("plain", "coordinated", "fp8")
+            for inner in ("flat", "hierarchical", "native")
+        ),
         "ll:native",  # ll and allgather run over the library's own exchange only
         "allgather:native",
     }
