@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # One thread per MPI rank (ranks busy-poll on 2 cores); the single-process kernel benchmark keeps torch's default.
 RANK_ENV := env OMP_NUM_THREADS=1
 
-.PHONY: install test lint bench bench-collectives bench-kernels bench-moe bench-balance report gpu-check clean
+.PHONY: install test lint bench bench-collectives bench-kernels bench-moe bench-balance bench-dispatch report gpu-check clean
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ test: install lint
 
 # The main job: every benchmark, quick, at 2 ranks (one per core: honest timing) and at 4 ranks
 # (2 per node, TP=2: the topology shapes and large-size ratios); results under results/<machine>/.
-bench: bench-collectives bench-kernels bench-moe bench-balance
+bench: bench-collectives bench-kernels bench-moe bench-balance bench-dispatch
 	$(MOEBENCH) report
 
 bench-collectives: install
@@ -49,6 +49,17 @@ bench-moe: install
 		--save --tag p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model mixtral-8x7b-tiny --batch 1,8,128,1024,4096 \
 		--ranks-per-node 2 --tp 2 --budget 0.5 --save --tag p4-g2-tp2
+
+# Dispatch variants: dedup and fp8 against plain at P=4 (k=8: deepseek-v3-tiny, qwen3-30b-a3b-tiny; bytes exact,
+# timings of 4 ranks on 2 cores), and at P=2 in bf16 (fp8's byte formula; ll against plain at batch <= 8).
+DISPATCH_ALGOS := native,dedup:native,fp8:native,fp8-dedup:native,hierarchical,dedup:hierarchical
+bench-dispatch: install
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model deepseek-v3-tiny --batch 16,256 --algos $(DISPATCH_ALGOS) \
+		--kernels dynamic --skew gate,uniform --ranks-per-node 2 -n 20 --budget 0.5 --save --tag dispatch-deepseek-p4
+	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model qwen3-30b-a3b-tiny --batch 16,256 --algos $(DISPATCH_ALGOS) \
+		--kernels dynamic --skew gate,uniform --ranks-per-node 2 -n 20 --budget 0.5 --save --tag dispatch-qwen-p4
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model mixtral-8x7b-tiny -d bfloat16 --batch 1,8,128 \
+		--algos native,ll:native,dedup:native,fp8:native,fp8-dedup:native --kernels dynamic --save --tag dispatch-bf16-p2
 
 # Load balance (exact, single process): placements on deepseek-v3-tiny dropless, routers at cf 1.0, Switch's
 # drop figure; then routers and placements timed in the layer (topk-switch / task; the hot-expert straggler).
@@ -99,6 +110,9 @@ bench-topology: install
 		--save --tag cluster-2x2
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1,8,128,1024 \
 		--tp 2 -n 5 -w 2 --save --tag cluster-2x2
+	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1024 \
+		--algos native,dedup:native,fp8:native --kernels dynamic --overlap none,chunks:2,chunks:4,dual \
+		--shared-experts 1 -n 10 -w 2 --save --tag overlap-cluster-2x2
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) calibrate --ranks-per-node 1 $(VALIDATE) --save --tag host-p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) calibrate --ranks-per-node 2 --tp 2 $(VALIDATE) --save --tag host-p4-g2
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) calibrate --backend torch --ranks-per-node 1 $(VALIDATE) \
