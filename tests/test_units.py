@@ -153,3 +153,12 @@ def test_overlap_modes_parse_and_refuse_in_one_line():
                       ("dual:3", "takes no value"), ("ring", "unknown overlap")):  # fmt: skip
         with pytest.raises(ValueError, match=says):
             parse_overlap(bad)
+
+
+def test_pipeline_sums_every_chunks_kernel_stats():
+    from moebench.kernels import KernelStats
+
+    parts = [KernelStats(4, 8, 3, 4, 0, 1, 100), KernelStats(4, 8, torch.tensor(5), 8, 1, 3, 300)]
+    total = pipeline._summed(parts)
+    assert (total.num_useful_rows, total.num_executed_rows, total.num_dropped, total.num_padded_rows) == (8, 12, 1, 4)
+    assert total.peak_extra_bytes == 300 and total.useful_flops == sum(p.useful_flops for p in parts)

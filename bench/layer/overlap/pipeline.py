@@ -31,7 +31,7 @@ from moebench.bench.layer.units import UNITS
 from moebench.collectives import plain
 from moebench.collectives import schedule as sched
 from moebench.collectives.native import ALGORITHM as NATIVE
-from moebench.kernels import routing_from_topk
+from moebench.kernels import KernelStats, routing_from_topk
 
 
 def check(cfg) -> None:
@@ -103,11 +103,12 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
 
     ready = arrive(in_flight)
     mark()
-    combines, rows, active, stats = [], 0, 0, None
+    combines, rows, active, stats = [], 0, 0, []
     for c in range(len(bounds)):
         nxt = start_dispatch(c + 1) if c + 1 < len(bounds) else None
         x_MH, meta = ready
-        y_MH, stats, n_active = unit.run_experts(x_MH, meta, weights, cfg)
+        y_MH, chunk_stats, n_active = unit.run_experts(x_MH, meta, weights, cfg)
+        stats.append(chunk_stats)
         rows, active = rows + x_MH.shape[0], max(active, n_active)
         combines.append(world.ialltoallv(y_MH.to(codec.combine_dtype(dtype)).contiguous(), *reversed(splits[c])))
         if nxt is not None:
@@ -121,10 +122,18 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
     mark()
     if info is not None:
         info.dispatch_wire_bytes, info.combine_wire_bytes = sum(sent), sum(back)
-        info.recv_rows, info.stats, info.routing, info.permuted = rows, stats, _whole(routings), permuted[0]
+        info.recv_rows, info.stats, info.routing, info.permuted = rows, _summed(stats), _whole(routings), permuted[0]
         info.active_experts = active  # the most of one chunk: a lower bound, chunks may use different experts
         info.chunk_splits = [p.send_splits for p in permuted]
     return y_TH
+
+
+def _summed(stats: list) -> KernelStats:
+    """One KernelStats for every chunk's kernel call: rows added up, the largest peak."""
+    first = stats[0]
+    total = {f: sum(int(getattr(s, f)) for s in stats) for f in ("num_useful_rows", "num_executed_rows",
+                                                                  "num_dropped", "num_padded_rows")}  # fmt: skip
+    return KernelStats(first.hidden, first.ffn, **total, peak_extra_bytes=max(s.peak_extra_bytes for s in stats))
 
 
 def _whole(routings):
