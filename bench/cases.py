@@ -14,10 +14,12 @@ import numpy as np
 import torch
 
 from moebench.bench.layer.skews import Skew, sample_topk
+from moebench.bench.layer.units import UNITS
 from moebench.bench.timing import Case
 from moebench.bench.units import algbw_gbs, busbw_gbs
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.collectives.schedule import traffic
+from moebench.kernels import routing_from_topk
 
 EXPERTS_PER_RANK = 8  # for a skewed split matrix: rows routed (top-1) over P * 8 experts
 
@@ -181,8 +183,8 @@ def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits, max_rows:
 def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dtype, seed: int, check: bool = True):
     """`<pair>:<inner>` dispatch + combine round trips on rows duplicated across each TP group (as after a TP
     block), each checked (out == send, or within the pair's codec tolerance) and traffic-counted, with its
-    dispatch's wire bytes. Pairs whose rows are tokens with their experts (unit "token": dedup) need a routing
-    and run in the moe benchmark instead. Returns (cases, logical bytes)."""
+    dispatch's wire bytes; pairs whose rows are tokens (unit "token": dedup) by token_roundtrip_cases, on the
+    same S bytes of (token, expert) rows. Returns (cases, logical bytes)."""
     P, me, L = comm.world_size, comm.rank, comm.tp.size
     R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
     splits = split_matrix(R, P, skew, seed)
@@ -193,7 +195,9 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
     logical = 2 * int(splits.sum(axis=1).max()) * H * send.element_size()
     max_rows = int(splits[leaders].sum(axis=1).max())
     cases = []
+    token_pairs = [name for name in pairs if DISPATCH_COMBINE[name].unit == "token"]
     for inner in inners:
+        cases += token_roundtrip_cases(comm, token_pairs, inner, size, skew, hidden, dtype, seed, check)
         for name in pairs:
             pair = DISPATCH_COMBINE[name]
             if not pair.runs_over(inner) or pair.unit != "assignment":
@@ -212,3 +216,59 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
             row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
             cases.append(case)
     return cases, logical
+
+
+TOKEN_TOPK = 2  # experts per token in the token-unit round trips (mixtral's k)
+
+
+def token_roundtrip_cases(comm, names, inner: str, size: int, skew: Skew, hidden: int, dtype, seed: int,
+                          check: bool = True) -> list[Case]:  # fmt: skip
+    """`<pair>:<inner>` round trips of the token-unit pairs (dedup, fp8-dedup) on the S bytes of (token, expert)
+    rows the plain round trip moves: T = R / k tokens (duplicated in each TP group), k = TOKEN_TOPK distinct
+    experts each, drawn from the skew over P * 8 experts (8 per rank), grouped into one row per token and
+    destination rank by the pair's unit, as the MoE layer's permute does (before the timed call). Timed: the
+    rows' encoding (fp8-dedup; as the assignment pairs' round trips), the dispatch, the receiver's unpack and
+    decode, and the combine of what it decoded (identity experts); row r of
+    the result must be its token (exactly, or within the codec's tolerance), and the counted bytes must equal
+    the pair's schedule."""
+    P, me, L, k = comm.world_size, comm.rank, comm.tp.size, TOKEN_TOPK
+    R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
+    T, E, leader = max(R // k, 1), P * EXPERTS_PER_RANK, me // L * L
+    x_TH = rank_rows(leader, T, H, dtype, seed).to(comm.device)
+    ids_Tk, weights_Tk = sample_topk(skew, T, E, k, seed=seed * 1000 + leader)
+    routing = routing_from_topk(ids_Tk.to(comm.device), weights_Tk.to(comm.device), E, None, validate=False)
+    cases = []
+    for name in names:
+        pair = DISPATCH_COMBINE[name]
+        if not pair.runs_over(inner):
+            continue
+        unit, codec = UNITS[pair.unit], pair.codec
+        permuted = unit.permute(codec.encode(x_TH), routing, P, EXPERTS_PER_RANK)
+        token_R = torch.as_tensor(permuted.token_A, dtype=torch.int64).cpu()
+        max_rows = int(max(comm.allgather_object(permuted.send_AW.shape[0])))
+        header_RW = permuted.send_AW[:, codec.payload_bytes(H, x_TH.element_size()) :]
+        x_RH = x_TH[token_R.to(comm.device)]
+
+        def fn(pair=pair, unit=unit, codec=codec, permuted=permuted, max_rows=max_rows, header_RW=header_RW,
+               x_RH=x_RH):  # fmt: skip
+            # an encoding is part of the round trip, as in the assignment pairs' (each row encoded, then sent)
+            send = permuted.send_AW if codec.exact else torch.cat([codec.encode(x_RH), header_RW], dim=1)
+            recv, _, handle = pair.dispatch(comm, send, permuted.send_splits, inner=inner, max_rows_per_rank=max_rows)
+            payload_MW, _ = unit.unpack(recv, k)
+            y_MH = codec.decode(payload_MW, dtype, H).to(codec.combine_dtype(dtype))
+            return pair.combine(comm, y_MH, handle).to(dtype)
+
+        comm.traffic.reset()
+        pair.dispatch(comm, permuted.send_AW, permuted.send_splits, inner=inner, max_rows_per_rank=max_rows)
+        dispatch_bytes = comm.allreduce_max(comm.traffic.as_array())
+        splits = np.array(comm.allgather_object(list(permuted.send_splits)), dtype=np.int64)
+        out_bytes, back_bytes = pair.wire_row_bytes(H, dtype, unit.header_bytes(k))
+        schedule = pair.schedule(ALGORITHMS[inner], splits, out_bytes, comm.topology, back_bytes, max_rows)
+        want_RH = x_TH.cpu()[token_R]
+        tolerance = None if codec.exact else codec.tolerance(x_TH).cpu()[token_R]
+        row = {"algo": f"{name}:{inner}", "pair": name, "inner": inner, "size": size, "tokens": T, "topk": k}
+        check_fn = check and (lambda out, w=want_RH, t=tolerance: count_wrong(out, w, t))
+        case = checked_case(comm, row, fn, check_fn, schedule)
+        row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
+        cases.append(case)
+    return cases

@@ -274,25 +274,19 @@ def add_placements(p, default) -> None:
                    help="R: redundant experts of the replicating placements (eplb, hierarchical)")  # fmt: skip
 
 
-def row_pairs() -> dict:
-    """The pairs a round trip over synthetic rows can run: those whose rows are (token, expert) assignments. A
-    token-unit pair (dedup, fp8-dedup) needs a routing: the moe benchmark measures it."""
+def add_pairs(p) -> None:
+    """--pairs: the dispatch/combine round trips of an all-to-all sweep (DISPATCH_COMBINE; none: no round trips)."""
     from moebench.collectives import DISPATCH_COMBINE
 
-    return {name: pair for name, pair in DISPATCH_COMBINE.items() if pair.unit == "assignment"}
-
-
-def add_pairs(p) -> None:
-    """--pairs: the dispatch/combine round trips of an all-to-all sweep (row_pairs(); none: no round trips)."""
-    pairs = row_pairs()
-    add_names(p, "--pairs", pairs, pairs, "dispatch/combine pairs (none: no round trips; dedup and fp8-dedup "
-              "need a routing: see moe)")  # fmt: skip
+    add_names(p, "--pairs", DISPATCH_COMBINE, DISPATCH_COMBINE, "dispatch/combine pairs (none: no round trips)")
 
 
 def selected_pairs(args) -> list[str]:
+    from moebench.collectives import DISPATCH_COMBINE
+
     if args.pairs == ["none"]:
         return []
-    check_names(args.pairs, row_pairs(), "dispatch/combine pair")
+    check_names(args.pairs, DISPATCH_COMBINE, "dispatch/combine pair")
     return args.pairs
 
 

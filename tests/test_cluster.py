@@ -137,7 +137,7 @@ def test_every_algorithm_correct_and_shaped_link_slower(tmp_path):
         "native",
         *(
             f"{pair}:{inner}"
-            for pair in ("plain", "coordinated", "fp8")
+            for pair in ("plain", "coordinated", "fp8", "dedup", "fp8-dedup")
             for inner in ("flat", "hierarchical", "native")
         ),
         "ll:native",  # ll and allgather run over the library's own exchange only

@@ -45,7 +45,7 @@ BAD_CLI = [
     (["-e", "4T"], "not a size"),
     (["-b", "1K", "-e", "512G"], "too large for memory"),
     (["--skew", "zipf:-1"], "argument --skew: 'zipf:-1'; expected uniform, zipf:S"),
-    (["--pairs", "dedup"], "unknown dispatch/combine pair dedup"),
+    (["--pairs", "dedupe"], "unknown dispatch/combine pair dedupe"),
     (["-b", "1M", "-e", "1K"], "need 1 <= -b <= -e"),
 ]
 
