@@ -162,7 +162,9 @@ CAPTION = (
     "`tie` when the p20-p80 intervals overlap; host-copy frac = algbw / host-copy algbw (a memcpy of S bytes on "
     "every rank at once); <pair>:<inner> = dispatch + combine round trip (its bytes count both directions); "
     "vs plain = plain:<inner> time / time; "
-    "dispatch vol = its dispatch wire bytes / plain's."
+    "dispatch vol = its dispatch wire bytes / plain's; fp8 rows include their quantize and dequantize; dedup and "
+    "fp8-dedup move the same (token, expert) rows as S / (2 x row) tokens with 2 experts each, one row per token "
+    "and destination rank (grouped before the timed call)."
 )
 
 
