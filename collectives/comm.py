@@ -46,6 +46,12 @@ class Meter:
     def __init__(self, delta: np.ndarray, spin_s: float):
         self.delta, self.spin_s, self.calls = delta, spin_s, 0
 
+    def count(self) -> None:
+        """One call done: count it and pay the emulated inter-node latency (the hottest paths inline this)."""
+        self.calls += 1
+        if self.spin_s:
+            spin(self.spin_s)
+
 
 class Traffic:
     """Bytes and messages this rank sent to other ranks, per link class: [intra B, inter B, intra msgs, inter

@@ -176,9 +176,7 @@ class MpiGroup(Group):
 
         def wait(request=request, send=send):
             request.Wait()
-            meter.calls += 1
-            if meter.spin_s:
-                spin(meter.spin_s)
+            meter.count()
 
         return recv, wait
 
@@ -215,9 +213,7 @@ class MpiGroup(Group):
         def run(send=send, recv=recv):
             request.Start()
             request.Wait()
-            meter.calls += 1
-            if meter.spin_s:
-                spin(meter.spin_s)
+            meter.count()
 
         return run
 

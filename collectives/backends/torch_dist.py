@@ -104,9 +104,7 @@ class TorchGroup(Group):
 
         def wait(work=work, send=send):
             work.wait()
-            meter.calls += 1
-            if meter.spin_s:
-                spin(meter.spin_s)
+            meter.count()
 
         return recv, wait
 
@@ -119,9 +117,7 @@ class TorchGroup(Group):
 
         def run():
             dist.all_to_all_single(recv_t, send_t, group=pg)
-            meter.calls += 1
-            if meter.spin_s:
-                spin(meter.spin_s)
+            meter.count()
 
         return run
 
