@@ -26,7 +26,9 @@ class Codec:
     """encode(x[T, H]) -> uint8 [T, payload_bytes(H, elem)]; decode(payload[M, Wp], dtype, H) -> [M, H];
     combine_dtype(dtype): the dtype combine rows travel in; rel_error_bound: the relative error (2-norm) the
     encoding may add to the layer's output, stated by the codec (0: exact); tolerance(x[T, H]) -> [T, H]: the
-    most each element may move on a dispatch + combine round trip (None: not at all)."""
+    most each element may move on a dispatch + combine round trip (None: not at all); reference(x): the values
+    a correct encode + decode yields, computed without the codec's byte layout (the MoE check runs the float64
+    reference on them and allows only combine_error_bound more)."""
 
     name: str
     encode: Callable
@@ -35,6 +37,8 @@ class Codec:
     combine_dtype: Callable = lambda dtype: dtype
     rel_error_bound: float = 0.0
     tolerance: Callable | None = None
+    reference: Callable | None = None  # x[T, H] -> the values decode must give, computed apart from encode/decode
+    combine_error_bound: float = 0.0  # the relative error (2-norm) combine_dtype adds to the layer's output
 
     @property
     def exact(self) -> bool:
@@ -51,7 +55,7 @@ def raw_encode(x_TH: torch.Tensor) -> torch.Tensor:
     """x [T, H] -> its bytes [T, H * element bytes] (a view; numpy's on the CPU: ~1 µs against ~5 for torch's)."""
     if x_TH.device.type == "cpu" and x_TH.dtype in NUMPY_DTYPES:
         return from_numpy(x_TH.contiguous().numpy().view(np.uint8))
-    return x_TH.contiguous().view(torch.uint8).view(x_TH.shape[0], -1)
+    return x_TH.contiguous().view(torch.uint8).reshape(x_TH.shape[0], x_TH.shape[1] * x_TH.element_size())
 
 
 def raw_decode(payload_MW: torch.Tensor, dtype, H: int) -> torch.Tensor:

@@ -71,7 +71,7 @@ def _count_slots(buf: torch.Tensor, P: int) -> torch.Tensor:
     return buf.reshape(P, -1).view(torch.uint8)[:, :COUNT_BYTES]
 
 
-_BUFFERS: dict = {}  # (group, peers, block rows, row bytes) -> _Exchange, reused call after call
+MAX_SHAPES = 8  # fixed-size exchanges kept per group (a few shapes repeat; each holds P x (K + C) rows twice)
 
 
 class _Exchange:
@@ -79,22 +79,26 @@ class _Exchange:
     all-to-all over them (MPI Alltoall_init: each call is Start + Wait); stale rows past a peer's count are
     never read."""
 
-    __slots__ = ("recv", "run", "send")
+    __slots__ = ("recv", "release", "run", "send")
 
     def __init__(self, comm, peers: int, block_rows: int, row_nbytes: int):
         self.send = np.zeros((peers, block_rows * row_nbytes), np.uint8)
         self.recv = np.zeros_like(self.send)
-        self.run = comm.world.persistent_alltoall(self.send, self.recv)
+        self.run, self.release = comm.world.persistent_alltoall(self.send, self.recv)
 
 
 def _host_exchange(comm, peers: int, block_rows: int, row_nbytes: int) -> _Exchange:
-    """The reused _Exchange of this shape (at most 8 shapes kept)."""
-    key = (id(comm.world), peers, block_rows, row_nbytes)
-    cached = _BUFFERS.get(key)
+    """The reused _Exchange of this shape, kept on the communicator's world group (it lives and dies with it);
+    past MAX_SHAPES shapes the old ones are released."""
+    cache = comm.world.__dict__.setdefault("_ll_exchanges", {})
+    key = (peers, block_rows, row_nbytes)
+    cached = cache.get(key)
     if cached is None:
-        if len(_BUFFERS) >= 8:  # a few shapes repeat
-            _BUFFERS.clear()
-        cached = _BUFFERS[key] = _Exchange(comm, peers, block_rows, row_nbytes)
+        if len(cache) >= MAX_SHAPES:
+            for old in cache.values():
+                old.release()
+            cache.clear()
+        cached = cache[key] = _Exchange(comm, peers, block_rows, row_nbytes)
     return cached
 
 

@@ -56,9 +56,14 @@ def check(comm, impl: str) -> int:
                         layer = moe.LayerConfig(preset, pair, inner, kernel, kernel_impl, cf, max_rows=T * preset.k)
                         y = moe.forward(comm, x_TH, weights, layer, lambda: None, forced)
                         err = rel_error(y, ref)
-                        # fp8 rows: within the codec's stated bound, and not exact (the rows were quantized)
-                        bound = 1e-5 + layer.pair.codec.rel_error_bound
-                        if not err <= bound or (layer.pair.codec.name == "fp8" and not err > 1e-5):
+                        codec = layer.pair.codec
+                        if not codec.exact:  # fp8: tight against the reference on the e4m3-rounded inputs
+                            ref_q = moe.reference_forward(
+                                x_TH, preset, cf, 3, forced, expert_input=codec.reference(x_TH)
+                            )
+                            err = rel_error(y, ref_q) if rel_error(y, ref) > 1e-5 else 1.0  # really quantized
+                        bound = 1e-5 + codec.combine_error_bound
+                        if not err <= bound:
                             failures += 1
                             where = f"{preset.name} T={T} {name} cf={cf} {layer.label}+{kernel}"
                             print(f"rank {comm.rank}: {where}: {err:.2e}")
@@ -89,8 +94,12 @@ def check_overlap(comm, impl: str) -> int:
                         layer = moe.LayerConfig(MICRO, pair, "native", "dynamic", impl, None,
                                                 overlap=parse_overlap(mode))  # fmt: skip
                         y = moe.run_layer(comm, x_TH, weights, layer, lambda: None, forced)
-                        err = rel_error(y, ref)
-                        if not err <= 1e-5 + layer.pair.codec.rel_error_bound:
+                        codec = layer.pair.codec
+                        if not codec.exact:  # tight, against the reference on the e4m3-rounded inputs
+                            ref_used = moe.reference_forward(x_TH, MICRO, None, 3, forced, shared=shared,
+                                                             expert_input=codec.reference(x_TH))  # fmt: skip
+                        err = rel_error(y, ref if codec.exact else ref_used)
+                        if not err <= 1e-5 + codec.combine_error_bound:
                             failures += 1
                             print(f"rank {comm.rank}: shared={shared} T={T} {name} {mode} {pair}: {err:.2e}")
     return failures

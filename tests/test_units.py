@@ -137,7 +137,30 @@ def test_fp8_layer_error_is_real_and_within_its_bound(pair_name):
     y, _ = loopback(pair_name, preset, P, x_TH, forced)
     ref = moe.reference_forward(x_TH, preset, None, 3, forced)
     err = float(torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref))
-    assert 1e-4 < err <= DISPATCH_COMBINE[pair_name].codec.rel_error_bound
+    codec = DISPATCH_COMBINE[pair_name].codec
+    assert 1e-4 < err <= codec.rel_error_bound
+    ref_q = moe.reference_forward(x_TH, preset, None, 3, forced, expert_input=codec.reference(x_TH))  # torch's e4m3
+    err_q = float(torch.linalg.vector_norm(y.double() - ref_q) / torch.linalg.vector_norm(ref_q))
+    assert err_q <= 1e-5 + codec.combine_error_bound  # only the bf16 combine is left: 2^-8
+
+
+def test_fp8_layer_check_catches_a_coarser_quantizer(monkeypatch):
+    """A quantizer keeping 2 mantissa bits (e5m2-grade) stays inside the loose bound but fails the tight one."""
+    T, P, preset = 64, 2, WIDE
+    x_TH = make_tokens(T, preset.H, seed=4)
+    forced = draw(T, preset, P, "random", seed=4)
+    codec = DISPATCH_COMBINE["fp8"].codec
+    e5m2 = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e5m2).float()
+    monkeypatch.setattr(fp8, "FP8", torch.float8_e5m2)  # encode and decode both e5m2: consistent, but coarser
+    monkeypatch.setattr(fp8, "_VALUES", e5m2)
+    y, _ = loopback("fp8", preset, P, x_TH, forced)
+    monkeypatch.undo()
+    ref = moe.reference_forward(x_TH, preset, None, 3, forced)
+    err = float(torch.linalg.vector_norm(y.double() - ref) / torch.linalg.vector_norm(ref))
+    assert err <= codec.rel_error_bound  # the loose bound alone would pass it
+    ref_q = moe.reference_forward(x_TH, preset, None, 3, forced, expert_input=codec.reference(x_TH))
+    err_q = float(torch.linalg.vector_norm(y.double() - ref_q) / torch.linalg.vector_norm(ref_q))
+    assert err_q > 1e-5 + codec.combine_error_bound
 
 
 @pytest.mark.parametrize(("T", "C", "want"), [(5, 3, [(0, 1), (1, 3), (3, 5)]), (1, 4, [(0, 1)]), (0, 2, [(0, 0)]),
@@ -162,3 +185,11 @@ def test_pipeline_sums_every_chunks_kernel_stats():
     total = pipeline._summed(parts)
     assert (total.num_useful_rows, total.num_executed_rows, total.num_dropped, total.num_padded_rows) == (8, 12, 1, 4)
     assert total.peak_extra_bytes == 300 and total.useful_flops == sum(p.useful_flops for p in parts)
+
+
+@pytest.mark.parametrize("pair_name", ["plain", "dedup", "fp8", "fp8-dedup"])
+def test_a_rank_with_no_tokens(pair_name):
+    x_TH = make_tokens(0, MICRO.H)
+    forced = (torch.zeros(0, MICRO.k, dtype=torch.int64), torch.zeros(0, MICRO.k))
+    y, permuted = loopback(pair_name, MICRO, 2, x_TH, forced)
+    assert y.shape == (0, MICRO.H) and y.dtype == torch.float32 and permuted.send_splits == (0, 0)

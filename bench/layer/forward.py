@@ -267,17 +267,20 @@ def first_token(comm, T: int) -> int:
 
 
 def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=None, router=None, first_id: int = 0,
-                      part: tuple = (0, 1), shared: int = 0):  # fmt: skip
+                      part: tuple = (0, 1), shared: int = 0, expert_input=None):  # fmt: skip
     """The whole layer in one process: the same gate (or router, with token ids first_id..), then a float64
     per-token loop over all E experts (+ the shared experts, float64). A placement changes where an expert runs,
-    not what it computes.
+    not what it computes. expert_input: what the routed experts see instead of x (a codec's decoded values: the
+    gate and the shared experts still see x).
 
     Weights are the layer's own (same seed and dtype), so only the expert arithmetic differs."""
     x_TH = x_TH.cpu()
     full = make_weights(preset, x_TH.dtype, "cpu", seed, shared=shared)
     cfg = LayerConfig(preset, "plain", "flat", "loop", capacity_factor=capacity_factor, router=router)
     forced = None if forced is None else tuple(f.cpu() for f in forced)
-    y_TH = reference.moe_experts(x_TH, gate(x_TH, full, cfg, forced, first_id, part), *full.experts)
+    routing = gate(x_TH, full, cfg, forced, first_id, part)
+    x_experts = x_TH if expert_input is None else expert_input.cpu()
+    y_TH = reference.moe_experts(x_experts, routing, *full.experts)
     if full.shared is None:
         return y_TH
     w_gate, w_up, w_down = (w.double() for w in full.shared)

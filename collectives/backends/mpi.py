@@ -204,10 +204,16 @@ class MpiGroup(Group):
 
     def persistent_alltoall(self, send: np.ndarray, recv: np.ndarray):
         """A fixed-size all-to-all on two host buffers ([size, block] uint8, block d to / from member d) as an
-        MPI-4 persistent collective (Alltoall_init): a () -> None closure, Start + Wait and the traffic meter.
-        The buffers must stay alive as long as the closure (it holds them)."""
+        MPI-4 persistent collective (Alltoall_init): (run, release); run() = Start + Wait and the traffic meter,
+        release() frees the request (and with it MPI's hold on the buffers); the group frees what is left."""
         request = self.mpi.Alltoall_init(send, recv)
         self._persistent.append(request)
+
+        def release():
+            if request in self._persistent:
+                self._persistent.remove(request)
+                request.Free()
+
         meter = self.traffic.meter(*self.call_traffic(np.full(self.size, send.shape[1])))
 
         def run(send=send, recv=recv):
@@ -215,7 +221,7 @@ class MpiGroup(Group):
             request.Wait()
             meter.count()
 
-        return run
+        return run, release
 
     def prepared_alltoallv(self, send, send_splits, recv_splits):
         """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""

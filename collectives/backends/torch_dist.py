@@ -109,8 +109,8 @@ class TorchGroup(Group):
         return recv, wait
 
     def persistent_alltoall(self, send: np.ndarray, recv: np.ndarray):
-        """A fixed-size all-to-all on two host buffers ([size, block] uint8): a () -> None closure (torch has no
-        persistent collective: each call is an all_to_all_single on the same tensors)."""
+        """A fixed-size all-to-all on two host buffers ([size, block] uint8): (run, release) (torch has no
+        persistent collective: each run is an all_to_all_single on the same tensors; release has nothing to do)."""
         send_t, recv_t = torch.from_numpy(send).view(-1), torch.from_numpy(recv).view(-1)
         meter = self.traffic.meter(*self.call_traffic(np.full(self.size, send.shape[1])))
         pg = self.pg
@@ -119,7 +119,7 @@ class TorchGroup(Group):
             dist.all_to_all_single(recv_t, send_t, group=pg)
             meter.count()
 
-        return run
+        return run, lambda: None
 
     def prepared_alltoallv(self, send, send_splits, recv_splits):
         """The library call alone, every argument built beforehand: a () -> None closure (the `floor` row)."""

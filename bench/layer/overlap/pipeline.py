@@ -16,7 +16,8 @@ of chunk 0; shared = the shared experts; dequantize = waiting for chunk 0 and de
 pipelined body (every chunk's experts, the later dispatches' waits and decodes, the combines' starts); combine
 = waiting for the combines still in flight; unpermute. The transport is the plain pair over the library's own
 all-to-all (native), with the pair's rows: plain, dedup, fp8 and fp8-dedup pipeline, the others do not.
-Drops are refused (each chunk would get its own capacity).
+Drops are refused (each chunk would get its own capacity). Every rank must cut the same number of chunks (the
+count exchange and the all-to-alls are collective): equal batches, or batches of at least C tokens everywhere.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
     recv_PC = _counted(comm, lambda: world.exchange_counts(send_PC), sent)  # [P, C]: rows from rank s in chunk c
     splits = [(tuple(map(int, send_PC[:, c])), tuple(map(int, recv_PC[:, c]))) for c in range(len(bounds))]
 
-    def start_dispatch(c):
-        return world.ialltoallv(permuted[c].send_AW, *splits[c])
+    def start_dispatch(c):  # counted too: a backend without non-blocking calls moves (and meters) at the start
+        return _counted(comm, lambda: world.ialltoallv(permuted[c].send_AW, *splits[c]), sent)
 
     in_flight = start_dispatch(0)
     mark()
@@ -110,7 +111,8 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
         y_MH, chunk_stats, n_active = unit.run_experts(x_MH, meta, weights, cfg)
         stats.append(chunk_stats)
         rows, active = rows + x_MH.shape[0], max(active, n_active)
-        combines.append(world.ialltoallv(y_MH.to(codec.combine_dtype(dtype)).contiguous(), *reversed(splits[c])))
+        back_rows = y_MH.to(codec.combine_dtype(dtype)).contiguous()
+        combines.append(_counted(comm, lambda rows=back_rows, c=c: world.ialltoallv(rows, *reversed(splits[c])), back))
         if nxt is not None:
             ready = arrive(nxt)
     mark()

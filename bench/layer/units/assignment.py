@@ -139,7 +139,8 @@ def unpermute(out_AH, permuted: Permuted, T: int, dtype) -> torch.Tensor:
         y = from_numpy(y_TH)
         return y if dtype == torch.float32 else y.to(dtype)
     device = out_AH.device
-    token_A, weight_A = (torch.as_tensor(v, device=device) for v in (permuted.token_A, permuted.weight_A))
+    token_A = torch.as_tensor(permuted.token_A, dtype=torch.int64, device=device)
+    weight_A = torch.as_tensor(permuted.weight_A, dtype=torch.float32, device=device)
     y_TH = torch.zeros(T, out_AH.shape[1], dtype=torch.float32, device=device)
     rows_AH = out_AH.float() if out_AH.dtype != torch.float32 else out_AH
     y_TH.index_add_(0, token_A, rows_AH * weight_A[:, None].float())
