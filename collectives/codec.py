@@ -23,7 +23,8 @@ NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.uint
 
 @dataclass(frozen=True)
 class Codec:
-    """encode(x[T, H]) -> uint8 [T, payload_bytes(H, elem)]; decode(payload[M, Wp], dtype, H) -> [M, H];
+    """encode(x[T, H]) -> uint8 [T, payload_bytes(H, elem)]; decode(payload[M, Wp], dtype, H) -> [M, H] (payload:
+    a uint8 tensor, or a numpy array where a unit's host path unpacked the rows);
     combine_dtype(dtype): the dtype combine rows travel in; rel_error_bound: the relative error (2-norm) the
     encoding may add to the layer's output, stated by the codec (0: exact); tolerance(x[T, H]) -> [T, H]: the
     most each element may move on a dispatch + combine round trip (None: not at all); reference(x): the values
@@ -54,12 +55,17 @@ def packed(t: torch.Tensor) -> torch.Tensor:
 def raw_encode(x_TH: torch.Tensor) -> torch.Tensor:
     """x [T, H] -> its bytes [T, H * element bytes] (a view; numpy's on the CPU: ~1 µs against ~5 for torch's)."""
     if x_TH.device.type == "cpu" and x_TH.dtype in NUMPY_DTYPES:
-        return from_numpy(x_TH.contiguous().numpy().view(np.uint8))
+        return from_numpy((x_TH if x_TH.is_contiguous() else x_TH.contiguous()).numpy().view(np.uint8))
     return x_TH.contiguous().view(torch.uint8).reshape(x_TH.shape[0], x_TH.shape[1] * x_TH.element_size())
 
 
-def raw_decode(payload_MW: torch.Tensor, dtype, H: int) -> torch.Tensor:
-    """bytes [M, H * element bytes] (possibly a strided slice of wider rows) -> x [M, H] in dtype (one copy)."""
+def raw_decode(payload_MW, dtype, H: int) -> torch.Tensor:
+    """bytes [M, H * element bytes] (a tensor, or for a small CPU batch a numpy array; possibly a strided slice of
+    wider rows) -> x [M, H] in dtype (one copy)."""
+    if isinstance(payload_MW, np.ndarray):
+        if dtype in NUMPY_DTYPES:
+            return from_numpy(np.ascontiguousarray(payload_MW).view(NUMPY_DTYPES[dtype]))
+        payload_MW = from_numpy(np.ascontiguousarray(payload_MW))
     if payload_MW.device.type == "cpu" and dtype in NUMPY_DTYPES:
         return from_numpy(np.ascontiguousarray(payload_MW.numpy()).view(NUMPY_DTYPES[dtype]))
     return packed(payload_MW).view(dtype)

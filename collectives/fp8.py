@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from moebench.collectives import dedup, plain
 from moebench.collectives.codec import Codec, packed
+from moebench.collectives.comm import from_numpy
 from moebench.collectives.exchange import DispatchCombine
 
 BLOCK = 128  # channels per scale
@@ -72,6 +74,8 @@ def encode(x_TH: torch.Tensor) -> torch.Tensor:
 
 def decode(payload_MW: torch.Tensor, dtype, H: int) -> torch.Tensor:
     """uint8 [M, H + 4B] (possibly a strided slice of wider rows) -> [M, H] in dtype: values x their block scale."""
+    if isinstance(payload_MW, np.ndarray):  # a unit's host path
+        payload_MW = from_numpy(np.ascontiguousarray(payload_MW))
     M, B = payload_MW.shape[0], scale_blocks(H)
     scale_MB = packed(payload_MW[:, H:]).view(torch.float32).view(M, B)
     values = _VALUES.to(payload_MW.device).index_select(0, payload_MW[:, :H].reshape(-1).int()).view(M, H)

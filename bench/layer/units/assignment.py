@@ -115,10 +115,11 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
 
 
 def unpack(recv_MW: torch.Tensor, k: int):
-    """Rows [M, W] -> (payload [M, Wp] (a view), local expert ids [M]: a list for a small CPU batch)."""
-    if recv_MW.device.type == "cpu" and recv_MW.shape[0] <= HOST_ROWS:
-        ids = recv_MW.numpy()[:, -ID_BYTES:].copy().view(np.int64).reshape(-1).tolist()
-        return recv_MW[:, :-ID_BYTES], ids
+    """Rows [M, W] -> (payload [M, Wp] (a view; numpy for a small CPU batch), local expert ids [M]: a list for a
+    small CPU batch)."""
+    if recv_MW.device.type == "cpu" and recv_MW.shape[0] <= HOST_ROWS:  # numpy views: ~1 µs against ~3 for torch's
+        recv = recv_MW.numpy()
+        return recv[:, :-ID_BYTES], recv[:, -ID_BYTES:].copy().view(np.int64).reshape(-1).tolist()
     return recv_MW[:, :-ID_BYTES], packed(recv_MW[:, -ID_BYTES:]).view(torch.int64).view(-1)
 
 

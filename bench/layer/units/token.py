@@ -94,11 +94,12 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
 
 def unpack(recv_MW: torch.Tensor, k: int):
     """Rows [M, W] -> (payload [M, Wp] (a view), (local ids [M, k] int32, weights [M, k] fp32), -1 past a row's
-    experts; numpy arrays for a small CPU batch)."""
+    experts; numpy arrays for a small CPU batch, the payload too)."""
     Wp = recv_MW.shape[1] - SLOT_BYTES * k
     if recv_MW.device.type == "cpu" and recv_MW.shape[0] <= HOST_ROWS:
-        header = np.ascontiguousarray(recv_MW.numpy()[:, Wp:])
-        return recv_MW[:, :Wp], (header[:, : 4 * k].view(np.int32), header[:, 4 * k :].view(np.float32))
+        recv = recv_MW.numpy()
+        header = np.ascontiguousarray(recv[:, Wp:])
+        return recv[:, :Wp], (header[:, : 4 * k].view(np.int32), header[:, 4 * k :].view(np.float32))
     header = packed(recv_MW[:, Wp:])
     return recv_MW[:, :Wp], (header[:, : 4 * k].view(torch.int32), header[:, 4 * k :].view(torch.float32))
 
