@@ -94,10 +94,12 @@ def reference_values(x_TH: torch.Tensor) -> torch.Tensor:
 
 
 def elementwise_bound(x_TH: torch.Tensor) -> torch.Tensor:
-    """fp32 [T, H]: the most an element may move on an fp8 dispatch + bf16 combine round trip."""
+    """fp32 [T, H]: the most an element may move on an fp8 dispatch + bf16 combine round trip (rows in fp16 also
+    round to fp16 on decode: half its step, 2^-11 of the value or 2^-25 in its subnormal range)."""
     H = x_TH.shape[1]
     scale = block_scales(x_TH).repeat_interleave(BLOCK, dim=1)[:, :H]
-    return (2.0**-4 + 2.0**-8) * x_TH.float().abs() + 2.0**-10 * scale
+    bound = (2.0**-4 + 2.0**-8) * x_TH.float().abs() + 2.0**-10 * scale
+    return bound + 2.0**-11 * x_TH.float().abs() + 2.0**-25 if x_TH.dtype == torch.float16 else bound
 
 
 CODEC = Codec("fp8", encode, decode, payload_bytes, combine_dtype=lambda dtype: COMBINE_DTYPE,

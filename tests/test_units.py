@@ -193,3 +193,10 @@ def test_a_rank_with_no_tokens(pair_name):
     forced = (torch.zeros(0, MICRO.k, dtype=torch.int64), torch.zeros(0, MICRO.k))
     y, permuted = loopback(pair_name, MICRO, 2, x_TH, forced)
     assert y.shape == (0, MICRO.H) and y.dtype == torch.float32 and permuted.send_splits == (0, 0)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 1e-2, 1e-4])
+def test_fp8_bound_holds_for_fp16_rows_down_to_the_subnormal_range(sigma):
+    x = (torch.randn(200, 1000, generator=torch.Generator().manual_seed(7)) * sigma).half()
+    back = fp8.decode(fp8.encode(x), torch.float16, 1000).to(torch.bfloat16).to(torch.float16)  # combine in bf16
+    assert ((back.float() - x.float()).abs() <= fp8.elementwise_bound(x)).all()
