@@ -144,14 +144,7 @@ def validate(args) -> Config:
 
 def pipelinable(algo: tuple[str, str], overlap, cf) -> bool:
     """Whether (pair, inner) at capacity factor cf runs under the overlap mode (None: always)."""
-    if overlap is None:
-        return True
-    probe = moe.LayerConfig(get_preset("mixtral-8x7b-tiny"), *algo, "dynamic", capacity_factor=cf, overlap=overlap)
-    try:
-        pipeline.check(probe)
-    except ValueError:
-        return False
-    return True
+    return overlap is None or pipeline.runs(DISPATCH_COMBINE[algo[0]], algo[1], cf)
 
 
 # ---------------------------------------------------------------------------------------------- one config
@@ -304,16 +297,15 @@ def checked_layer(comm, cfg: Config, work: Workload, weights, layer: moe.LayerCo
            "redundant": layer.placement.redundant if layer.placement else 0,
            "gate_mass": float(np.mean([r["gate_mass"] for r in per_rank[:: cfg.tp]])),
            **wire_fields(comm, cfg, layer, per_rank), **load_fields(cfg, work, per_rank)}  # fmt: skip
-    codec = layer.pair.codec
+    codec, tolerance = layer.pair.codec, TOLERANCE[cfg.dtype]
     if codec.exact:
-        row.update(check_error=row["rel_error"], error_bound=TOLERANCE[cfg.dtype])
+        row.update(check_error=row["rel_error"], error_bound=tolerance)
     else:  # checked against the reference on the quantized values; the error against the exact one is reported
         checked = comm.allgather_object(rel_error(y_TH, work.y_ref_TH[layer.router, codec.name]))
-        row.update(check_error=max(checked), error_bound=TOLERANCE[cfg.dtype] + codec.combine_error_bound)
-        row["quantization_bound"] = TOLERANCE[cfg.dtype] + codec.rel_error_bound
-    row["correct"] = row["check_error"] <= row["error_bound"] and row["bytes_match"]
-    if "quantization_bound" in row:
-        row["correct"] = row["correct"] and row["rel_error"] <= row["quantization_bound"]
+        row.update(check_error=max(checked), error_bound=tolerance + codec.combine_error_bound,
+                   quantization_bound=tolerance + codec.rel_error_bound)  # fmt: skip
+    within = row["rel_error"] <= row.get("quantization_bound", row["error_bound"])
+    row["correct"] = row["check_error"] <= row["error_bound"] and within and row["bytes_match"]
     return row, per_rank, info
 
 

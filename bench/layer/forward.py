@@ -106,14 +106,18 @@ def make_weights(preset: Preset, dtype, device, seed: int, first_expert: int = 0
     return replace(common, shared=shared_expert_weights(preset, shared, dtype, device, seed))
 
 
-def shared_expert_weights(preset: Preset, shared: int, dtype, device, seed: int):
-    """N shared experts as one dense SwiGLU of width N*F: [H, N*F], [H, N*F], [N*F, H] (a seed of their own)."""
-    gen = torch.Generator().manual_seed(seed + 13)
-    H, width = preset.H, shared * preset.F
+def dense_swiglu_weights(H: int, width: int, dtype, device, seed: int):
+    """One dense SwiGLU FFN drawn on the CPU from `seed`: [H, width], [H, width], [width, H], normal / sqrt(fan-in)."""
+    gen = torch.Generator().manual_seed(seed)
     w_gate = torch.randn(H, width, generator=gen) / H**0.5
     w_up = torch.randn(H, width, generator=gen) / H**0.5
     w_down = torch.randn(width, H, generator=gen) / width**0.5
     return tuple(w.to(device=device, dtype=dtype) for w in (w_gate, w_up, w_down))
+
+
+def shared_expert_weights(preset: Preset, shared: int, dtype, device, seed: int):
+    """N shared experts as one dense SwiGLU of width N*F: [H, N*F], [H, N*F], [N*F, H] (a seed of their own)."""
+    return dense_swiglu_weights(preset.H, shared * preset.F, dtype, device, seed + 13)
 
 
 @dataclass(frozen=True)
@@ -284,20 +288,13 @@ def reference_forward(x_TH, preset: Preset, capacity_factor, seed: int, forced=N
     y_TH = reference.moe_experts(x_experts, routing, *full.experts)
     if full.shared is None:
         return y_TH
-    w_gate, w_up, w_down = (w.double() for w in full.shared)
-    x = x_TH.double()
-    return y_TH + (torch.nn.functional.silu(x @ w_gate) * (x @ w_up)) @ w_down
+    return y_TH + reference.swiglu_expert(x_TH.double(), *(w.double() for w in full.shared))
 
 
 def dense_equivalent_weights(preset: Preset, dtype, device, seed: int, shared: int = 0):
     """A dense SwiGLU FFN with one token's active expert parameters (the shared experts' included):
     [H, (k+N)*F], [H, (k+N)*F], [(k+N)*F, H]."""
-    gen = torch.Generator().manual_seed(seed + 11)
-    H, width = preset.H, (preset.k + shared) * preset.F
-    w_gate = torch.randn(H, width, generator=gen) / H**0.5
-    w_up = torch.randn(H, width, generator=gen) / H**0.5
-    w_down = torch.randn(width, H, generator=gen) / width**0.5
-    return tuple(w.to(device=device, dtype=dtype) for w in (w_gate, w_up, w_down))
+    return dense_swiglu_weights(preset.H, (preset.k + shared) * preset.F, dtype, device, seed + 11)
 
 
 def dense_forward(x_TH, w_gate, w_up, w_down):

@@ -65,9 +65,4 @@ def parse_overlap(spec: str) -> Overlap:
     return OVERLAPS[name](value if colon else None)
 
 
-def pipelined(overlap: Overlap | None) -> bool:
-    """Whether the mode overlaps (its rows need a pair that pipeline.check accepts)."""
-    return overlap is not None and overlap.forward is not None
-
-
-__all__ = ["OVERLAPS", "Overlap", "parse_overlap", "pipelined"]
+__all__ = ["OVERLAPS", "Overlap", "parse_overlap"]

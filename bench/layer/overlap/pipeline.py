@@ -35,13 +35,11 @@ from moebench.collectives.native import ALGORITHM as NATIVE
 from moebench.kernels import KernelStats, routing_from_topk
 
 
-def check(cfg) -> None:
-    """ValueError (one line) for a configuration the pipeline cannot run."""
-    if cfg.pair.dispatch is not plain.dispatch or cfg.inner != "native":
-        raise ValueError(f"overlap {cfg.overlap_name} pipelines the library's non-blocking all-to-all: it runs the "
-                         f"plain, dedup, fp8 and fp8-dedup pairs over native, not {cfg.label}")  # fmt: skip
-    if cfg.capacity_factor is not None:
-        raise ValueError(f"overlap {cfg.overlap_name} runs dropless only (each chunk would get its own capacity)")
+def runs(pair, inner: str, capacity_factor) -> bool:
+    """Whether the pipeline runs this DispatchCombine over `inner` at this capacity factor: the plain transport
+    (plain, dedup, fp8, fp8-dedup) over the library's non-blocking all-to-all (native), dropless (each chunk
+    would get its own capacity)."""
+    return pair.dispatch is plain.dispatch and inner == "native" and capacity_factor is None
 
 
 def chunk_bounds(T: int, C: int) -> list[tuple[int, int]]:
@@ -51,12 +49,19 @@ def chunk_bounds(T: int, C: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(edges))
 
 
-def _counted(comm, fn, into: list):
-    """fn() and the traffic it adds (intra + inter bytes) appended to `into`."""
-    before = comm.traffic.as_array()
-    out = fn()
-    into.append(int((comm.traffic.as_array() - before)[:2].sum()))
-    return out
+def _counter(comm, info):
+    """counted(fn, into) -> fn(), appending the traffic fn adds (intra + inter bytes) to `into` when the caller
+    asked for the forward's info; in a timed call plainly fn() (reading the traffic sums every meter)."""
+    if info is None:
+        return lambda fn, into: fn()
+
+    def counted(fn, into: list):
+        before = comm.traffic.as_array()
+        out = fn()
+        into.append(int((comm.traffic.as_array() - before)[:2].sum()))
+        return out
+
+    return counted
 
 
 def forward_with(C: int):
@@ -83,13 +88,13 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
     permuted = [unit.permute(payload_TW[a:b], routing, P, cfg.preset.E // P, cfg.placement, comm.rank)
                 for (a, b), routing in zip(bounds, routings)]  # fmt: skip
     mark()
-    sent, back = [], []  # traffic of each dispatch wait / combine wait
+    sent, back, counted = [], [], _counter(comm, info)  # traffic of each dispatch call / combine call
     send_PC = np.array([p.send_splits for p in permuted], dtype=np.int64).T  # [P, C]: rows to rank d in chunk c
-    recv_PC = _counted(comm, lambda: world.exchange_counts(send_PC), sent)  # [P, C]: rows from rank s in chunk c
+    recv_PC = counted(lambda: world.exchange_counts(send_PC), sent)  # [P, C]: rows from rank s in chunk c
     splits = [(tuple(map(int, send_PC[:, c])), tuple(map(int, recv_PC[:, c]))) for c in range(len(bounds))]
 
     def start_dispatch(c):  # counted too: a backend without non-blocking calls moves (and meters) at the start
-        return _counted(comm, lambda: world.ialltoallv(permuted[c].send_AW, *splits[c]), sent)
+        return counted(lambda: world.ialltoallv(permuted[c].send_AW, *splits[c]), sent)
 
     in_flight = start_dispatch(0)
     mark()
@@ -98,7 +103,7 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
 
     def arrive(flight):
         recv, wait = flight
-        _counted(comm, wait, sent)
+        counted(wait, sent)
         payload_MW, meta = unit.unpack(recv, k)
         return codec.decode(payload_MW, dtype, cfg.preset.H), meta
 
@@ -112,12 +117,12 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
         stats.append(chunk_stats)
         rows, active = rows + x_MH.shape[0], max(active, n_active)
         back_rows = y_MH.to(codec.combine_dtype(dtype)).contiguous()
-        combines.append(_counted(comm, lambda rows=back_rows, c=c: world.ialltoallv(rows, *reversed(splits[c])), back))
+        combines.append(counted(lambda rows=back_rows, c=c: world.ialltoallv(rows, *reversed(splits[c])), back))
         if nxt is not None:
             ready = arrive(nxt)
     mark()
     for _, wait in combines:
-        _counted(comm, wait, back)
+        counted(wait, back)
     mark()
     parts = [unit.unpermute(out, p, b - a, dtype) for (out, _), p, (a, b) in zip(combines, permuted, bounds)]
     y_TH = layer.add_shared(parts[0] if len(parts) == 1 else torch.cat(parts), shared_TH)
