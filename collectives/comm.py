@@ -201,6 +201,12 @@ def from_numpy(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
     return out if dtype is None or out.dtype == dtype else out.view(dtype)
 
 
+def storage_use_count(x: torch.Tensor) -> int:
+    """How many tensors share x's memory (x and its views), not counting the storage handle asked for here:
+    with sys.getrefcount, how a reused receive buffer knows that no caller still holds it."""
+    return torch._C._storage_Use_Count(x.untyped_storage()._cdata) - 1
+
+
 def row_numel(x: torch.Tensor) -> int:
     """Elements in one row of `x` ([rows, ...]); valid for zero rows too."""
     return math.prod(x.shape[1:])

@@ -1,35 +1,39 @@
 # P = world size, R = rows a rank sends, M = rows it receives, H = elements per row (any trailing shape),
 # C = cap (rows per peer), K = header rows carrying a count (ceil(8 / row bytes))
 """ll: the low-latency dispatch/combine of DeepEP and pplx-kernels: fixed-size per-peer buffers, the counts
-inside the payload, one fixed-size all-to-all each way and no count exchange.
+inside the payload, one fixed-size all-to-all out and no count exchange either way.
 
 Every rank reserves C rows for every peer, C agreed without communication: `cap_rows`, or by default the worst
 case, `max_rows_per_rank` (the most rows any rank sends: tokens per rank x k in the MoE layer, every row to one
-peer). Dispatch writes each peer's row count into K header rows ahead of its rows and sends P x (K + C) rows
-(the library's all-to-all with equal counts: on the CPU an MPI-4 persistent Alltoall on buffers kept per shape);
-the receiver reads the counts from the headers. Combine needs no header: each rank knows what it received and
-what it sent, and sends P x C rows back. A peer chunk over the cap is a ValueError on the sending rank (one
-line), never a silent drop. The exchange is the library's own, so `ll` runs over `native` only.
+peer). Dispatch writes each peer's row count into K header rows ahead of its rows and sends (P - 1) x (K + C)
+rows (the library's all-to-all with equal counts; on the CPU an MPI-4 persistent collective on buffers kept per
+shape, my own block never leaving home); the receiver reads the counts from the headers. Combine needs no count
+exchange either: each rank knows what it received and what it sent, and returns the rows by the library's
+all-to-all-v on those counts (fixed-size blocks there would only add a copy in and out: what a GPU needs them
+for, a CUDA graph's static shapes, the CPU does not). A peer chunk over the cap is a ValueError on the sending
+rank (one line), never a silent drop. The exchange is the library's own, so `ll` runs over `native` only.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import struct
+from ctypes import memmove
+from sys import getrefcount
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from moebench.collectives import schedule as sched
-from moebench.collectives.comm import row_bytes
+from moebench.collectives.comm import row_bytes, storage_use_count
 from moebench.collectives.exchange import DispatchCombine, offsets, validate_splits
 
 COUNT_BYTES = 8  # an int64 row count, at the start of a peer's header rows
 INNERS = ("native",)
 
 
-@dataclass(frozen=True)
-class Handle:
+class Handle(NamedTuple):
     """What combine needs: the cap, and the rows sent to / received from every peer."""
 
     cap: int
@@ -49,6 +53,12 @@ def cap_rows_for(cap_rows: int | None, max_rows_per_rank: int | None) -> int:
         raise ValueError("ll needs its fixed buffer size on every rank: cap_rows (rows per peer) or "
                          "max_rows_per_rank (the most rows any rank sends; the worst case)")  # fmt: skip
     return int(cap)
+
+
+def _refuse(comm, splits: tuple, cap: int) -> None:
+    """ValueError naming the first peer chunk over the cap (cap_rows_for has refused a missing cap already)."""
+    d, n = next((d, n) for d, n in enumerate(splits) if n > cap)
+    raise ValueError(f"ll: rank {comm.rank} sends {n} rows to rank {d}, over the cap of {cap} rows per peer")
 
 
 def _blocks(rows: torch.Tensor, splits, block: int, skip: int, P: int) -> torch.Tensor:
@@ -72,94 +82,123 @@ def _count_slots(buf: torch.Tensor, P: int) -> torch.Tensor:
 
 
 MAX_SHAPES = 8  # fixed-size exchanges kept per group (a few shapes repeat; each holds P x (K + C) rows twice)
+MAX_LAYOUTS = 64  # split patterns (copy plans, reused outputs) kept per exchange
+
+
+class _Rows:
+    """One receive pattern's output [M, ...]: the copies that gather it ((output offset, receive address,
+    bytes)) and the last output tensor, handed out again once nothing else holds it (like the mpi backend's
+    receive buffers: a decode loop allocates nothing)."""
+
+    __slots__ = ("address", "copies", "dtype", "last", "nbytes", "shape", "uses")
+
+    def __init__(self, copies, nbytes: int, shape: tuple, dtype: torch.dtype):
+        self.copies, self.nbytes, self.shape, self.dtype = copies, nbytes, shape, dtype
+        self.address, self.last, self.uses = 0, None, 0
+
+    def output(self) -> torch.Tensor:
+        """The last output if unheld, else a new one (its address in self.address)."""
+        if self.last is not None and getrefcount(self.last) == 2 and storage_use_count(self.last) == self.uses:
+            return self.last  # only this slot refers to it (getrefcount counts its own argument)
+        self.last = torch.empty(self.shape, dtype=self.dtype)
+        self.address, self.uses = self.last.data_ptr(), storage_use_count(self.last)
+        return self.last
 
 
 class _Exchange:
-    """One fixed shape's host buffers (send and receive, uint8 [P, block bytes]) and the backend's persistent
-    all-to-all over them (MPI Alltoall_init: each call is Start + Wait); stale rows past a peer's count are
-    never read."""
+    """One fixed shape's host buffers (send and receive, uint8 [P, block bytes], K header rows ahead of the C
+    rows of every block) and the backend's persistent all-to-all over them (MPI Alltoall_init: each call is
+    Start + Wait; my own block stays in send: MPI does not copy it); per split pattern, the copies that fill the
+    send blocks and gather the received rows (my own from send), built once, run as memmoves by address (no
+    views of the caller's tensors). Stale rows past a peer's count are never read."""
 
-    __slots__ = ("recv", "release", "run", "send")
-
-    def __init__(self, comm, peers: int, block_rows: int, row_nbytes: int):
+    def __init__(self, comm, peers: int, block_rows: int, row_nbytes: int, header: int):
         self.send = np.zeros((peers, block_rows * row_nbytes), np.uint8)
         self.recv = np.zeros_like(self.send)
+        self.block, self.skip, self.row = block_rows * row_nbytes, header * row_nbytes, row_nbytes
+        self.me = comm.world.rank
+        # the counts in the receive headers, read in one call: an int64 at the start of every block
+        self.counts = struct.Struct("=" + f"q{self.block - COUNT_BYTES}x" * (peers - 1) + "q") if header else None
+        self.headers: tuple | None = None  # the send_splits the send headers hold now
+        self.fills: dict[tuple, list] = {}
+        self.gathers: dict[tuple, _Rows] = {}
         self.run, self.release = comm.world.persistent_alltoall(self.send, self.recv)
 
+    def fill(self, rows: torch.Tensor, splits: tuple) -> None:
+        """Chunk d of rows (contiguous, on the CPU: splits[d] rows of the exchange's row bytes) into peer
+        block d, and the counts into the headers."""
+        copies = self.fills.get(splits)
+        if copies is None:
+            copies = self._copies(splits, self.send.ctypes.data, sending=True)
+        source = rows.data_ptr()
+        for to, offset, n in copies:
+            memmove(to, source + offset, n)
+        if self.counts is not None and splits != self.headers:
+            self.send[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
+            self.recv[self.me, :COUNT_BYTES].view(np.int64)[0] = splits[self.me]  # my own: never exchanged
+            self.headers = splits
 
-def _host_exchange(comm, peers: int, block_rows: int, row_nbytes: int) -> _Exchange:
+    def gather(self, counts: tuple, like: torch.Tensor) -> torch.Tensor:
+        """The first counts[s] rows of every peer block s, in order, as [M, ...] of like's dtype and row shape."""
+        key = (counts, like.dtype, like.shape[1:])
+        rows = self.gathers.get(key) or self._rows(key)
+        if not rows.nbytes:
+            return like.new_empty(rows.shape)
+        out = rows.output()
+        address = rows.address
+        for offset, source, n in rows.copies:
+            memmove(address + offset, source, n)
+        return out
+
+    def _copies(self, splits: tuple, blocks: int, sending: bool) -> list[tuple[int, int, int]]:
+        """Per non-empty chunk: (block address, offset in the rows, bytes) when sending (kept per split
+        pattern), else (offset in the rows, block address, bytes); blocks: the buffer's address."""
+        copies, offset, own = [], 0, self.send.ctypes.data  # my own rows stay in send (never exchanged)
+        for peer, n in enumerate(splits):
+            if n:
+                at, nbytes = (own if peer == self.me else blocks) + peer * self.block + self.skip, n * self.row
+                copies.append((at, offset, nbytes) if sending else (offset, at, nbytes))
+                offset += nbytes
+        if sending:
+            if len(self.fills) >= MAX_LAYOUTS:
+                self.fills.clear()
+            self.fills[splits] = copies
+        return copies
+
+    def _rows(self, key) -> _Rows:
+        counts, dtype, row_shape = key
+        if len(self.gathers) >= MAX_LAYOUTS:
+            self.gathers.clear()
+        M = sum(counts)
+        copies = self._copies(counts, self.recv.ctypes.data, sending=False)
+        rows = self.gathers[key] = _Rows(copies, M * self.row, (M, *row_shape), dtype)
+        return rows
+
+
+def _host_exchange(comm, peers: int, block_rows: int, row_nbytes: int, header: int) -> _Exchange:
     """The reused _Exchange of this shape, kept on the communicator's world group (it lives and dies with it);
     past MAX_SHAPES shapes the old ones are released."""
     cache = comm.world.__dict__.setdefault("_ll_exchanges", {})
-    key = (peers, block_rows, row_nbytes)
+    key = (peers, block_rows, row_nbytes, header)
     cached = cache.get(key)
     if cached is None:
         if len(cache) >= MAX_SHAPES:
             for old in cache.values():
                 old.release()
             cache.clear()
-        cached = cache[key] = _Exchange(comm, peers, block_rows, row_nbytes)
+        cached = cache[key] = _Exchange(comm, peers, block_rows, row_nbytes, header)
     return cached
 
 
-def _as_bytes(x: torch.Tensor) -> np.ndarray:
-    """uint8 [rows, row bytes] numpy view of a CPU tensor of any dtype (a copy only if not contiguous)."""
-    if x.dtype == torch.uint8 and x.dim() == 2 and x.is_contiguous():  # the MoE layer's packed rows: a view
-        return x.numpy()
-    if x.numel() == 0:
-        return np.empty((x.shape[0], row_bytes(x)), np.uint8)
-    a = x.numpy() if x.dtype in _NUMPY else x.contiguous().view(torch.uint8).numpy()
-    return np.ascontiguousarray(a).reshape(x.shape[0], -1).view(np.uint8)
-
-
-_NUMPY = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.uint8, torch.int8)
-
-
-def _from_bytes(rows: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """uint8 [M, row bytes] -> a tensor of like's dtype and trailing shape."""
-    if rows.shape[0] == 0:
-        return like.new_empty((0, *like.shape[1:]))
-    if like.dtype == torch.uint8 and like.dim() == 2:  # the MoE layer's packed rows: no views
-        return torch.from_numpy(rows)
-    return torch.from_numpy(rows).view(like.dtype).view(rows.shape[0], *like.shape[1:])
-
-
-def _gather(blocks: np.ndarray, counts, skip: int, rb: int) -> np.ndarray:
-    """The first counts[s] rows after `skip` rows of every peer block s, as one uint8 [M, rb] array."""
-    parts = [blocks[s, skip * rb : (skip + n) * rb] for s, n in enumerate(counts) if n]
-    if len(parts) == 1:
-        return parts[0].reshape(-1, rb).copy()
-    return np.concatenate(parts).reshape(-1, rb) if parts else np.empty((0, rb), np.uint8)
-
-
-def _fill(blocks: np.ndarray, rows: np.ndarray, splits, skip: int, rb: int) -> None:
-    """Chunk s of `rows` (splits[s] rows of rb bytes) into peer block s after `skip` rows; the rest stays stale."""
-    start = 0
-    for s, n in enumerate(splits):
-        if n:
-            blocks[s, skip * rb : (skip + n) * rb] = rows[start : start + n].reshape(-1)
-            start += n
-
-
-def _host_dispatch(comm, send: torch.Tensor, splits, cap: int):
-    """The CPU path: numpy copies into reused buffers and a persistent all-to-all (a few µs where torch ops cost
+def _host_dispatch(comm, send: torch.Tensor, splits: tuple, cap: int, rb: int):
+    """The CPU path: memmoves into reused buffers and a persistent all-to-all (a few µs where torch ops cost
     ~5 each and a fresh all-to-all-v call ~5 of Python)."""
-    P, rb = comm.world_size, row_bytes(send)
-    send_b, K = _as_bytes(send), header_rows(rb)
-    ex = _host_exchange(comm, P, K + cap, rb)
-    _fill(ex.send, send_b, splits, K, rb)
-    ex.send[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
+    K = header_rows(rb)
+    ex = _host_exchange(comm, comm.world_size, K + cap, rb, K)
+    ex.fill(send if send.is_contiguous() else send.contiguous(), splits)
     ex.run()
-    counts = tuple(ex.recv[:, :COUNT_BYTES].view(np.int64)[:, 0].tolist())
-    return _from_bytes(_gather(ex.recv, counts, K, rb), send), counts
-
-
-def _host_combine(comm, processed: torch.Tensor, handle) -> torch.Tensor:
-    P, cap, rb = comm.world_size, handle.cap, row_bytes(processed)
-    ex = _host_exchange(comm, P, cap, rb)
-    _fill(ex.send, _as_bytes(processed), handle.recv_splits, 0, rb)
-    ex.run()
-    return _from_bytes(_gather(ex.recv, handle.send_splits, 0, rb), processed)
+    counts = ex.counts.unpack_from(ex.recv)
+    return ex.gather(counts, send), counts
 
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_rows_per_rank: int | None = None,
@@ -169,15 +208,14 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
         raise ValueError(f"ll is its own fixed-size exchange (the library's all-to-all): it runs over native, "
                          f"not {inner}")  # fmt: skip
     splits = validate_splits(comm, send, send_splits)
-    cap, rb = cap_rows_for(cap_rows, max_rows_per_rank), row_bytes(send)
+    cap = cap_rows if cap_rows is not None else max_rows_per_rank
+    if cap is None or cap < 0 or max(splits) > cap:
+        _refuse(comm, splits, cap_rows_for(cap_rows, max_rows_per_rank))
+    rb = row_bytes(send)
     if rb == 0:
         raise ValueError("ll carries its counts inside the rows: rows of 0 bytes cannot hold them")
-    over = [(d, n) for d, n in enumerate(splits) if n > cap]
-    if over:
-        d, n = over[0]
-        raise ValueError(f"ll: rank {comm.rank} sends {n} rows to rank {d}, over the cap of {cap} rows per peer")
-    if send.device.type == "cpu" and send.dim() > 1:
-        recv, recv_splits = _host_dispatch(comm, send, splits, cap)
+    if send.is_cpu and send.dim() > 1:
+        recv, recv_splits = _host_dispatch(comm, send, splits, cap, rb)
         return recv, list(recv_splits), Handle(cap, splits, recv_splits)
     P, K = comm.world_size, header_rows(rb)
     buf = _blocks(send, splits, K + cap, K, P)
@@ -190,28 +228,27 @@ def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "native", max_r
 
 
 def combine(comm, processed_recv: torch.Tensor, handle: Handle) -> torch.Tensor:
-    """processed_recv [M, ...] (row i answers recv row i) -> out [R, ...] (row i answers send row i)."""
-    if processed_recv.device.type == "cpu" and processed_recv.dim() > 1 and row_bytes(processed_recv):
-        return _host_combine(comm, processed_recv, handle)
-    P, cap = comm.world_size, handle.cap
-    buf = _blocks(processed_recv, handle.recv_splits, cap, 0, P)
-    back = comm.world.alltoallv(buf, (cap,) * P, (cap,) * P)
-    return _unblock(back, handle.send_splits, cap, 0)
+    """processed_recv [M, ...] (row i answers recv row i) -> out [R, ...] (row i answers send row i): the
+    library's all-to-all-v on the counts dispatch learned (both sides know them: no count exchange)."""
+    rows = processed_recv if processed_recv.is_contiguous() else processed_recv.contiguous()
+    return comm.world.alltoallv(rows, handle.recv_splits, handle.send_splits)
 
 
 def schedule(inner, splits, row_bytes: int, topo, back_bytes: int | None = None,
              max_rows_per_rank: int | None = None) -> list:  # fmt: skip
-    """One fixed-size all-to-all each way, no count exchange: P x (K + C) rows out (C the worst case, the most
-    rows any rank sends, or max_rows_per_rank as dispatch takes it), P x C rows back (of back_bytes); the inner
-    exchange plays no part."""
+    """One fixed-size all-to-all out, no count exchange: (P - 1) x (K + C) rows (C the worst case, the most
+    rows any rank sends, or max_rows_per_rank as dispatch takes it; my own block stays home); the rows back
+    (of back_bytes) by the library's all-to-all-v on the counts both sides know. The inner exchange plays no
+    part."""
     back_row = row_bytes if back_bytes is None else back_bytes
     P = topo.world_size
     splits = np.asarray(splits, dtype=np.int64)
     cap = max_rows_per_rank if max_rows_per_rank is not None else int(splits.sum(axis=1).max()) if splits.size else 0
     K = header_rows(row_bytes)
     out = np.full((P, P), (K + cap) * row_bytes, dtype=np.float64)
-    back = np.full((P, P), cap * back_row, dtype=np.float64)
-    return [sched.dense_exchange("ll dispatch", out, self_bytes=np.diag(out).copy()),
+    back = sched.byte_matrix(splits, back_row).T
+    # my own block is not the library's to copy in dispatch (ll moves those rows itself, as it packs the others)
+    return [sched.dense_exchange("ll dispatch", out, self_bytes=np.zeros(P)),
             sched.dense_exchange("ll combine", back, self_bytes=np.diag(back).copy())]  # fmt: skip
 
 

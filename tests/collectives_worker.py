@@ -125,6 +125,17 @@ def pair_edges(comm) -> int:
             if not torch.equal(recv, want[0]):
                 failures += 1
                 print(f"rank {me}: {pair_name} wrong on strided rows ({name})", flush=True)
+    # ll keeps its buffers, copy plans and counts per shape: the same cap under alternating split patterns
+    for trial in range(3):
+        for name, splits in cases.items():
+            send = rows(me, splits[me], H, torch.float32, trial)
+            want = DISPATCH_COMBINE["plain"].dispatch(comm, send, splits[me].tolist(), inner="native")
+            recv, recv_splits, handle = DISPATCH_COMBINE["ll"].dispatch(comm, send, tuple(splits[me].tolist()),
+                                                                        cap_rows=R * P)  # fmt: skip
+            out = DISPATCH_COMBINE["ll"].combine(comm, recv * 2, handle)
+            if recv_splits != want[1] or not torch.equal(recv, want[0]) or not torch.equal(out, send * 2):
+                failures += 1
+                print(f"rank {me}: ll wrong on a repeated shape ({name}, trial {trial})", flush=True)
     if comm.rank == 0:
         print(f"pair edges P={P}: {failures} failures", flush=True)
     return 1 if failures else 0

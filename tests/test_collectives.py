@@ -92,6 +92,46 @@ print("reuse ok")
 """
 
 
+LL_REUSE = """
+import torch
+from moebench.collectives import DISPATCH_COMBINE
+from moebench.collectives.backends import init_comm
+
+comm, ll = init_comm("mpi", None, 1), DISPATCH_COMBINE["ll"]
+send = lambda v, rows=3, dtype=torch.float32: torch.full((rows, 4), float(v)).to(dtype)
+dispatch = lambda x: ll.dispatch(comm, x, (x.shape[0],), max_rows_per_rank=3)[0]
+first = dispatch(send(1))
+held = dispatch(send(2))  # `first` is held: a new output
+assert held.data_ptr() != first.data_ptr() and (first == 1).all() and (held == 2).all()
+address = held.data_ptr()
+del held
+reused = dispatch(send(3))  # nothing holds the last output: its memory comes back
+assert reused.data_ptr() == address and (reused == 3).all() and (first == 1).all()
+as_numpy = reused.numpy()
+del reused
+fresh = dispatch(send(4))  # a numpy view holds it
+assert (as_numpy == 3).all() and (fresh == 4).all()
+for rows in (2, 0, 3, 1):  # the count in the header follows the split pattern on one cached exchange
+    out = dispatch(send(rows, rows))
+    assert out.shape == (rows, 4) and (out == rows).all()
+for dtype in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
+    a, b = dispatch(send(6, dtype=dtype)), dispatch(send(7, dtype=dtype))
+    assert a.dtype == b.dtype == dtype and (a.float() == 6).all() and (b.float() == 7).all()
+strided = torch.stack([send(8), send(9)], dim=-1)[..., 0]
+assert (dispatch(strided) == 8).all()
+comm.close()
+print("ll reuse ok")
+"""
+
+
+def test_ll_outputs_are_reused_only_when_nothing_holds_them():
+    """ll's host path hands a receive pattern's last output out again only once nothing holds it, reads each
+    call's counts from the headers of one cached exchange, and copies rows of any dtype and layout by address."""
+    result = subprocess.run([sys.executable, "-c", LL_REUSE], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ll reuse ok" in result.stdout
+
+
 def test_receive_buffers_are_reused_only_when_nothing_holds_them():
     """The mpi backend hands a split pattern's last receive buffer out again only once no tensor, view or numpy
     array of it is alive (a decode loop allocates nothing; a caller that keeps results never sees them change)."""

@@ -26,14 +26,9 @@ from moebench.collectives.comm import (
     launched_by_torchrun,
     row_numel,
     spin,
+    storage_use_count,
 )
 from moebench.collectives.topology import from_hostnames
-
-
-def _storage_use_count(x: torch.Tensor) -> int:
-    """How many tensors share x's memory (x and its views), not counting the storage handle asked for here."""
-    return torch._C._storage_Use_Count(x.untyped_storage()._cdata) - 1
-
 
 _AS_INTEGERS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.bool: torch.uint8}
 
@@ -77,7 +72,7 @@ class _VectorSpec:
         """(numpy buffer, tensor over it) for this call: the last call's when no one holds that tensor any more
         (neither it nor a view of its memory: at decode this saves ~1 µs of allocation a call), else new ones."""
         last = self.recv
-        if last is not None and getrefcount(last[1]) == 2 and _storage_use_count(last[1]) == 1:
+        if last is not None and getrefcount(last[1]) == 2 and storage_use_count(last[1]) == 1:
             return last
         recv = np.empty(self.recv_shape, self.np_dtype)
         self.recv = (
@@ -204,9 +199,14 @@ class MpiGroup(Group):
 
     def persistent_alltoall(self, send: np.ndarray, recv: np.ndarray):
         """A fixed-size all-to-all on two host buffers ([size, block] uint8, block d to / from member d) as an
-        MPI-4 persistent collective (Alltoall_init): (run, release); run() = Start + Wait and the traffic meter,
-        release() frees the request (and with it MPI's hold on the buffers); the group frees what is left."""
-        request = self.mpi.Alltoall_init(send, recv)
+        MPI-4 persistent collective (Alltoallv_init): (run, release); run() = Start + Wait and the traffic meter,
+        release() frees the request (and with it MPI's hold on the buffers); the group frees what is left. My
+        own block is not copied (the caller has it in send: at P=2 half of what a fixed-size Alltoall moves)."""
+        counts = np.full(self.size, send.shape[1], dtype=np.int64)
+        counts[self.rank] = 0
+        layout = (counts, np.arange(self.size, dtype=np.int64) * send.shape[1])
+        byte = self._MPI.BYTE
+        request = self.mpi.Alltoallv_init([send, layout, byte], [recv, layout, byte])
         self._persistent.append(request)
 
         def release():
@@ -214,7 +214,7 @@ class MpiGroup(Group):
                 self._persistent.remove(request)
                 request.Free()
 
-        meter = self.traffic.meter(*self.call_traffic(np.full(self.size, send.shape[1])))
+        meter = self.traffic.meter(*self.call_traffic(counts))
 
         def run(send=send, recv=recv):
             request.Start()

@@ -110,7 +110,8 @@ class TorchGroup(Group):
 
     def persistent_alltoall(self, send: np.ndarray, recv: np.ndarray):
         """A fixed-size all-to-all on two host buffers ([size, block] uint8): (run, release) (torch has no
-        persistent collective: each run is an all_to_all_single on the same tensors; release has nothing to do)."""
+        persistent collective: each run is an all_to_all_single on the same tensors, my own block copied too,
+        which the caller need not read: it has it in send; release has nothing to do)."""
         send_t, recv_t = torch.from_numpy(send).view(-1), torch.from_numpy(recv).view(-1)
         meter = self.traffic.meter(*self.call_traffic(np.full(self.size, send.shape[1])))
         pg = self.pg
