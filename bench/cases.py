@@ -218,6 +218,57 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
     return cases, logical
 
 
+def overlap_roundtrip_cases(comm, pairs, overlaps, size: int, skew: Skew, hidden: int, dtype, seed: int,
+                            check: bool = True) -> list[Case]:  # fmt: skip
+    """`<pair>:native (<mode>)` round trips of every overlap mode (bench/layer/overlap) for the assignment pairs
+    the pipeline runs (plain, fp8): the rows roundtrip_cases moves, each destination's cut into the mode's C
+    chunks (before the timed call, as the layer's permute cuts them), then the pipeline's communication alone
+    (one count exchange, chunk c + 1's dispatch started before chunk c's combine; encoding and decoding timed
+    as in the pair's round trip, identity experts). What chunking costs the exchange, without the compute it
+    would hide; checked as roundtrip_cases checks, traffic against the mode's own schedule."""
+    from moebench.bench.layer.overlap import pipeline  # the layer's package imports this module's neighbours
+
+    P, me, L = comm.world_size, comm.rank, comm.tp.size
+    R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
+    splits = split_matrix(R, P, skew, seed)
+    leaders = np.arange(P) // L * L
+    send = rank_rows(int(leaders[me]), R, H, dtype, seed).to(comm.device)
+    cases = []
+    for overlap in overlaps:
+        C = max(1, min(overlap.chunks, R))  # R is every rank's: the same C everywhere
+        parts, index = pipeline.chunk_rows(splits[leaders[me]], C)
+        order = torch.cat(index).to(comm.device)
+        chunks = [send[i.to(comm.device)] for i in index]
+        chunk_splits = pipeline.chunk_schedules(splits[leaders], C)
+        for name in pairs:
+            pair = DISPATCH_COMBINE[name]
+            if pair.unit != "assignment" or not pipeline.runs(pair, "native", None):
+                continue
+            codec, want = pair.codec, send[order]
+            if codec.exact:
+                fn, tolerance = pipeline.roundtrip(comm, parts, chunks.__getitem__, lambda recv: recv), None
+            else:
+                fn, tolerance = _encoded_pipeline(comm, parts, chunks, codec, dtype, H), codec.tolerance(send)[order]
+            row_bytes, back_bytes = pair.wire_row_bytes(H, dtype)
+            schedule = overlap.schedule(pair, "native", chunk_splits, row_bytes, back_bytes, comm.topology)
+            row = {"algo": f"{name}:native ({overlap.name})", "pair": name, "inner": "native",
+                   "overlap": overlap.name, "chunks": C, "size": size}  # fmt: skip
+            check_fn = check and (lambda out, w=want, t=tolerance: count_wrong(out, w, t))
+            cases.append(checked_case(comm, row, fn, check_fn, schedule))
+    return cases
+
+
+def _encoded_pipeline(comm, parts, chunks: list, codec, dtype, H: int):
+    """The pipelined round trip of a pair with an encoding: each chunk encoded as it starts, decoded on arrival
+    and sent back in the combine dtype; the result in the rows' dtype."""
+    from moebench.bench.layer.overlap import pipeline
+
+    back = codec.combine_dtype(dtype)
+    trip = pipeline.roundtrip(comm, parts, lambda c: codec.encode(chunks[c]),
+                              lambda recv: codec.decode(recv, dtype, H).to(back))  # fmt: skip
+    return lambda: trip().to(dtype)
+
+
 TOKEN_TOPK = 2  # experts per token in the token-unit round trips (mixtral's k)
 
 

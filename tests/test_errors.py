@@ -47,6 +47,8 @@ BAD_CLI = [
     (["--skew", "zipf:-1"], "argument --skew: 'zipf:-1'; expected uniform, zipf:S"),
     (["--pairs", "dedupe"], "unknown dispatch/combine pair dedupe"),
     (["-b", "1M", "-e", "1K"], "need 1 <= -b <= -e"),
+    (["--overlap", "chunks:0"], "overlap chunks:C needs a whole number C >= 1"),
+    (["--overlap", "chunks:2", "--pairs", "ll"], "--overlap pipelines plain and fp8 over native"),
 ]
 
 

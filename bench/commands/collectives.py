@@ -19,9 +19,13 @@ import torch
 
 from moebench.bench import cases, options, report, timing
 from moebench.bench.cli import open_comm
+from moebench.bench.layer.overlap import parse_overlap, pipeline
 from moebench.bench.timing import Case
-from moebench.collectives import ALGORITHMS
+from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 
+# the pairs an overlap mode's round trip pipelines (the plain transport, one row per assignment)
+OVERLAP_PAIRS = [name for name, pair in DISPATCH_COMBINE.items()
+                 if pair.unit == "assignment" and pipeline.runs(pair, "native", None)]  # fmt: skip
 BUFFERS_PER_SIZE = 8  # send, recv, expected and hierarchical's staging copies, per rank
 
 
@@ -32,6 +36,9 @@ def add_arguments(p) -> None:
     options.add_dtype(p, "float32")
     options.add_names(p, "--algos", ALGORITHMS, ALGORITHMS, "exchanges")
     options.add_pairs(p)
+    p.add_argument("--overlap", type=options.str_list, default=["none"],
+                   help="overlap modes (none, chunks:C, dual): each adds `<pair>:native (<mode>)` round trips of the "
+                   "pipeline's communication alone for the pairs it runs (plain, fp8)")  # fmt: skip
     options.add_launch(p)
     options.add_skew(p, "uniform", gate=False)
     options.add_hidden(p)
@@ -53,6 +60,12 @@ def validate(args) -> list[str]:
         raise ValueError(f"--hidden must be >= 1 (got {args.hidden})")
     options.check_skews(args)
     options.check_launch(args)
+    if not args.overlap:
+        raise ValueError("--overlap needs at least one mode")
+    args.overlaps = [o for o in map(parse_overlap, args.overlap) if o.name != "none"]
+    if args.overlaps and ("native" not in args.algos or not any(p in OVERLAP_PAIRS for p in pairs)):
+        raise ValueError("--overlap pipelines plain and fp8 over native: select native (--algos) and one of them "
+                         "(--pairs)")  # fmt: skip
     need = BUFFERS_PER_SIZE * args.maxbytes * P
     if need > options.available_memory_bytes():
         raise ValueError(
@@ -79,6 +92,9 @@ def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
         comm, pairs, args.algos, size, skew, args.hidden, dtype, args.seed, check
     )
     copy = host_copy_case(send, size)
+    if "native" in args.algos:
+        trips += cases.overlap_roundtrip_cases(comm, pairs, args.overlaps, size, skew, args.hidden, dtype, args.seed,
+                                               check)  # fmt: skip
     library = cases.library_cases(comm, send, size, skew, args.seed, check)
     counts = cases.count_cases(comm, args.algos, send, size, skew, args.seed)
     timed = [copy, *library, *exchanges, *trips, *counts]
@@ -98,11 +114,14 @@ def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
         case.row["tie_native"] = native is not None and case.row is not native and timing.ties(native, case.row)
     for case in trips:
         cases.add_bandwidth(case.row, trip_logical, P)
-        plain = next((c.row for c in trips if c.row["pair"] == "plain" and c.row["inner"] == case.row["inner"]), None)
-        if plain is not None and case.row["pair"] != "plain":
+        plain = next((c.row for c in trips if c.row["pair"] == "plain" and c.row["inner"] == case.row["inner"]
+                      and "overlap" not in c.row), None)  # fmt: skip
+        if plain is not None and case.row is not plain:
             case.row["vs_plain"] = plain["time_us"] / case.row["time_us"]
             case.row["tie_plain"] = timing.ties(plain, case.row)
-            case.row["dispatch_volume_frac"] = case.row["dispatch_wire_bytes"] / max(plain["dispatch_wire_bytes"], 1)
+            if "dispatch_wire_bytes" in case.row:  # an overlap row's dispatch is interleaved with its combines
+                plain_bytes = max(plain["dispatch_wire_bytes"], 1)
+                case.row["dispatch_volume_frac"] = case.row["dispatch_wire_bytes"] / plain_bytes
     rows = [c.row for c in (copy, *library, *exchanges, *trips)]
     for row in rows:
         row["skew"] = str(skew)

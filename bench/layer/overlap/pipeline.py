@@ -31,6 +31,7 @@ from moebench.bench.layer import forward as layer
 from moebench.bench.layer.units import UNITS
 from moebench.collectives import plain
 from moebench.collectives import schedule as sched
+from moebench.collectives.coordinated import split_parts
 from moebench.collectives.native import ALGORITHM as NATIVE
 from moebench.kernels import KernelStats, routing_from_topk
 
@@ -133,6 +134,52 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
         info.active_experts = active  # the most of one chunk: a lower bound, chunks may use different experts
         info.chunk_splits = [p.send_splits for p in permuted]
     return y_TH
+
+
+def chunk_rows(send_splits, C: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """A rank's rows (send_splits[d] to rank d, in destination order) cut into C chunks for a communication-only
+    pipeline: parts [P, C] (each destination's rows cut into C parts, sizes differing by at most one) and, per
+    chunk, the indices of its rows (destination 0's part first)."""
+    parts = split_parts(send_splits, C)
+    starts = np.concatenate([[0], np.cumsum(parts.reshape(-1))]).reshape(-1)
+    index = [torch.cat([torch.arange(starts[d * C + c], starts[d * C + c + 1]) for d in range(parts.shape[0])])
+             for c in range(C)]  # fmt: skip
+    return parts, index
+
+
+def roundtrip(comm, parts_PC: np.ndarray, make_send, process):
+    """The pipeline's communication alone, as a collectives round trip: fn() -> the combined rows of every
+    chunk, chunk 0 first. One count exchange of C counts per peer; dispatch of chunk c + 1 starts before
+    chunk c is processed and its combine started; the combines are waited for last (forward's order with the
+    experts replaced by `process`). parts_PC [P, C]: rows to rank d in chunk c; make_send(c) -> chunk c's rows
+    [Rc, ...] (its encoding timed with it); process(recv [Mc, ...]) -> the rows sent back [Mc, ...]."""
+    world, C = comm.world, parts_PC.shape[1]
+    send_PC = np.ascontiguousarray(parts_PC, dtype=np.int64)
+    send_splits = [tuple(map(int, send_PC[:, c])) for c in range(C)]
+
+    def fn():
+        recv_PC = world.exchange_counts(send_PC)
+        splits = [(send_splits[c], tuple(map(int, recv_PC[:, c]))) for c in range(C)]
+        flight, combines = world.ialltoallv(make_send(0), *splits[0]), []
+        for c in range(C):
+            nxt = world.ialltoallv(make_send(c + 1), *splits[c + 1]) if c + 1 < C else None
+            recv, wait = flight
+            wait()
+            combines.append(world.ialltoallv(process(recv).contiguous(), *reversed(splits[c])))
+            flight = nxt
+        outs = []
+        for recv, wait in combines:
+            wait()
+            outs.append(recv)
+        return torch.cat(outs)
+
+    return fn
+
+
+def chunk_schedules(splits_PP: np.ndarray, C: int) -> list[np.ndarray]:
+    """[C] of [P, P]: every rank's rows to every rank cut as chunk_rows cuts them (what schedule takes)."""
+    parts = np.stack([split_parts(row, C) for row in np.asarray(splits_PP)])  # [P, P, C]
+    return [parts[:, :, c] for c in range(C)]
 
 
 def _summed(stats: list) -> KernelStats:
