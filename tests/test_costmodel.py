@@ -204,6 +204,53 @@ def test_report_renders_a_stored_projection_and_its_plots(tmp_path):
         assert (tmp_path / f"project-h100-8gpu-t-{suffix}.png").stat().st_size > 1000
 
 
+def test_pipelined_layer_model_bounds_and_edges():
+    """The overlap modes' layer model: one chunk is the sequential layer; with nothing to compute the link's calls
+    add up, with nothing to send the chunks' compute does; otherwise the layer lies between max(comm, compute) and
+    their sum; and one step worked by hand."""
+    from moebench.bench.layer.overlap.pipeline import predicted_layer_us
+
+    assert predicted_layer_us([1, 2, 3], [5]) == 11
+    assert predicted_layer_us([1, 2, 2, 3, 3], [0, 0]) == 11
+    assert predicted_layer_us([0, 0, 0, 0, 0, 0, 0], [2, 2, 2]) == 6
+    # C = 2, d = b = 1, x = 2: d0 | x0 beside d1 | b0 beside x1 | b1 -> 1 + 2 + 2 + 1
+    assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2]) == 6
+    rng = np.random.default_rng(3)
+    for C in (2, 3, 8):
+        phases, compute = rng.uniform(0, 5, 1 + 2 * C).tolist(), rng.uniform(0, 5, C).tolist()
+        t = predicted_layer_us(phases, compute)
+        assert max(sum(phases), phases[0] + phases[1] + sum(compute)) <= t + 1e-9
+        assert t <= sum(phases) + sum(compute) + 1e-9
+
+
+def test_project_predicts_every_overlap_mode(tmp_path):
+    """`project` prices each overlap mode from its own schedule: C dispatches and combines cost at least the
+    sequential round trip, the pipelined layer at least max(comm, compute) and at most their sum plus the extra
+    calls, and the stored run renders its overlap table."""
+    out = tmp_path / "project-o.json"
+    cmd = [sys.executable, "-m", "moebench", "project", "--profile", "h100-8gpu", "--nodes", "1,4", "--sizes",
+           "1M,64M", "--overlap", "chunks:2,chunks:4,dual", "--overlap-compute", "2", "--no-field"]  # fmt: skip
+    cmd += ["--json", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["kind"] == "overlap"]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["compute_us"] == pytest.approx(2 * r["comm_us"])
+        for mode in ("chunks:2", "chunks:4", "dual"):
+            comm, layer = r[f"{mode}_comm_us"], r[f"{mode}_layer_us"]
+            assert comm >= r["comm_us"] - 1e-6
+            assert max(comm, r["compute_us"]) - 1e-6 <= layer <= comm + r["compute_us"] + 1e-6
+            eff = (r["comm_us"] + r["compute_us"] - layer) / r["comm_us"]
+            assert r[f"{mode}_efficiency"] == pytest.approx(eff)
+        assert r["dual_layer_us"] == r["chunks:2_layer_us"]  # dual's schedule is the two-chunk pipeline's
+    big = next(r for r in rows if r["nodes"] == 4 and r["size"] == 64 << 20)
+    assert big["chunks:4_efficiency"] > big["chunks:2_efficiency"] > 0.3  # bandwidth-bound: more chunks hide more
+    shown = subprocess.run([sys.executable, "-m", "moebench", "report", "--no-plots", str(out)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert shown.returncode == 0 and "overlap, h100-8gpu" in shown.stdout and "chunks:4 eff" in shown.stdout
+
+
 def test_every_committed_result_renders():
     """`make bench` ends in `moebench report`: every stored run under results/ must render from its JSON."""
     result = subprocess.run([sys.executable, "-m", "moebench", "report", "--no-plots", "results"], cwd=REPO,

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from moebench.bench import options, plots, report
+from moebench.bench.layer.overlap import parse_overlap
 from moebench.bench.layer.presets import get_preset
 from moebench.bench.topo import field, projection
 from moebench.bench.topo.costmodel import Profile
@@ -41,6 +42,10 @@ def add_arguments(p) -> None:
     options.add_skew(p, "uniform,zipf:1.2,lognormal:1.0", gate=False)
     p.add_argument("--dedup-size", type=options.size_list, default=options.size_list("16M"),
                    help="S of the dedup-under-skew table")  # fmt: skip
+    p.add_argument("--overlap", type=options.str_list, default=["chunks:2", "chunks:4", "dual"],
+                   help="overlap modes to project (bench/layer/overlap; none: no overlap table)")  # fmt: skip
+    p.add_argument("--overlap-compute", type=float, default=1.0,
+                   help="the experts' time in the overlap table, a multiple of the sequential round trip")  # fmt: skip
     p.add_argument("--list-profiles", action="store_true", help="print the built-in profiles and their sources")
     p.add_argument("--no-field", action="store_true", help="skip the comparison with the field's numbers")
     p.add_argument("--plots", default=None, help="folder for PNG plots (default: beside --save files)")
@@ -63,6 +68,9 @@ def validate(args) -> list[Profile]:
     options.check_skews(args)
     if len(args.dedup_size) != 1 or args.dedup_size[0] < 1:
         raise ValueError("--dedup-size: one size >= 1 byte")
+    args.overlaps = [o for o in map(parse_overlap, args.overlap) if o.name != "none"]
+    if not args.overlap_compute >= 0:
+        raise ValueError(f"--overlap-compute must be >= 0 (got {args.overlap_compute})")
     return profiles
 
 
@@ -126,6 +134,34 @@ DEDUP_CAPTION = (
     "experts contiguous over P ranks); saving = plain round trip / the pair's at the size named, TP 1; - where P "
     "does not divide E."
 )
+
+
+OVERLAP_CAPTION = (
+    "Predicted from each overlap mode's own schedule (bench/layer/overlap), not measured: the plain round trip "
+    "over native of S bytes of bf16 (token, expert) rows per rank (comm = sequential dispatch + combine), "
+    "experts taking --overlap-compute x comm (compute), split evenly over the C chunks; <mode> comm = its C "
+    "dispatches and combines after one count exchange; <mode> layer = the pipelined layer (one call on the "
+    "link at a time in the forward's order, chunk c + 1 dispatched before chunk c's experts, its combine after "
+    "them); eff = (comm + compute - layer) / min(comm, compute), as the moe benchmark measures it."
+)
+
+
+def overlap_columns(names: list[str]) -> list[str]:
+    return ["nodes", "P (GPUs)", "size", "comm µs", "compute µs", "sequential µs",
+            *(c for n in names for c in (f"{n} comm µs", f"{n} layer µs", f"{n} eff"))]  # fmt: skip
+
+
+def overlap_table(rows, names: list[str]):
+    def eff(v):
+        return f"{v:.2f}" if v is not None else "-"
+
+    return [[r["nodes"], r["gpus"], size_label(r["size"]), r["comm_us"], r["compute_us"], r["sequential_us"],
+             *(v for n in names for v in (r[f"{n}_comm_us"], r[f"{n}_layer_us"], eff(r[f"{n}_efficiency"])))]
+            for r in rows]  # fmt: skip
+
+
+def overlap_names(rows) -> list[str]:
+    return [k[: -len("_layer_us")] for k in rows[0] if k.endswith("_layer_us")] if rows else []
 
 
 def dedup_table(rows, k: int):
@@ -220,6 +256,10 @@ def render(data: dict, path) -> None:
         drows = [r for r in rows if r["kind"] == "dedup" and r["profile"] == name]
         if drows:
             report.print_table(f"dedup under routing skew, {name}", DEDUP_COLUMNS, dedup_table(drows, drows[0]["k"]))
+        orows = [r for r in rows if r["kind"] == "overlap" and r["profile"] == name]
+        if orows:
+            names = overlap_names(orows)
+            report.print_table(f"overlap, {name}", overlap_columns(names), overlap_table(orows, names))
         frows = [r for r in rows if r["kind"] == "field" and r["profile"] == name]
         if frows:
             cols = ["item", "field", "model", "verdict"]
@@ -251,6 +291,8 @@ def run(args) -> int:
         rows = projection.projection_rows(profile, args.nodes, args.sizes)
         prows = projection.pair_rows(profile, args.nodes, args.sizes, args.tp, args.preset)
         drows = projection.dedup_rows(profile, args.nodes, args.dedup_size[0], args.skew, args.preset)
+        orows = projection.overlap_rows(profile, args.nodes, args.sizes, args.preset, args.overlaps,
+                                        args.overlap_compute)  # fmt: skip
         cross = projection.all_crossovers(rows)
         lines = projection.crossover_lines(profile, cross, args.nodes, builtin=profile.name in BUILTIN)
         in_field = not args.no_field and profile.name in field.FIELD_PROFILES
@@ -259,7 +301,7 @@ def run(args) -> int:
             r.update(kind="field", profile=profile.name)
         for c in cross:
             c.update(kind="crossover", profile=profile.name)
-        all_rows += rows + prows + drows + cross + frows
+        all_rows += rows + prows + drows + orows + cross + frows
         meta.setdefault("profiles", {})[profile.name] = profile.to_dict()
         tables = [
             (f"projected all-to-all, {profile.name}", EXCHANGE_COLUMNS, exchange_table(rows), EXCHANGE_CAPTION),
@@ -268,6 +310,10 @@ def run(args) -> int:
             (f"dedup under routing skew, {args.preset.name}, S={size_label(args.dedup_size[0])}, {profile.name}",
              DEDUP_COLUMNS, dedup_table(drows, args.preset.k), DEDUP_CAPTION),
         ]  # fmt: skip
+        if orows:
+            names = overlap_names(orows)
+            tables.append((f"overlap, {args.preset.name}, compute = {args.overlap_compute:g} x comm, {profile.name}",
+                           overlap_columns(names), overlap_table(orows, names), OVERLAP_CAPTION))  # fmt: skip
         if frows:
             field_table = [[r[c] for c in field_cols] for r in frows]
             tables.append((f"model vs the field, {profile.name}", field_cols, field_table, field.FIELD_EXPLANATION))

@@ -133,6 +133,42 @@ def dedup_rows(profile: Profile, nodes: list[int], S: int, skews: list, preset: 
     return rows
 
 
+def overlap_rows(profile: Profile, nodes: list[int], sizes: list[int], preset: Preset, overlaps: list,
+                 compute_ratio: float) -> list[dict]:  # fmt: skip
+    """One row per (N, S): the plain round trip over native (the transport every overlap mode pipelines) of the
+    model's S / (2H) bf16 rows per rank, TP 1, and per overlap mode its own schedule's communication (C
+    dispatches and combines after one count exchange of C counts) and the layer it predicts
+    (pipeline.predicted_layer_us) when the experts take compute_ratio x the sequential round trip, split evenly
+    over the chunks; efficiency = (t_comm + t_comp - t_layer) / min(t_comm, t_comp), the moe benchmark's."""
+    from moebench.bench.layer.overlap import pipeline  # the layer package imports the topo package back
+
+    G, pair = profile.ranks_per_node, DISPATCH_COMBINE["plain"]
+    out_bytes, back_bytes = pair.wire_row_bytes(preset.H, WIRE_DTYPE)
+    rows = []
+    for N in nodes:
+        topo = Topology(N * G, G, 1)
+        for S in sizes:
+            splits = costmodel.uniform_splits(N * G, S // (preset.H * WIRE_DTYPE.itemsize))
+            comm = costmodel.predict(pair.schedule(ALGORITHMS["native"], splits, out_bytes, topo, back_bytes), topo,
+                                     profile)  # fmt: skip
+            compute = compute_ratio * comm
+            row = {"kind": "overlap", "profile": profile.name, "nodes": N, "gpus": N * G, "size": S,
+                   "model": preset.name, "comm_us": comm, "compute_us": compute,
+                   "sequential_us": comm + compute}  # fmt: skip
+            for overlap in overlaps:
+                C = overlap.chunks
+                schedule = overlap.schedule(pair, "native", pipeline.chunk_schedules(splits, C), out_bytes, back_bytes,
+                                            topo)  # fmt: skip
+                phases = costmodel.phase_times(schedule, topo, profile)
+                layer = pipeline.predicted_layer_us(phases, [compute / C] * C)
+                row[f"{overlap.name}_comm_us"] = sum(phases)
+                row[f"{overlap.name}_layer_us"] = layer
+                hidden = min(comm, compute)
+                row[f"{overlap.name}_efficiency"] = (comm + compute - layer) / hidden if hidden > 0 else None
+            rows.append(row)
+    return rows
+
+
 def crossovers(rows: list[dict], algo: str, rival: str = REFERENCE) -> list[dict]:
     """Per size: the smallest node count from which `algo` beats `rival` at every larger count listed."""
     out = []

@@ -178,8 +178,28 @@ def roundtrip(comm, parts_PC: np.ndarray, make_send, process):
 
 def chunk_schedules(splits_PP: np.ndarray, C: int) -> list[np.ndarray]:
     """[C] of [P, P]: every rank's rows to every rank cut as chunk_rows cuts them (what schedule takes)."""
-    parts = np.stack([split_parts(row, C) for row in np.asarray(splits_PP)])  # [P, P, C]
-    return [parts[:, :, c] for c in range(C)]
+    splits = np.asarray(splits_PP, dtype=np.int64)
+    return [splits // C + (c < splits % C) for c in range(C)]
+
+
+def predicted_layer_us(phase_us: list[float], compute_us: list[float]) -> float:
+    """The pipelined layer's time from its schedule's phase times ([counts, C dispatches, C combines], as
+    schedule lists them) and each chunk's expert time: communication runs one call at a time in the order the
+    forward issues them, compute one chunk at a time once its rows have arrived (dispatch c + 1 is issued
+    before chunk c's experts, combine c after them); the layer ends when both are done. One chunk: counts +
+    dispatch + experts + combine, the sequential layer."""
+    C = len(compute_us)
+    counts, out, back = phase_us[0], phase_us[1 : 1 + C], phase_us[1 + C : 1 + 2 * C]
+    link = arrived = counts + out[0]  # the count exchange blocks; chunk 0's dispatch follows
+    cpu = arrived
+    for c in range(C):
+        if c + 1 < C:
+            link = arrived = max(cpu, link) + out[c + 1]
+        cpu += compute_us[c]
+        link = max(cpu, link) + back[c]
+        if c + 1 < C:
+            cpu = max(cpu, arrived)
+    return max(cpu, link)
 
 
 def _summed(stats: list) -> KernelStats:
