@@ -32,7 +32,8 @@ bench: bench-collectives bench-kernels bench-moe bench-balance bench-dispatch
 	$(MOEBENCH) report
 
 bench-collectives: install
-	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) collectives -b 1K -e 16M -f 4 --save --tag p2
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) collectives -b 1K -e 16M -f 4 --overlap none,chunks:2,chunks:4 \
+		--save --tag p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) collectives -b 16K -e 16M -f 4 --budget 0.5 \
 		--ranks-per-node 2 --tp 2 --save --tag p4-g2-tp2
 
@@ -51,7 +52,8 @@ bench-moe: install
 		--ranks-per-node 2 --tp 2 --budget 0.5 --save --tag p4-g2-tp2
 
 # Dispatch variants: dedup and fp8 against plain at P=4 (k=8: deepseek-v3-tiny, qwen3-30b-a3b-tiny; bytes exact,
-# timings of 4 ranks on 2 cores), and at P=2 in bf16 (fp8's byte formula; ll against plain at batch <= 8).
+# timings of 4 ranks on 2 cores), and at P=2 in bf16 (fp8's byte formula; ll against plain at batch <= 8), and
+# the ll and plain round trips alone, side by side (nothing else interleaved: the small-size verdict).
 DISPATCH_ALGOS := native,dedup:native,fp8:native,fp8-dedup:native,hierarchical,dedup:hierarchical
 bench-dispatch: install
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) moe --model deepseek-v3-tiny --batch 16,256 --algos $(DISPATCH_ALGOS) \
@@ -60,6 +62,8 @@ bench-dispatch: install
 		--kernels dynamic --skew gate,uniform --ranks-per-node 2 -n 20 --budget 0.5 --save --tag dispatch-qwen-p4
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) moe --model mixtral-8x7b-tiny -d bfloat16 --batch 1,8,128 \
 		--algos native,ll:native,dedup:native,fp8:native,fp8-dedup:native --kernels dynamic --save --tag dispatch-bf16-p2
+	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) collectives -b 1K -e 64K -f 4 --algos native --pairs plain,ll -n 300 \
+		--save --tag ll-p2
 
 # Load balance (exact, single process): placements on deepseek-v3-tiny dropless, routers at cf 1.0, Switch's
 # drop figure; then routers and placements timed in the layer (topk-switch / task; the hot-expert straggler).

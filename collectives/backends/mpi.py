@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from struct import pack_into, unpack_from
+from struct import Struct
 from sys import getrefcount
 
 import numpy as np
@@ -52,7 +52,7 @@ class _VectorSpec:
     counts and displacements (the payload moves as MPI.BYTE, whatever its dtype), the receive buffer's shape,
     and the call's traffic meter."""
 
-    __slots__ = ("meter", "np_dtype", "recv", "recv_args", "recv_shape", "send_args", "send_nbytes", "view")
+    __slots__ = ("byte", "meter", "np_dtype", "recv", "recv_args", "recv_shape", "send_args", "send_nbytes", "view")
 
     def __init__(self, group, send_splits, recv_splits, send: torch.Tensor):
         row = row_numel(send) * send.element_size()
@@ -66,17 +66,19 @@ class _VectorSpec:
         self.view = _AS_INTEGERS.get(send.dtype) if send.dtype == torch.bfloat16 else None
         self.np_dtype = torch.empty(0, dtype=self.view or send.dtype).numpy().dtype
         self.meter = group.traffic.meter(*group.call_traffic(scounts))
+        self.byte = group._byte
         self.recv = None  # (numpy buffer, the tensor over it) of the last call, reused once nothing else holds it
 
     def recv_buffer(self, dtype: torch.dtype):
-        """(numpy buffer, tensor over it) for this call: the last call's when no one holds that tensor any more
-        (neither it nor a view of its memory: at decode this saves ~1 µs of allocation a call), else new ones."""
+        """(MPI receive arguments [numpy buffer, counts and displacements, BYTE], the tensor over the buffer) for
+        this call: the last call's when no one holds that tensor any more (neither it nor a view of its memory:
+        at decode this saves ~1 µs of allocation a call), else new ones."""
         last = self.recv
         if last is not None and getrefcount(last[1]) == 2 and storage_use_count(last[1]) == 1:
             return last
         recv = np.empty(self.recv_shape, self.np_dtype)
         self.recv = (
-            recv,
+            [recv, self.recv_args, self.byte],
             (torch.from_numpy(recv) if self.view is None and self.recv_shape[0] else from_numpy(recv, dtype)),
         )
         return self.recv
@@ -86,12 +88,15 @@ class _CountsSpec:
     """The count exchange of one width m as an MPI-4 persistent collective (Alltoall_init): buffers, request and
     meter built once; each call is a copy in, Start, Wait and a copy out."""
 
-    __slots__ = ("format", "meter", "recv", "request", "send")
+    __slots__ = ("meter", "pack", "recv", "request", "send", "start", "unpack", "wait")
 
     def __init__(self, group, shape):
         self.send, self.recv = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
-        self.format = f"={self.send.size}q"  # the split counts go in and out with struct, not numpy's conversions
+        # the split counts go in and out with struct, not numpy's conversions; every call's methods bound once
+        layout = Struct(f"={self.send.size}q")
+        self.pack, self.unpack = layout.pack_into, layout.unpack_from
         self.request = group.mpi.Alltoall_init(self.send, self.recv)
+        self.start, self.wait = self.request.Start, self.request.Wait
         m = 1 if len(shape) == 1 else shape[1]
         self.meter = group.traffic.meter(*group.call_traffic(np.full(group.size, m * 8)))
 
@@ -104,7 +109,7 @@ class MpiGroup(Group):
         from mpi4py import MPI
 
         self._MPI = MPI
-        self._address, self._byte = MPI.buffer.fromaddress, MPI.BYTE
+        self._address, self._byte, self._alltoallv = MPI.buffer.fromaddress, MPI.BYTE, mpi_comm.Alltoallv
         self._specs = SpecCache(traffic)
         self._counts: dict[tuple, _CountsSpec] = {}
         self._split_counts: _CountsSpec | None = None  # the [size] count exchange every plan makes
@@ -115,18 +120,18 @@ class MpiGroup(Group):
         [size, m] integers (returned as a [size, m] array), row i from member i."""
         if type(counts) is tuple:
             spec = self._split_counts or self._counts_spec((self.size,))
-            pack_into(spec.format, spec.send, 0, *counts)
+            spec.pack(spec.send, 0, *counts)
         else:
             counts = np.asarray(counts)
             spec = self._counts.get(counts.shape) or self._counts_spec(counts.shape)
             spec.send[...] = counts
-        spec.request.Start()
-        spec.request.Wait()
+        spec.start()
+        spec.wait()
         meter = spec.meter
         meter.calls += 1
         if meter.spin_s:
             spin(meter.spin_s)
-        return unpack_from(spec.format, spec.recv) if spec is self._split_counts else spec.recv.copy()
+        return spec.unpack(spec.recv) if spec is self._split_counts else spec.recv.copy()
 
     def _counts_spec(self, shape) -> _CountsSpec:
         spec = self._counts[shape] = _CountsSpec(self, shape)
@@ -143,10 +148,8 @@ class MpiGroup(Group):
         assert send.is_contiguous()
         key = (send_splits, recv_splits, send.shape, send.dtype)
         spec = self._specs.get(key) or self._new_spec(key, send)
-        recv, out = spec.recv_buffer(send.dtype)
-        byte = self._byte
-        self.mpi.Alltoallv([self._address(send.data_ptr(), spec.send_nbytes), spec.send_args, byte],
-                           [recv, spec.recv_args, byte])  # fmt: skip
+        recv_args, out = spec.recv_buffer(send.dtype)
+        self._alltoallv([self._address(send.data_ptr(), spec.send_nbytes), spec.send_args, self._byte], recv_args)
         meter = spec.meter
         meter.calls += 1
         if meter.spin_s:
