@@ -43,14 +43,15 @@ def series(rows, base: Path, suffix: str, *, x: str, y: str, label, xlabel: str,
 
 
 def phase_bars(groups: dict, phases, base: Path, suffix: str, ylabel: str) -> list[Path]:
-    """Stacked bars of each row's phases, one panel per group: {panel title: [(bar label, row), ...]}."""
+    """Stacked bars of each row's phases, one panel per group: {panel title: [(bar label, row), ...]}. A phase a
+    stored run did not time on its own (an older run, before the phase existed) draws as zero."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 5.5), squeeze=False)
     for ax, (panel, bars) in zip(axes[0], groups.items()):
         labels = [label for label, _ in bars]
         bottom = [0.0] * len(bars)
         for phase in phases:
-            heights = [row[f"{phase}_us"] for _, row in bars]
+            heights = [row.get(f"{phase}_us", 0.0) for _, row in bars]
             ax.bar(labels, heights, bottom=bottom, label=phase)
             bottom = [b + h for b, h in zip(bottom, heights)]
         ax.set(ylabel=ylabel, title=panel)

@@ -6,6 +6,7 @@ P = world size, G = ranks per node, N = nodes, L = TP degree, S = bytes a rank s
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -256,6 +257,19 @@ def test_every_committed_result_renders():
     result = subprocess.run([sys.executable, "-m", "moebench", "report", "--no-plots", "results"], cwd=REPO,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_every_committed_result_plots(tmp_path):
+    """`make bench` ends in `moebench report` with plots: every stored run under results/ must plot too (from
+    copies, so the committed PNGs stay as they are), older runs included (a phase they did not time draws as 0)."""
+    for machine in (REPO / "results").iterdir():
+        for path in machine.glob("*.json"):
+            (tmp_path / machine.name).mkdir(exist_ok=True)
+            shutil.copy(path, tmp_path / machine.name / path.name)
+    result = subprocess.run([sys.executable, "-m", "moebench", "report", str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list(tmp_path.rglob("moe-*-phases.png"))) >= len(list(tmp_path.rglob("moe-*.json")))
 
 
 def test_calibrate_on_one_host_writes_predicted_and_measured(mpiexec_available, tmp_path):
