@@ -216,6 +216,9 @@ def test_pipelined_layer_model_bounds_and_edges():
     assert predicted_layer_us([0, 0, 0, 0, 0, 0, 0], [2, 2, 2]) == 6
     # C = 2, d = b = 1, x = 2: d0 | x0 beside d1 | b0 beside x1 | b1 -> 1 + 2 + 2 + 1
     assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2]) == 6
+    # a lead (the shared experts) hides under chunk 0's dispatch, and only the part longer than it shows
+    assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], lead_us=0.5) == 6
+    assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], lead_us=3) == 8
     rng = np.random.default_rng(3)
     for C in (2, 3, 8):
         phases, compute = rng.uniform(0, 5, 1 + 2 * C).tolist(), rng.uniform(0, 5, C).tolist()

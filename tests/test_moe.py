@@ -136,6 +136,9 @@ def test_dispatch_pairs_and_overlap_rows(mpiexec_available, tmp_path):
         r = by[("native", mode, 64)]
         assert r["dispatch_bytes"] == plain["dispatch_bytes"] + 8  # one count exchange of 2 counts (16 B) per peer
         assert "overlap_efficiency" in r and r["t_sequential_us"] == plain["total_us"]
+        # the pipeline model on the sequential phases: never slower than sequential, never faster than its parts
+        assert max(r["t_comm_us"], plain["experts_us"]) <= r["model_us"] <= plain["total_us"] * 1.03  # Σ within 2%
+        assert r["model_efficiency"] <= 1.0001
 
 
 def test_moe_records_a_trace_that_replays_its_routing(mpiexec_available, tmp_path):

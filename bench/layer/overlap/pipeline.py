@@ -182,16 +182,17 @@ def chunk_schedules(splits_PP: np.ndarray, C: int) -> list[np.ndarray]:
     return [splits // C + (c < splits % C) for c in range(C)]
 
 
-def predicted_layer_us(phase_us: list[float], compute_us: list[float]) -> float:
+def predicted_layer_us(phase_us: list[float], compute_us: list[float], lead_us: float = 0.0) -> float:
     """The pipelined layer's time from its schedule's phase times ([counts, C dispatches, C combines], as
     schedule lists them) and each chunk's expert time: communication runs one call at a time in the order the
     forward issues them, compute one chunk at a time once its rows have arrived (dispatch c + 1 is issued
-    before chunk c's experts, combine c after them); the layer ends when both are done. One chunk: counts +
-    dispatch + experts + combine, the sequential layer."""
+    before chunk c's experts, combine c after them); lead_us of compute (the shared experts) runs while chunk
+    0's dispatch flies; the layer ends when both are done. One chunk and no lead: counts + dispatch + experts +
+    combine, the sequential layer."""
     C = len(compute_us)
     counts, out, back = phase_us[0], phase_us[1 : 1 + C], phase_us[1 + C : 1 + 2 * C]
     link = arrived = counts + out[0]  # the count exchange blocks; chunk 0's dispatch follows
-    cpu = arrived
+    cpu = max(counts + lead_us, arrived)
     for c in range(C):
         if c + 1 < C:
             link = arrived = max(cpu, link) + out[c + 1]
