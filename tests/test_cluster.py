@@ -70,6 +70,9 @@ class LongRun:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            # a Ctrl-C reaches it however the tests were started: a shell's background job (`make test &`) ignores
+            # SIGINT, the child inherits that, and Python then never raises KeyboardInterrupt
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.rid = cluster.run_id(self.proc.pid)
         self.lines: list[str] = []
