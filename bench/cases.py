@@ -180,7 +180,8 @@ def roundtrip(comm, pair, inner: str, send: torch.Tensor, send_splits, max_rows:
     return encoded
 
 
-def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dtype, seed: int, check: bool = True):
+def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dtype, seed: int, check: bool = True,
+                    overlaps=()):  # fmt: skip
     """`<pair>:<inner>` dispatch + combine round trips on rows duplicated across each TP group (as after a TP
     block), each checked (out == send, or within the pair's codec tolerance) and traffic-counted, with its
     dispatch's wire bytes; pairs whose rows are tokens (unit "token": dedup) by token_roundtrip_cases, on the
@@ -197,7 +198,8 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
     cases = []
     token_pairs = [name for name in pairs if DISPATCH_COMBINE[name].unit == "token"]
     for inner in inners:
-        cases += token_roundtrip_cases(comm, token_pairs, inner, size, skew, hidden, dtype, seed, check)
+        cases += token_roundtrip_cases(comm, token_pairs, inner, size, skew, hidden, dtype, seed, check,
+                                       overlaps if inner == "native" else ())  # fmt: skip
         for name in pairs:
             pair = DISPATCH_COMBINE[name]
             if not pair.runs_over(inner) or pair.unit != "assignment":
@@ -273,7 +275,7 @@ TOKEN_TOPK = 2  # experts per token in the token-unit round trips (mixtral's k)
 
 
 def token_roundtrip_cases(comm, names, inner: str, size: int, skew: Skew, hidden: int, dtype, seed: int,
-                          check: bool = True) -> list[Case]:  # fmt: skip
+                          check: bool = True, overlaps=()) -> list[Case]:  # fmt: skip
     """`<pair>:<inner>` round trips of the token-unit pairs (dedup, fp8-dedup) on the S bytes of (token, expert)
     rows the plain round trip moves: T = R / k tokens (duplicated in each TP group), k = TOKEN_TOPK distinct
     experts each, drawn from the skew over P * 8 experts (8 per rank), grouped into one row per token and
@@ -322,4 +324,51 @@ def token_roundtrip_cases(comm, names, inner: str, size: int, skew: Skew, hidden
         case = checked_case(comm, row, fn, check_fn, schedule)
         row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
         cases.append(case)
+        shape = (H, dtype, k, out_bytes, back_bytes)
+        for overlap in overlaps if pipeline_runs(pair) else ():
+            cases.append(_token_overlap_case(comm, pair, overlap, unit, permuted, splits, x_RH, header_RW, want_RH,
+                                             tolerance, shape, check, dict(row)))  # fmt: skip
     return cases
+
+
+def pipeline_runs(pair) -> bool:
+    """Whether the overlap pipeline runs this pair over native, dropless."""
+    from moebench.bench.layer.overlap import pipeline
+
+    return pipeline.runs(pair, "native", None)
+
+
+def _token_overlap_case(comm, pair, overlap, unit, permuted, splits, x_RH, header_RW, want_RH, tolerance, shape,
+                        check, row) -> Case:  # fmt: skip
+    """The token-unit round trip (token_roundtrip_cases) through the overlap mode's pipeline: the permuted rows
+    cut into C chunks per destination, each chunk encoded as it starts (fp8-dedup), unpacked and decoded on
+    arrival and sent back (identity experts); checked and traffic-matched as overlap_roundtrip_cases."""
+    from moebench.bench.layer.overlap import pipeline
+
+    H, dtype, k, out_bytes, back_bytes = shape
+    codec, R = pair.codec, permuted.send_AW.shape[0]
+    C = max(1, min(overlap.chunks, int(max(comm.allgather_object(R)))))  # the same C on every rank
+    parts, index = pipeline.chunk_rows(permuted.send_splits, C)
+    device = permuted.send_AW.device
+    if codec.exact:
+        chunks = [permuted.send_AW[i.to(device)] for i in index]
+        make_send = chunks.__getitem__
+    else:
+        xs, headers = [x_RH[i.to(device)] for i in index], [header_RW[i.to(device)] for i in index]
+
+        def make_send(c):
+            return torch.cat([codec.encode(xs[c]), headers[c]], dim=1)
+
+    def process(recv):
+        payload_MW, _ = unit.unpack(recv, k)
+        return codec.decode(payload_MW, dtype, H).to(codec.combine_dtype(dtype))
+
+    trip = pipeline.roundtrip(comm, parts, make_send, process)
+    order = torch.cat(index)
+    want, tol = want_RH[order], None if tolerance is None else tolerance[order]
+    schedule = overlap.schedule(pair, "native", pipeline.chunk_schedules(splits, C), out_bytes, back_bytes,
+                                comm.topology)  # fmt: skip
+    row.pop("dispatch_wire_bytes", None)  # the sequential trip's: an overlap row's dispatch is interleaved
+    row.update(algo=f"{row['algo']} ({overlap.name})", overlap=overlap.name, chunks=C)
+    return checked_case(comm, row, lambda: trip().to(dtype), check and (lambda out: count_wrong(out, want, tol)),
+                        schedule)  # fmt: skip

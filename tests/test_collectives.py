@@ -144,25 +144,28 @@ def test_receive_buffers_are_reused_only_when_nothing_holds_them():
 
 @pytest.mark.parametrize("nprocs", [2, 4])
 def test_overlap_round_trips_are_checked_against_their_schedule(mpiexec_available, tmp_path, nprocs):
-    """`collectives --overlap`: every mode's pipelined round trip of plain and fp8 (the pipeline's communication
-    alone) comes back right, with exactly the traffic of the mode's own schedule (one count exchange of C
-    counts per peer, C dispatches and C combines), beside the sequential round trips."""
+    """`collectives --overlap`: every mode's pipelined round trip of plain, fp8, dedup and fp8-dedup (the
+    pipeline's communication alone) comes back right, with exactly the traffic of the mode's own schedule (one
+    count exchange of C counts per peer, C dispatches and C combines), beside the sequential round trips."""
     out = tmp_path / "overlap.json"
     extra = ["--ranks-per-node", "2"] if nprocs == 4 else []
     args = ["-m", "moebench", "collectives", "-b", "1K", "-e", "64K", "-f", "64", "--algos", "native", "--pairs",
-            "plain,fp8", "--overlap", "none,chunks:3,dual", "-n", "3", "-w", "1", "--json", str(out)]  # fmt: skip
-    args += extra
+            "plain,fp8,dedup,fp8-dedup", "--overlap", "none,chunks:3,dual", "-n", "3", "-w", "1"]  # fmt: skip
+    args += ["--json", str(out), *extra]
     result = mpirun(nprocs, args, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = {(r["algo"], r["size"]): r for r in json.loads(out.read_text())["rows"]}
     for size in (1024, 65536):
         plain = rows[("plain:native", size)]
-        for pair in ("plain", "fp8"):
-            for mode, chunks in (("chunks:3", 3), ("dual", 2)):
+        for mode, chunks in (("chunks:3", 3), ("dual", 2)):
+            for pair in ("plain", "fp8"):
                 row = rows[(f"{pair}:native ({mode})", size)]
                 assert row["wrong"] == 0 and row["schedule_matches"], row
                 assert row["overlap"] == mode and row["chunks"] == min(chunks, row_shape(size, 4, nprocs, 1024)[0])
                 assert row["vs_plain"] > 0
+            for pair in ("dedup", "fp8-dedup"):  # one row per token and destination, chunked the same way
+                row = rows[(f"{pair}:native ({mode})", size)]
+                assert row["wrong"] == 0 and row["schedule_matches"] and 1 <= row["chunks"] <= chunks, row
         # the same rows out and back as the sequential plain trip, plus C - 1 more counts per peer
         row = rows[("plain:native (chunks:3)", size)]
         extra_counts = (row["chunks"] - 1) * 8 * (nprocs - 1)

@@ -48,7 +48,7 @@ BAD_CLI = [
     (["--pairs", "dedupe"], "unknown dispatch/combine pair dedupe"),
     (["-b", "1M", "-e", "1K"], "need 1 <= -b <= -e"),
     (["--overlap", "chunks:0"], "overlap chunks:C needs a whole number C >= 1"),
-    (["--overlap", "chunks:2", "--pairs", "ll"], "--overlap pipelines plain and fp8 over native"),
+    (["--overlap", "chunks:2", "--pairs", "ll"], "--overlap pipelines plain, fp8, dedup and fp8-dedup over native"),
 ]
 
 

@@ -23,9 +23,8 @@ from moebench.bench.layer.overlap import parse_overlap, pipeline
 from moebench.bench.timing import Case
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 
-# the pairs an overlap mode's round trip pipelines (the plain transport, one row per assignment)
-OVERLAP_PAIRS = [name for name, pair in DISPATCH_COMBINE.items()
-                 if pair.unit == "assignment" and pipeline.runs(pair, "native", None)]  # fmt: skip
+# the pairs an overlap mode's round trip pipelines (the plain transport: plain, fp8, dedup, fp8-dedup)
+OVERLAP_PAIRS = [name for name, pair in DISPATCH_COMBINE.items() if pipeline.runs(pair, "native", None)]
 BUFFERS_PER_SIZE = 8  # send, recv, expected and hierarchical's staging copies, per rank
 
 
@@ -38,7 +37,7 @@ def add_arguments(p) -> None:
     options.add_pairs(p)
     p.add_argument("--overlap", type=options.str_list, default=["none"],
                    help="overlap modes (none, chunks:C, dual): each adds `<pair>:native (<mode>)` round trips of the "
-                   "pipeline's communication alone for the pairs it runs (plain, fp8)")  # fmt: skip
+                   "pipeline's communication alone for the pairs it runs (plain, fp8, dedup, fp8-dedup)")  # fmt: skip
     options.add_launch(p)
     options.add_skew(p, "uniform", gate=False)
     options.add_hidden(p)
@@ -64,8 +63,8 @@ def validate(args) -> list[str]:
         raise ValueError("--overlap needs at least one mode")
     args.overlaps = [o for o in map(parse_overlap, args.overlap) if o.name != "none"]
     if args.overlaps and ("native" not in args.algos or not any(p in OVERLAP_PAIRS for p in pairs)):
-        raise ValueError("--overlap pipelines plain and fp8 over native: select native (--algos) and one of them "
-                         "(--pairs)")  # fmt: skip
+        raise ValueError("--overlap pipelines plain, fp8, dedup and fp8-dedup over native: select native (--algos) "
+                         "and one of them (--pairs)")  # fmt: skip
     need = BUFFERS_PER_SIZE * args.maxbytes * P
     if need > options.available_memory_bytes():
         raise ValueError(
@@ -89,7 +88,7 @@ def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
     check = bool(args.check)
     exchanges, logical, send = cases.exchange_cases(comm, args.algos, size, skew, args.hidden, dtype, args.seed, check)
     trips, trip_logical = cases.roundtrip_cases(
-        comm, pairs, args.algos, size, skew, args.hidden, dtype, args.seed, check
+        comm, pairs, args.algos, size, skew, args.hidden, dtype, args.seed, check, args.overlaps
     )
     copy = host_copy_case(send, size)
     if "native" in args.algos:
