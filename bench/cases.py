@@ -217,58 +217,59 @@ def roundtrip_cases(comm, pairs, inners, size: int, skew: Skew, hidden: int, dty
             case = checked_case(comm, row, fn, check and (lambda out, t=tolerance: count_wrong(out, send, t)), schedule)
             row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
             cases.append(case)
+    if "native" in inners:  # every overlap mode's pipeline over the same rows (token pairs: above, inline)
+        piped = [name for name in pairs if DISPATCH_COMBINE[name].unit == "assignment" and _pipelined(name)]
+        for overlap in overlaps:
+            for name in piped:
+                pair = DISPATCH_COMBINE[name]
+                codec, wire = pair.codec, pair.wire_row_bytes(H, dtype)
+                row = {"algo": f"{name}:native", "pair": name, "inner": "native", "size": size}
+                if codec.exact:  # the rows go as they are
+                    encode, decode, tolerance = (lambda rows: rows), None, None
+                else:
+                    encode, tolerance = codec.encode, codec.tolerance(send)
+                    decode = lambda recv, codec=codec: codec.decode(recv, dtype, H)
+                cases.append(pipelined_case(comm, overlap, pair, row, splits[leaders], send_splits,
+                                            lambda i: send[i.to(send.device)], encode, decode, send, tolerance, wire,
+                                            dtype, check))  # fmt: skip
     return cases, logical
 
 
-def overlap_roundtrip_cases(comm, pairs, overlaps, size: int, skew: Skew, hidden: int, dtype, seed: int,
-                            check: bool = True) -> list[Case]:  # fmt: skip
-    """`<pair>:native (<mode>)` round trips of every overlap mode (bench/layer/overlap) for the assignment pairs
-    the pipeline runs (plain, fp8): the rows roundtrip_cases moves, each destination's cut into the mode's C
-    chunks (before the timed call, as the layer's permute cuts them), then the pipeline's communication alone
-    (one count exchange, chunk c + 1's dispatch started before chunk c's combine; encoding and decoding timed
-    as in the pair's round trip, identity experts). What chunking costs the exchange, without the compute it
-    would hide; checked as roundtrip_cases checks, traffic against the mode's own schedule."""
+def _pipelined(name: str) -> bool:
+    """Whether the overlap pipeline runs this pair over native, dropless."""
     from moebench.bench.layer.overlap import pipeline  # the layer's package imports this module's neighbours
 
-    P, me, L = comm.world_size, comm.rank, comm.tp.size
-    R, H = row_shape(size, torch.finfo(dtype).bits // 8, P, hidden)
-    splits = split_matrix(R, P, skew, seed)
-    leaders = np.arange(P) // L * L
-    send = rank_rows(int(leaders[me]), R, H, dtype, seed).to(comm.device)
-    cases = []
-    for overlap in overlaps:
-        C = max(1, min(overlap.chunks, R))  # R is every rank's: the same C everywhere
-        parts, index = pipeline.chunk_rows(splits[leaders[me]], C)
-        order = torch.cat(index).to(comm.device)
-        chunks = [send[i.to(comm.device)] for i in index]
-        chunk_splits = pipeline.chunk_schedules(splits[leaders], C)
-        for name in pairs:
-            pair = DISPATCH_COMBINE[name]
-            if pair.unit != "assignment" or not pipeline.runs(pair, "native", None):
-                continue
-            codec, want = pair.codec, send[order]
-            if codec.exact:
-                fn, tolerance = pipeline.roundtrip(comm, parts, chunks.__getitem__, lambda recv: recv), None
-            else:
-                fn, tolerance = _encoded_pipeline(comm, parts, chunks, codec, dtype, H), codec.tolerance(send)[order]
-            row_bytes, back_bytes = pair.wire_row_bytes(H, dtype)
-            schedule = overlap.schedule(pair, "native", chunk_splits, row_bytes, back_bytes, comm.topology)
-            row = {"algo": f"{name}:native ({overlap.name})", "pair": name, "inner": "native",
-                   "overlap": overlap.name, "chunks": C, "size": size}  # fmt: skip
-            check_fn = check and (lambda out, w=want, t=tolerance: count_wrong(out, w, t))
-            cases.append(checked_case(comm, row, fn, check_fn, schedule))
-    return cases
+    return pipeline.runs(DISPATCH_COMBINE[name], "native", None)
 
 
-def _encoded_pipeline(comm, parts, chunks: list, codec, dtype, H: int):
-    """The pipelined round trip of a pair with an encoding: each chunk encoded as it starts, decoded on arrival
-    and sent back in the combine dtype; the result in the rows' dtype."""
+def pipelined_case(comm, overlap, pair, row: dict, splits_PP, my_splits, select, encode, decode, want_RH, tolerance,
+                   wire: tuple[int, int], dtype, check) -> Case:  # fmt: skip
+    """`<pair>:native (<mode>)`: a round trip's rows through the overlap mode's pipeline, its communication alone
+    (pipeline.roundtrip: one count exchange of C counts per peer, chunk c + 1 dispatched before chunk c's
+    combine, identity experts): what chunking costs the exchange, without the compute it would hide.
+
+    The rows (my_splits[d] to rank d; every rank's in splits_PP [P, P]) are cut into C chunks per destination
+    before the timed call: select(index, on the CPU) -> a chunk's inputs; timed: encode(inputs) -> the rows sent, and
+    decode(recv) -> the values sent back (None: the rows as they came), in the pair's combine dtype; the result,
+    chunk 0 first, must equal want_RH's rows in that order (within tolerance [R, H], or exactly), and the
+    counted traffic the mode's own schedule (wire: dispatch and combine row bytes). row: the sequential trip's
+    fields, completed here."""
     from moebench.bench.layer.overlap import pipeline
 
-    back = codec.combine_dtype(dtype)
-    trip = pipeline.roundtrip(comm, parts, lambda c: codec.encode(chunks[c]),
-                              lambda recv: codec.decode(recv, dtype, H).to(back))  # fmt: skip
-    return lambda: trip().to(dtype)
+    splits_PP = np.asarray(splits_PP)
+    C = max(1, min(overlap.chunks, int(splits_PP.sum(axis=1).max())))  # from every rank's rows: the same C
+    parts, index = pipeline.chunk_rows(my_splits, C)
+    inputs = [select(i) for i in index]
+    back = pair.codec.combine_dtype(dtype)
+    process = (lambda recv: recv) if decode is None else (lambda recv: decode(recv).to(back))
+    trip = pipeline.roundtrip(comm, parts, lambda c: encode(inputs[c]), process)
+    fn = trip if back == dtype else (lambda: trip().to(dtype))
+    order = torch.cat(index).to(want_RH.device)
+    want, tol = want_RH[order], None if tolerance is None else tolerance[order]
+    schedule = overlap.schedule(pair, "native", pipeline.chunk_schedules(splits_PP, C), *wire, comm.topology)
+    row.pop("dispatch_wire_bytes", None)  # the sequential trip's: an overlap row's dispatch is interleaved
+    row.update(algo=f"{row['algo']} ({overlap.name})", overlap=overlap.name, chunks=C)
+    return checked_case(comm, row, fn, check and (lambda out: count_wrong(out, want, tol)), schedule)
 
 
 TOKEN_TOPK = 2  # experts per token in the token-unit round trips (mixtral's k)
@@ -324,51 +325,23 @@ def token_roundtrip_cases(comm, names, inner: str, size: int, skew: Skew, hidden
         case = checked_case(comm, row, fn, check_fn, schedule)
         row["dispatch_wire_bytes"] = int(dispatch_bytes[0] + dispatch_bytes[1])
         cases.append(case)
-        shape = (H, dtype, k, out_bytes, back_bytes)
-        for overlap in overlaps if pipeline_runs(pair) else ():
-            cases.append(_token_overlap_case(comm, pair, overlap, unit, permuted, splits, x_RH, header_RW, want_RH,
-                                             tolerance, shape, check, dict(row)))  # fmt: skip
+        if not _pipelined(name):
+            continue
+        if codec.exact:
+            select, encode = (lambda i, p=permuted: p.send_AW[i.to(p.send_AW.device)]), (lambda rows: rows)
+        else:  # each chunk's rows encoded as it starts, their headers riding along
+
+            def select(i, x_RH=x_RH, header_RW=header_RW):
+                i = i.to(x_RH.device)
+                return x_RH[i], header_RW[i]
+
+            def encode(inputs, codec=codec):
+                return torch.cat([codec.encode(inputs[0]), inputs[1]], dim=1)
+
+        def decode(recv, unit=unit, codec=codec):
+            return codec.decode(unit.unpack(recv, k)[0], dtype, H)
+
+        for overlap in overlaps:
+            cases.append(pipelined_case(comm, overlap, pair, dict(row), splits, permuted.send_splits, select, encode,
+                                        decode, want_RH, tolerance, (out_bytes, back_bytes), dtype, check))  # fmt: skip
     return cases
-
-
-def pipeline_runs(pair) -> bool:
-    """Whether the overlap pipeline runs this pair over native, dropless."""
-    from moebench.bench.layer.overlap import pipeline
-
-    return pipeline.runs(pair, "native", None)
-
-
-def _token_overlap_case(comm, pair, overlap, unit, permuted, splits, x_RH, header_RW, want_RH, tolerance, shape,
-                        check, row) -> Case:  # fmt: skip
-    """The token-unit round trip (token_roundtrip_cases) through the overlap mode's pipeline: the permuted rows
-    cut into C chunks per destination, each chunk encoded as it starts (fp8-dedup), unpacked and decoded on
-    arrival and sent back (identity experts); checked and traffic-matched as overlap_roundtrip_cases."""
-    from moebench.bench.layer.overlap import pipeline
-
-    H, dtype, k, out_bytes, back_bytes = shape
-    codec, R = pair.codec, permuted.send_AW.shape[0]
-    C = max(1, min(overlap.chunks, int(max(comm.allgather_object(R)))))  # the same C on every rank
-    parts, index = pipeline.chunk_rows(permuted.send_splits, C)
-    device = permuted.send_AW.device
-    if codec.exact:
-        chunks = [permuted.send_AW[i.to(device)] for i in index]
-        make_send = chunks.__getitem__
-    else:
-        xs, headers = [x_RH[i.to(device)] for i in index], [header_RW[i.to(device)] for i in index]
-
-        def make_send(c):
-            return torch.cat([codec.encode(xs[c]), headers[c]], dim=1)
-
-    def process(recv):
-        payload_MW, _ = unit.unpack(recv, k)
-        return codec.decode(payload_MW, dtype, H).to(codec.combine_dtype(dtype))
-
-    trip = pipeline.roundtrip(comm, parts, make_send, process)
-    order = torch.cat(index)
-    want, tol = want_RH[order], None if tolerance is None else tolerance[order]
-    schedule = overlap.schedule(pair, "native", pipeline.chunk_schedules(splits, C), out_bytes, back_bytes,
-                                comm.topology)  # fmt: skip
-    row.pop("dispatch_wire_bytes", None)  # the sequential trip's: an overlap row's dispatch is interleaved
-    row.update(algo=f"{row['algo']} ({overlap.name})", overlap=overlap.name, chunks=C)
-    return checked_case(comm, row, lambda: trip().to(dtype), check and (lambda out: count_wrong(out, want, tol)),
-                        schedule)  # fmt: skip

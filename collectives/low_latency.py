@@ -107,18 +107,19 @@ class _Rows:
 
 class _Exchange:
     """One fixed shape's host buffers (send and receive, uint8 [P, block bytes], K header rows ahead of the C
-    rows of every block) and the backend's persistent all-to-all over them (MPI Alltoall_init: each call is
+    rows of every block) and the backend's persistent all-to-all over them (MPI Alltoallv_init: each call is
     Start + Wait; my own block stays in send: MPI does not copy it); per split pattern, the copies that fill the
     send blocks and gather the received rows (my own from send), built once, run as memmoves by address (no
     views of the caller's tensors). Stale rows past a peer's count are never read."""
 
-    def __init__(self, comm, peers: int, block_rows: int, row_nbytes: int, header: int):
-        self.send = np.zeros((peers, block_rows * row_nbytes), np.uint8)
+    def __init__(self, comm, peers: int, cap: int, row_nbytes: int):
+        K = header_rows(row_nbytes)
+        self.send = np.zeros((peers, (K + cap) * row_nbytes), np.uint8)
         self.recv = np.zeros_like(self.send)
-        self.block, self.skip, self.row = block_rows * row_nbytes, header * row_nbytes, row_nbytes
+        self.block, self.skip, self.row = (K + cap) * row_nbytes, K * row_nbytes, row_nbytes
         self.me = comm.world.rank
         # the counts in the receive headers, read in one call: an int64 at the start of every block
-        self.counts = struct.Struct("=" + f"q{self.block - COUNT_BYTES}x" * (peers - 1) + "q") if header else None
+        self.counts = struct.Struct("=" + f"q{self.block - COUNT_BYTES}x" * (peers - 1) + "q")
         self.headers: tuple | None = None  # the send_splits the send headers hold now
         self.fills: dict[tuple, list] = {}
         self.gathers: dict[tuple, _Rows] = {}
@@ -133,7 +134,7 @@ class _Exchange:
         source = rows.data_ptr()
         for to, offset, n in copies:
             memmove(to, source + offset, n)
-        if self.counts is not None and splits != self.headers:
+        if splits != self.headers:
             self.send[:, :COUNT_BYTES].view(np.int64)[:, 0] = splits
             self.recv[self.me, :COUNT_BYTES].view(np.int64)[0] = splits[self.me]  # my own: never exchanged
             self.headers = splits
@@ -175,26 +176,25 @@ class _Exchange:
         return rows
 
 
-def _host_exchange(comm, peers: int, block_rows: int, row_nbytes: int, header: int) -> _Exchange:
+def _host_exchange(comm, peers: int, cap: int, row_nbytes: int) -> _Exchange:
     """The reused _Exchange of this shape, kept on the communicator's world group (it lives and dies with it);
     past MAX_SHAPES shapes the old ones are released."""
     cache = comm.world.__dict__.setdefault("_ll_exchanges", {})
-    key = (peers, block_rows, row_nbytes, header)
+    key = (peers, cap, row_nbytes)
     cached = cache.get(key)
     if cached is None:
         if len(cache) >= MAX_SHAPES:
             for old in cache.values():
                 old.release()
             cache.clear()
-        cached = cache[key] = _Exchange(comm, peers, block_rows, row_nbytes, header)
+        cached = cache[key] = _Exchange(comm, peers, cap, row_nbytes)
     return cached
 
 
 def _host_dispatch(comm, send: torch.Tensor, splits: tuple, cap: int, rb: int):
     """The CPU path: memmoves into reused buffers and a persistent all-to-all (a few µs where torch ops cost
     ~5 each and a fresh all-to-all-v call ~5 of Python)."""
-    K = header_rows(rb)
-    ex = _host_exchange(comm, comm.world_size, K + cap, rb, K)
+    ex = _host_exchange(comm, comm.world_size, cap, rb)
     ex.fill(send if send.is_contiguous() else send.contiguous(), splits)
     ex.run()
     counts = ex.counts.unpack_from(ex.recv)

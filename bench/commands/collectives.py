@@ -91,9 +91,6 @@ def size_rows(comm, args, pairs, skew, size: int) -> list[dict]:
         comm, pairs, args.algos, size, skew, args.hidden, dtype, args.seed, check, args.overlaps
     )
     copy = host_copy_case(send, size)
-    if "native" in args.algos:
-        trips += cases.overlap_roundtrip_cases(comm, pairs, args.overlaps, size, skew, args.hidden, dtype, args.seed,
-                                               check)  # fmt: skip
     library = cases.library_cases(comm, send, size, skew, args.seed, check)
     counts = cases.count_cases(comm, args.algos, send, size, skew, args.seed)
     timed = [copy, *library, *exchanges, *trips, *counts]
