@@ -18,7 +18,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -26,12 +25,17 @@ import torch
 from moebench.collectives.codec import RAW, Codec
 
 
-class Plan(NamedTuple):
-    """Counts for one exchange. send_splits/recv_splits: P row counts (tuples of ints); extra: algorithm-specific."""
+class Plan:
+    """Counts for one exchange. send_splits/recv_splits: P row counts (tuples of ints); extra: algorithm-specific.
+    A slotted class: made on every call, it costs ~0.1 µs less than a NamedTuple."""
 
-    send_splits: tuple[int, ...]
-    recv_splits: tuple[int, ...]
-    extra: object = None
+    __slots__ = ("extra", "recv_splits", "send_splits")
+
+    def __init__(self, send_splits: tuple[int, ...], recv_splits: tuple[int, ...], extra: object = None):
+        self.send_splits, self.recv_splits, self.extra = send_splits, recv_splits, extra
+
+    def __repr__(self) -> str:
+        return f"Plan(send_splits={self.send_splits}, recv_splits={self.recv_splits}, extra={self.extra!r})"
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,13 @@ class Algorithm:
     forward: Callable  # (comm, send[R, H], plan) -> recv[sum(recv_splits), H]
     backward: Callable  # (comm, rows[sum(recv_splits), H], plan) -> rows[R, H] in send order
     schedule: Callable  # (splits[P, P], row_bytes, topo, plan=True, backward=False) -> list[Phase]
+    # (comm, send[R, H], send_splits) -> (recv, recv_splits): plan + forward in one step, for an algorithm whose
+    # standalone call has a shorter path than the two (the same count exchange and data call, no Plan kept)
+    call: Callable | None = None
 
     def __call__(self, comm, send: torch.Tensor, send_splits) -> tuple[torch.Tensor, list[int]]:
+        if self.call is not None:
+            return self.call(comm, send, send_splits)
         plan = self.plan(comm, validate_splits(comm, send, send_splits))
         return self.forward(comm, send, plan), list(plan.recv_splits)
 
@@ -87,8 +96,9 @@ class DispatchCombine:
 def validate_splits(comm, send: torch.Tensor, send_splits) -> tuple[int, ...]:
     """Check send_splits against send ([R, ...]) and the world size; ValueError naming the problem."""
     splits = send_splits if type(send_splits) is tuple else tuple(map(int, send_splits))
-    if len(splits) == comm.world.size and send.dim() and sum(splits) == send.shape[0] and min(splits, default=0) >= 0:
-        return splits  # the one line a valid call pays
+    shape = send.shape  # one read: a 0-d send has none and fails below
+    if len(splits) == comm.world.size and shape and sum(splits) == shape[0] and min(splits) >= 0:
+        return splits  # the one line a valid call pays (the world has >= 1 member, so splits is not empty)
     if len(splits) != comm.world.size:
         raise ValueError(f"send_splits has {len(splits)} entries; the world has P={comm.world_size} ranks")
     if splits and min(splits) < 0:

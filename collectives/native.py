@@ -10,12 +10,21 @@ import torch
 
 from moebench.collectives import flat
 from moebench.collectives import schedule as sched
-from moebench.collectives.exchange import Algorithm, Plan
+from moebench.collectives.exchange import Algorithm, Plan, validate_splits
 
 
 def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:
     """send [R, H] (rows for rank 0 first) -> recv [sum(recv_splits), H] (rows from rank 0 first)."""
     return comm.world.alltoallv(send, plan.send_splits, plan.recv_splits)
+
+
+def call(comm, send: torch.Tensor, send_splits) -> tuple[torch.Tensor, list[int]]:
+    """The standalone all-to-all-v: counts (the plan's exchange), then forward's library call, in one frame.
+    send [R, H] -> (recv [sum(recv_splits), H], recv_splits)."""
+    world = comm.world
+    splits = validate_splits(comm, send, send_splits)
+    recv_splits = world.exchange_counts(splits)
+    return world.alltoallv(send, splits, recv_splits), list(recv_splits)
 
 
 def backward(comm, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -34,4 +43,4 @@ def schedule(splits, row_bytes: int, topo, plan: bool = True, backward: bool = F
 
 
 # The count exchange is the same single alltoall of P integers that flat uses.
-ALGORITHM = Algorithm("native", flat.plan, forward, backward, schedule)
+ALGORITHM = Algorithm("native", flat.plan, forward, backward, schedule, call)

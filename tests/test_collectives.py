@@ -85,6 +85,14 @@ as_numpy = reused.numpy()
 del reused
 fresh = world.alltoallv(send(5), splits, splits)  # a numpy view holds it
 assert (as_numpy == 4).all() and (fresh == 5).all()
+kept = send(8)
+a = world.alltoallv(kept, splits, splits)
+assert (a == 8).all()
+kept.fill_(9)  # the same address, new contents: the send arguments cached for that address read them
+b = world.alltoallv(kept, splits, splits)
+other = send(10)  # another address (`kept` alive): its own arguments
+c = world.alltoallv(other, splits, splits)
+assert (a == 8).all() and (b == 9).all() and (c == 10).all()
 for dtype in (torch.bfloat16, torch.float16):
     a = world.alltoallv(send(6, dtype), splits, splits)
     b = world.alltoallv(send(7, dtype), splits, splits)
@@ -136,7 +144,8 @@ def test_ll_outputs_are_reused_only_when_nothing_holds_them():
 
 def test_receive_buffers_are_reused_only_when_nothing_holds_them():
     """The mpi backend hands a split pattern's last receive buffer out again only once no tensor, view or numpy
-    array of it is alive (a decode loop allocates nothing; a caller that keeps results never sees them change)."""
+    array of it is alive (a decode loop allocates nothing; a caller that keeps results never sees them change);
+    the send arguments it caches for an address carry that address's current rows, and no other address's."""
     result = subprocess.run([sys.executable, "-c", REUSE], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reuse ok" in result.stdout
