@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import moebench.collectives as collectives
 from moebench.collectives import plain
 from moebench.collectives import schedule as sched
 from moebench.collectives.exchange import Algorithm, DispatchCombine, Plan, transpose_chunks, validate_splits
@@ -46,9 +47,7 @@ def my_slice(send: torch.Tensor, parts: np.ndarray, t: int) -> torch.Tensor:
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat", max_rows_per_rank: int | None = None):
     """send [R, H] (same on every TP rank), send_splits (P counts) -> recv [M, H], recv_splits, handle."""
-    from moebench.collectives import ALGORITHMS
-
-    algorithm = ALGORITHMS[inner]
+    algorithm = collectives.ALGORITHMS[inner]
     parts = split_parts(validate_splits(comm, send, send_splits), comm.tp.size)
     part_rows = my_slice(send, parts, comm.tp.rank)
     plan = algorithm.plan(comm, tuple(parts[:, comm.tp.rank].tolist()))

@@ -5,16 +5,17 @@ P = world size, R = rows a rank sends, M = rows it receives, H = elements per ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+import moebench.collectives as collectives
 from moebench.collectives.exchange import Algorithm, DispatchCombine, Plan, validate_splits
 
 
-@dataclass(frozen=True)
-class Handle:
-    """What combine needs to send rows back: the algorithm and its plan."""
+class Handle(NamedTuple):
+    """What combine needs to send rows back: the algorithm and its plan (made every dispatch: a NamedTuple, not a
+    frozen dataclass, whose __init__ costs more)."""
 
     algorithm: Algorithm
     plan: Plan
@@ -22,9 +23,7 @@ class Handle:
 
 def dispatch(comm, send: torch.Tensor, send_splits, inner: str = "flat", max_rows_per_rank: int | None = None):
     """send [R, H] (rows for rank 0 first), send_splits (P counts) -> recv [M, H], recv_splits (P counts), handle."""
-    from moebench.collectives import ALGORITHMS
-
-    algorithm = ALGORITHMS[inner]
+    algorithm = collectives.ALGORITHMS[inner]  # the package's registry (filled after this module is imported)
     plan = algorithm.plan(comm, validate_splits(comm, send, send_splits))
     return algorithm.forward(comm, send, plan), list(plan.recv_splits), Handle(algorithm, plan)
 

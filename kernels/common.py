@@ -188,12 +188,7 @@ HOST_GEMV_DTYPES = (torch.float32, torch.float64)
 def host_gemv_applies(x_RK: torch.Tensor) -> bool:
     """Whether rows_matmul takes numpy's gemv for x [R, K]: one row, on the CPU, in a dtype numpy has, while torch
     runs on one thread (numpy's BLAS gemv is single-threaded; with more threads torch.matmul splits the columns)."""
-    return (
-        x_RK.shape[0] == 1
-        and x_RK.device.type == "cpu"
-        and x_RK.dtype in HOST_GEMV_DTYPES
-        and torch.get_num_threads() == 1
-    )
+    return x_RK.shape[0] == 1 and not x_RK.is_cuda and x_RK.dtype in HOST_GEMV_DTYPES and torch.get_num_threads() == 1
 
 
 def rows_matmul(x_RK: torch.Tensor, w_KN: torch.Tensor) -> torch.Tensor:

@@ -229,7 +229,7 @@ def dynamic_experts(
         y_TH = _experts_triton(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
         executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
     else:
-        if x_TH.device.type != "cpu":
+        if x_TH.is_cuda:
             experts = _experts_torch_gpu
         else:
             experts = _experts_torch_host if routing.num_assignments <= HOST_ROWS else _experts_torch_cpu

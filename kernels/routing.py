@@ -472,8 +472,20 @@ def route_host(logits_TE: list[list[float]], k: int, capacity_factor: float | No
     a few Python lines where tensor ops cost ~5 µs each, more with cold caches): the same choice (ids in descending
     logit order, equal logits to the lower expert id) and weights, as a HostRouting.
     logits_TE: T rows of E floats."""
+    _check_options(len(logits_TE[0]) if logits_TE else 0, k, capacity_factor, "position", DEFAULT_BLOCK_SIZE)
+    return host_gate(logits_TE, k, capacity_factor)
+
+
+def check_gate_options(num_experts: int, k: int, capacity_factor: float | None) -> None:
+    """ValueError unless 1 <= k <= E and the capacity factor is None or positive: what route and route_host check
+    on every call, for a caller that calls host_gate many times with the same options."""
+    _check_options(num_experts, k, capacity_factor, "position", DEFAULT_BLOCK_SIZE)
+
+
+def host_gate(logits_TE: list[list[float]], k: int, capacity_factor: float | None) -> Routing:
+    """route_host without its option checks (check_gate_options, once): the MoE layer's decode gate, where each
+    line of Python costs a few µs with the caches the experts left."""
     E = len(logits_TE[0]) if logits_TE else 0
-    _check_options(E, k, capacity_factor, "position", DEFAULT_BLOCK_SIZE)
     ids, weights = [], []
     for row in logits_TE:
         top = sorted(range(E), key=row.__getitem__, reverse=True)[:k]  # stable: equal logits keep the lower id first

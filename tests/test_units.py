@@ -29,7 +29,7 @@ def loopback(pair_name: str, preset: Preset, P: int, x_TH, forced, cf=None, kern
     send, out = permuted.send_AW, []
     for d, (start, n) in enumerate(zip([0, *torch.tensor(permuted.send_splits).cumsum(0).tolist()],
                                        permuted.send_splits)):  # fmt: skip
-        weights = moe.make_weights(preset, torch.float32, "cpu", 3, d * El, El)
+        weights = moe.make_weights(preset, x_TH.dtype, "cpu", 3, d * El, El)
         layer = moe.LayerConfig(preset, pair_name, "flat", kernel, capacity_factor=cf)
         payload, meta = unit.unpack(send[start : start + n], preset.k)
         y, _, _ = unit.run_experts(codec.decode(payload, x_TH.dtype, preset.H), meta, weights, layer)
@@ -63,6 +63,20 @@ def test_units_match_the_reference(pair_name, P, preset, T, kind, cf):
     y, _ = loopback(pair_name, preset, P, x_TH, forced, cf)
     ref = moe.reference_forward(x_TH, preset, cf, 3, forced)
     assert torch.linalg.vector_norm(y.double() - ref) <= 1e-5 * torch.linalg.vector_norm(ref)
+
+
+@pytest.mark.parametrize("T", [1, 3, 300])  # host path (<= 256 rows) and tensor path
+def test_rows_of_any_width_and_dtype(T):
+    """Rows whose bytes are not a multiple of the id's 8 (fp16, H = 33: 66 + 8 bytes) take the host path's copying
+    id reader and writer, fp32 rows (H = 32: 128 + 8) its in-place one; both give the reference's output."""
+    for H, dtype, tolerance in ((33, torch.float16, 2e-2), (32, torch.float32, 1e-5)):
+        preset = Preset(f"micro-{H}", H, 48, 8, 2, "swiglu")
+        x_TH = make_tokens(T, H, seed=T).to(dtype)
+        forced = draw(T, preset, 2, "random", seed=T)
+        y, permuted = loopback("plain", preset, 2, x_TH, forced)
+        assert permuted.send_AW.shape[1] == H * x_TH.element_size() + 8 and y.dtype == dtype
+        ref = moe.reference_forward(x_TH.float(), preset, None, 3, forced)
+        assert torch.linalg.vector_norm(y.double() - ref) <= tolerance * torch.linalg.vector_norm(ref)
 
 
 @pytest.mark.parametrize("T", [1, 4, 300])  # host path (<= 256 rows) and tensor path
@@ -185,6 +199,14 @@ def test_pipeline_sums_every_chunks_kernel_stats():
     total = pipeline._summed(parts)
     assert (total.num_useful_rows, total.num_executed_rows, total.num_dropped, total.num_padded_rows) == (8, 12, 1, 4)
     assert total.peak_extra_bytes == 300 and total.useful_flops == sum(p.useful_flops for p in parts)
+
+
+def test_layer_config_checks_the_gate_options_once():
+    """The host gate skips route's option checks: a LayerConfig refuses bad ones when it is made."""
+    with pytest.raises(ValueError, match="capacity_factor"):
+        moe.LayerConfig(MICRO, "plain", "flat", "dynamic", capacity_factor=-1.0)
+    with pytest.raises(ValueError, match="k must be"):
+        moe.LayerConfig(Preset("micro-k", 32, 48, 4, 5, "swiglu"), "plain", "flat", "dynamic")
 
 
 @pytest.mark.parametrize("pair_name", ["plain", "dedup", "fp8", "fp8-dedup"])

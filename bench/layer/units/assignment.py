@@ -10,7 +10,7 @@ Small CPU batches take host paths (Python lists and numpy: a few µs where each 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,18 +22,18 @@ from moebench.kernels import get_kernel, routing_for_rows
 from moebench.kernels.routing import HOST_ROWS
 
 ID_BYTES = 8  # a local expert id (int64) travels at the end of each row
-LOOP_ROWS = 16  # up to this many rows, unpermute adds each row in numpy; beyond, one index_add
+LOOP_ROWS = 16  # up to this many rows, unpermute sums them in numpy; beyond, one index_add
 
 
-@dataclass(frozen=True)
-class Permuted:
+class Permuted(NamedTuple):
     """send_AW: rows [A, W] (uint8) in destination order; token_A, weight_A: each row's token and the weight its
-    output is summed with (tensors [A], or lists for a small CPU batch)."""
+    output is summed with (tensors [A], or lists for a small CPU batch). A NamedTuple: made every forward, it costs
+    less than a frozen dataclass."""
 
     send_AW: torch.Tensor
     send_splits: tuple[int, ...]
-    token_A: torch.Tensor
-    weight_A: torch.Tensor
+    token_A: torch.Tensor | list
+    weight_A: torch.Tensor | list
 
 
 def header_bytes(k: int) -> int:
@@ -45,9 +45,12 @@ def host_order(routing, num_ranks: int, experts_per_rank: int):
     """Small batches on the CPU: the kept assignments' order by destination, in a few Python lines.
     Returns (assignment ids in send order, their local expert ids, send_splits)."""
     ids = routing.topk_ids_list
-    kept = None if routing.capacity is None else routing.kept_Tk.view(-1).tolist()
     dest = [e // experts_per_rank for e in ids]
-    order = sorted((a for a in range(len(ids)) if kept is None or kept[a]), key=dest.__getitem__)
+    kept = range(len(ids))
+    if routing.capacity is not None:
+        kept_A = routing.kept_Tk.view(-1).tolist()
+        kept = [a for a in kept if kept_A[a]]
+    order = sorted(kept, key=dest.__getitem__)  # stable: by destination, then assignment id
     splits = [0] * num_ranks
     for a in order:
         splits[dest[a]] += 1
@@ -81,8 +84,9 @@ def placed_order(routing, placement: Placement, rank: int):
 
 
 def on_host(x: torch.Tensor, rows: int) -> bool:
-    """Small CPU batches of a numpy-representable dtype go through numpy."""
-    return x.device.type == "cpu" and x.dtype in NUMPY_DTYPES and rows <= HOST_ROWS
+    """Small CPU batches of a numpy-representable dtype go through numpy (the cheapest tests first: x.device.type
+    alone costs ~7 µs with the caches the experts leave)."""
+    return rows <= HOST_ROWS and not x.is_cuda and x.dtype in NUMPY_DTYPES
 
 
 def tensor_order(routing, num_ranks: int, experts_per_rank: int, placement=None, rank: int = 0):
@@ -96,7 +100,7 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
     """payload_TW: uint8 [T, Wp], each token encoded once -> kept assignments sorted by destination rank, each
     row its token's payload and its local expert id (under a placement: the slot its dispatch picks, as rank
     `rank`)."""
-    T, k = routing.topk_ids_Tk.shape
+    T, k = routing.num_tokens, routing.top_k  # a host routing's [T, k] tensors are made only if asked for
     if placement is None and on_host(payload_TW, T * k):
         order, local, send_splits = host_order(routing, num_ranks, experts_per_rank)
         tokens = [a // k for a in order]
@@ -104,7 +108,10 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
         send_AW = np.empty((len(order), payload.shape[1] + ID_BYTES), np.uint8)
         for row, token in enumerate(tokens):  # row by row: no gathered temporary (~12 µs less with cold caches)
             send_AW[row, :-ID_BYTES] = payload[token]
-        send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
+        if send_AW.shape[1] % ID_BYTES == 0:  # each row's id is its last int64
+            send_AW.view(np.int64)[:, -1] = local
+        else:
+            send_AW[:, -ID_BYTES:].view(np.int64)[:, 0] = local
         weights = routing.topk_weights_list
         return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
     order_A, local_A, send_splits = tensor_order(routing, num_ranks, experts_per_rank, placement, rank)
@@ -117,8 +124,10 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
 def unpack(recv_MW: torch.Tensor, k: int):
     """Rows [M, W] -> (payload [M, Wp] (a view; numpy for a small CPU batch), local expert ids [M]: a list for a
     small CPU batch)."""
-    if recv_MW.device.type == "cpu" and recv_MW.shape[0] <= HOST_ROWS:  # numpy views: ~1 µs against ~3 for torch's
+    if not recv_MW.is_cuda and recv_MW.shape[0] <= HOST_ROWS:  # numpy views: ~1 µs against ~3 for torch's
         recv = recv_MW.numpy()
+        if recv.shape[1] % ID_BYTES == 0:  # each row's id is its last int64: read in place, no copy
+            return recv[:, :-ID_BYTES], recv.view(np.int64)[:, -1].tolist()
         return recv[:, :-ID_BYTES], recv[:, -ID_BYTES:].copy().view(np.int64).reshape(-1).tolist()
     return recv_MW[:, :-ID_BYTES], packed(recv_MW[:, -ID_BYTES:]).view(torch.int64).view(-1)
 
@@ -132,12 +141,18 @@ def run_experts(x_MH, ids_M, weights, cfg):
 
 def unpermute(out_AH, permuted: Permuted, T: int, dtype) -> torch.Tensor:
     """y[t] = sum of token t's returned rows, each times its weight (fp32 accumulate) -> [T, H] in dtype."""
-    small = isinstance(permuted.token_A, list) and len(permuted.token_A) <= LOOP_ROWS
-    if small and out_AH.dtype in NUMPY_DTYPES:  # the host path of permute
-        out, y_TH = out_AH.numpy(), np.zeros((T, out_AH.shape[1]), np.float32)
-        for row, (token, weight) in enumerate(zip(permuted.token_A, permuted.weight_A)):
-            y_TH[token] += weight * out[row]
-        y = from_numpy(y_TH)
+    tokens = permuted.token_A
+    if type(tokens) is list and len(tokens) <= LOOP_ROWS and out_AH.dtype in NUMPY_DTYPES:  # permute's host path
+        # one small GEMM: weights_TA [T, A] holds each row's weight in its token's row (fp32, so an fp16 out is
+        # summed in fp32), filled as Python lists (numpy's fancy assignment costs ~15 µs with cold caches); two
+        # numpy calls, where a loop over rows made two per row
+        if T == 1:  # decode at batch 1: every row is token 0's
+            weights_TA = [permuted.weight_A]
+        else:
+            weights_TA = [[0.0] * len(tokens) for _ in range(T)]
+            for row, (token, weight) in enumerate(zip(tokens, permuted.weight_A)):
+                weights_TA[token][row] = weight
+        y = from_numpy(np.array(weights_TA, np.float32).reshape(T, len(tokens)) @ out_AH.numpy())  # T = 0 too
         return y if dtype == torch.float32 else y.to(dtype)
     device = out_AH.device
     token_A = torch.as_tensor(permuted.token_A, dtype=torch.int64, device=device)

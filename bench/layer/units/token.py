@@ -31,7 +31,7 @@ def header_bytes(k: int) -> int:
 
 def _host_rows(routing, num_ranks: int, experts_per_rank: int):
     """Small CPU batches: (tokens [R], ids [R][<=k], weights [R][<=k], splits) grouped in a few Python lines."""
-    k = routing.topk_ids_Tk.shape[1]
+    k = routing.top_k
     order, local, _ = assignment.host_order(routing, num_ranks, experts_per_rank)
     ids, weights = routing.topk_ids_list, routing.topk_weights_list
     tokens, row_ids, row_weights, splits, last = [], [], [], [0] * num_ranks, None
@@ -49,7 +49,7 @@ def _host_rows(routing, num_ranks: int, experts_per_rank: int):
 
 
 def _host_permute(payload_TW, routing, num_ranks: int, experts_per_rank: int) -> Permuted:
-    k = routing.topk_ids_Tk.shape[1]
+    k = routing.top_k
     tokens, row_ids, row_weights, splits = _host_rows(routing, num_ranks, experts_per_rank)
     payload, Wp = payload_TW.numpy(), payload_TW.shape[1]
     send_RW = np.empty((len(tokens), Wp + SLOT_BYTES * k), np.uint8)
@@ -67,7 +67,7 @@ def _host_permute(payload_TW, routing, num_ranks: int, experts_per_rank: int) ->
 def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placement=None, rank: int = 0) -> Permuted:
     """payload_TW: uint8 [T, Wp] -> rows [R, W] in destination order, one per (token, destination rank), each
     with its local expert ids and gate weights there (under a placement: the slots its dispatch picks)."""
-    T, k = routing.topk_ids_Tk.shape
+    T, k = routing.num_tokens, routing.top_k
     if placement is None and assignment.on_host(payload_TW, T * k):
         return _host_permute(payload_TW, routing, num_ranks, experts_per_rank)
     order_A, local_A, splits = assignment.tensor_order(routing, num_ranks, experts_per_rank, placement, rank)
@@ -96,7 +96,7 @@ def unpack(recv_MW: torch.Tensor, k: int):
     """Rows [M, W] -> (payload [M, Wp] (a view), (local ids [M, k] int32, weights [M, k] fp32), -1 past a row's
     experts; numpy arrays for a small CPU batch, the payload too)."""
     Wp = recv_MW.shape[1] - SLOT_BYTES * k
-    if recv_MW.device.type == "cpu" and recv_MW.shape[0] <= HOST_ROWS:
+    if not recv_MW.is_cuda and recv_MW.shape[0] <= HOST_ROWS:
         recv = recv_MW.numpy()
         header = np.ascontiguousarray(recv[:, Wp:])
         return recv[:, :Wp], (header[:, : 4 * k].view(np.int32), header[:, 4 * k :].view(np.float32))
