@@ -173,7 +173,7 @@ def block_sparse_experts(
     _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     R = routing.max_tiles * routing.block_size
     pos_Tk = routing.block_pos_Tk
-    meter = MemoryMeter(x_TH.device)
+    meter = MemoryMeter.of(x_TH)
     x_pad_RH = scatter_rows(x_TH, routing, pos_Tk, R, meter)  # zero rows pad each expert's segment
     ffn = _ffn_triton if impl == "triton" else _ffn_torch
     out_RH = ffn(x_pad_RH[:R], routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)

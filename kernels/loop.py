@@ -31,7 +31,7 @@ def loop_experts(
     if impl != "torch":
         raise ValueError(f"the loop baseline has only a torch path (impl='torch'), got impl={impl!r}")
     T, H, F, E = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
-    meter = MemoryMeter(x_TH.device)
+    meter = MemoryMeter.of(x_TH)
     ids_Tk = torch.where(routing.kept_Tk, routing.topk_ids_Tk, -1)
     y_TH = torch.zeros(T, H, dtype=torch.float32, device=x_TH.device)
     if x_TH.dtype != torch.float32:  # an fp32 accumulator beside the output

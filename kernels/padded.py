@@ -97,7 +97,7 @@ def padded_experts(
     E * ceil(C / BLOCK_M) * BLOCK_M (Triton: its GEMMs run whole tiles of BLOCK_M rows, as dynamic counts)."""
     T, H, F, E = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     C = routing.capacity if routing.capacity is not None else int(routing.counts_E.max()) if T else 0
-    meter = MemoryMeter(x_TH.device)
+    meter = MemoryMeter.of(x_TH)
     slot_Tk = routing.topk_ids_Tk * C + routing.rank_Tk
     x_slots_RH = scatter_rows(x_TH, routing, slot_Tk, E * C, meter)
     x_ECH = x_slots_RH[: E * C].view(E, C, H)

@@ -209,6 +209,9 @@ class Routing:
         return other
 
 
+HOST = torch.device("cpu")
+
+
 class HostRouting(Routing):
     """A Routing decided on the CPU host for a small batch: the host lists (topk_ids_list, topk_weights_list, and
     where known sort_idx_list and offsets_list) are the truth, and the [T, k] tensors and every other field are
@@ -237,7 +240,7 @@ class HostRouting(Routing):
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return HOST  # one object, not a new one per read
 
     @property
     def num_tokens(self) -> int:
