@@ -85,6 +85,9 @@ class Case:
     schedule: list | None = None
     phases: tuple[str, ...] | None = None
     samples: list = field(default_factory=list)  # this rank's timed iterations, each [C] µs
+    # () -> a tuple of arguments for fn, made before the clock starts: the harness's own choices for the call
+    # (which cold weight copy it reads), which are not the timed work
+    prepare: Callable | None = None
 
     @property
     def columns(self) -> int:
@@ -102,7 +105,8 @@ class Clock:
             torch.cuda.synchronize()
 
     def run(self, case: Case) -> list[float]:
-        """µs per phase and the total [C]."""
+        """µs per phase and the total [C] (case.prepare's arguments made before the first stamp)."""
+        args = case.prepare() if case.prepare is not None else ()
         if self.cuda:
             events = [torch.cuda.Event(enable_timing=True)]
             events[0].record()
@@ -111,15 +115,15 @@ class Clock:
                 events.append(torch.cuda.Event(enable_timing=True))
                 events[-1].record()
 
-            case.fn(mark) if case.phases else (case.fn(), mark())
+            case.fn(mark, *args) if case.phases else (case.fn(*args), mark())
             torch.cuda.synchronize()
             stamps = [events[0].elapsed_time(e) * 1e3 for e in events]
         else:
             stamps = [time.perf_counter()]
             if case.phases:
-                case.fn(lambda: stamps.append(time.perf_counter()))
+                case.fn(lambda: stamps.append(time.perf_counter()), *args)
             else:
-                case.fn()
+                case.fn(*args)
                 stamps.append(time.perf_counter())
             stamps = [(t - stamps[0]) * 1e6 for t in stamps]
         marked = len(stamps) - 1

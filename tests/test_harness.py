@@ -84,6 +84,20 @@ def test_run_interleaved_takes_the_slowest_rank_and_its_phases():
     assert cases[1].row["time_us"] == 20.0 + 5.0
 
 
+def test_prepare_runs_before_the_clock_and_hands_fn_its_arguments():
+    """The harness's own choice for a call (which weight copy) is made before the first stamp: a 50 ms prepare
+    stays out of the timed total, and fn gets what prepare returned (timed whole, or phase by phase)."""
+    import time
+
+    seen = []
+    whole = timing.Case({}, lambda a, b: seen.append((a, b)), prepare=lambda: (time.sleep(0.05), "copy")[1:] * 2)
+    phased = timing.Case({}, lambda mark, a: (seen.append(a), mark()), phases=("p",), prepare=lambda: (7,))
+    clock = timing.Clock("cpu")
+    total_us = clock.run(whole)[-1]
+    assert total_us < 20e3 and seen == [("copy", "copy")]
+    assert len(clock.run(phased)) == 2 and seen[-1] == 7
+
+
 def test_critical_path_phases_add_up_where_per_phase_max_does_not():
     # rank 0 is slow in phase a, rank 1 in phase b: per-phase maxima add up to more than any rank's total
     rank0 = np.array([[90.0, 10.0, 100.0]] * 5)

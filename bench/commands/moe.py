@@ -350,21 +350,22 @@ def load_fields(cfg: Config, work: Workload, per_rank: list[dict]) -> dict:
 def layer_case(comm, work: Workload, copies: list, rotate: roofline.Rotation, layer: moe.LayerConfig, row: dict):
     """The timed forward of one configuration, phase by phase, each call on the next weight copy."""
     forced = itertools.cycle(work.forced)
-    fn = lambda mark: moe.run_layer(comm, work.x_TH, rotate(copies), layer, mark, next(forced), None, work.first_id)
-    return Case(row, fn, phases=moe.PHASES)
+    fn = lambda mark, weights, routing: moe.run_layer(comm, work.x_TH, weights, layer, mark, routing, None,
+                                                      work.first_id)  # fmt: skip
+    return Case(row, fn, phases=moe.PHASES, prepare=lambda: (rotate(copies), next(forced)))
 
 
 def dense_case(work: Workload, copies: list, rotate: roofline.Rotation, row: dict) -> Case:
     """dense-equivalent: the same tokens through one dense SwiGLU FFN with the active parameter count; its
     time is all `experts` (the other phases are marked empty)."""
 
-    def fn(mark):
+    def fn(mark, weights):
         for phase in moe.PHASES:
             if phase == "experts":
-                moe.dense_forward(work.x_TH, *rotate(copies))
+                moe.dense_forward(work.x_TH, *weights)
             mark()
 
-    return Case(row, fn, phases=moe.PHASES)
+    return Case(row, fn, phases=moe.PHASES, prepare=lambda: (rotate(copies),))
 
 
 def floor_cases(comm, per_rank: list[dict], row_bytes: tuple[int, int]) -> list[Case]:
