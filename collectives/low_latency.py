@@ -29,6 +29,8 @@ from moebench.collectives import schedule as sched
 from moebench.collectives.comm import row_bytes, storage_use_count
 from moebench.collectives.exchange import DispatchCombine, offsets, validate_splits
 
+_storage_uses = torch._C._storage_Use_Count  # tensors sharing a storage, +1 for the handle asked with
+
 COUNT_BYTES = 8  # an int64 row count, at the start of a peer's header rows
 INNERS = ("native",)
 
@@ -98,8 +100,13 @@ class _Rows:
 
     def output(self) -> torch.Tensor:
         """The last output if unheld, else a new one (its address in self.address)."""
-        if self.last is not None and getrefcount(self.last) == 2 and storage_use_count(self.last) == self.uses:
-            return self.last  # only this slot refers to it (getrefcount counts its own argument)
+        last = self.last  # held here and in self.last: getrefcount's argument makes 3
+        if (
+            last is not None
+            and getrefcount(last) == 3
+            and _storage_uses(last.untyped_storage()._cdata) - 1 == self.uses
+        ):
+            return last  # only this slot refers to it
         self.last = torch.empty(self.shape, dtype=self.dtype)
         self.address, self.uses = self.last.data_ptr(), storage_use_count(self.last)
         return self.last
@@ -179,7 +186,9 @@ class _Exchange:
 def _host_exchange(comm, peers: int, cap: int, row_nbytes: int) -> _Exchange:
     """The reused _Exchange of this shape, kept on the communicator's world group (it lives and dies with it);
     past MAX_SHAPES shapes the old ones are released."""
-    cache = comm.world.__dict__.setdefault("_ll_exchanges", {})
+    cache = comm.world.__dict__.get("_ll_exchanges")
+    if cache is None:  # (setdefault would build a spare dict every call)
+        cache = comm.world._ll_exchanges = {}
     key = (peers, cap, row_nbytes)
     cached = cache.get(key)
     if cached is None:

@@ -138,6 +138,33 @@ def test_ties_are_overlapping_spreads():
     assert not timing.ties(a, {"p20_us": 12.5, "p80_us": 13.0})
 
 
+def test_long_tails_do_not_hide_a_difference_many_samples_resolve():
+    """Two rows 20% apart whose p80s reach into each other (heavy tails, as on a shared machine) are a tie with
+    10 samples each and a difference with 300: their medians' 95% intervals shrink as 1/sqrt(n)."""
+    rng = np.random.default_rng(1)
+
+    def row(median, n):
+        samples = median * (1 + 0.02 * rng.standard_normal(n))
+        samples[rng.random(n) < 0.3] *= 1.6  # 30% of the iterations hit by noise
+        return timing.stats(samples)
+
+    few, many = (row(14.0, 10), row(17.0, 10)), (row(14.0, 300), row(17.0, 300))
+    for fast, slow in (few, many):
+        assert fast["p80_us"] >= slow["p20_us"]  # the spreads overlap either way
+        assert fast["median_lo_us"] <= fast["time_us"] <= fast["median_hi_us"]
+    assert timing.ties(*few) and not timing.ties(*many)
+
+
+def test_median_interval_covers_the_true_median_at_its_level():
+    """The distribution-free interval holds the true median in ~95% of draws (an exponential: median ln 2), and
+    one sample's interval is that sample."""
+    rng = np.random.default_rng(2)
+    hits = sum(lo <= np.log(2) <= hi for lo, hi in (timing.median_interval(rng.exponential(size=60))
+                                                        for _ in range(2000)))  # fmt: skip
+    assert 0.93 <= hits / 2000 <= 0.985
+    assert timing.median_interval([5.0]) == (5.0, 5.0)
+
+
 def test_bandwidth_formulas():
     assert units.algbw_gbs(2e9, 1e6) == pytest.approx(2.0)  # 2 GB in 1 s
     assert units.busbw_gbs(2e9, 1e6, 4) == pytest.approx(1.5)  # x (P - 1) / P

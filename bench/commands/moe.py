@@ -556,14 +556,14 @@ def _twin(rows: list[dict], r: dict, **fields) -> dict | None:
 
 
 def _versus(a: dict, b: dict) -> str:
-    """b's time / a's, or `tie` when their p20-p80 intervals overlap (inside the spread)."""
+    """b's time / a's, or `tie` when the difference is inside the spread (timing.ties)."""
     if "p20_us" in a and "p20_us" in b and timing.ties(a, b):
         return "tie"
     return f"{b['total_us'] / a['total_us']:.2f}x"
 
 
 def summary(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """Per (skew, cf, batch): the fastest correct configuration, the others it ties with (p20-p80 overlap), its
+    """Per (skew, cf, batch): the fastest correct configuration, the others it ties with (timing.ties), its
     speedup over the baseline and its ratio to the dense-equivalent (or `tie`), roofline fraction and the
     dominant phase's share of the total."""
     columns = ["batch", "skew", "cf", "best config", "ties with", "total", "baseline", "vs baseline", "dense-equiv",
@@ -739,8 +739,9 @@ CAPTION = (
     "the reference run on the e4m3-rounded inputs (the bf16 combine) and within 0.129 more of the exact one; and "
     "every rank's wire bytes equal to the schedule's. algo: an exchange (the plain pair over it) or "
     "pair:exchange, (mode) when overlapped. Baselines: each of BASELINES (loop = the per-expert Python loop) over "
-    "native; dense-equivalent = one dense SwiGLU FFN with (k + shared) * F columns. Summary: `tie` = p20-p80 "
-    "intervals overlap."
+    "native; dense-equivalent = one dense SwiGLU FFN with (k + shared) * F columns. Summary: `tie` = inside the "
+    "spread: p20-p80 intervals overlap, and so do the medians' 95% intervals (distribution-free, from order "
+    "statistics)."
 )
 
 
