@@ -104,6 +104,7 @@ class Case:
     schedule: list | None = None
     phases: tuple[str, ...] | None = None
     samples: list = field(default_factory=list)  # this rank's timed iterations, each [C] µs
+    sample_rounds: list = field(default_factory=list)  # the round of each timed iteration
     # () -> a tuple of arguments for fn, made before the clock starts: the harness's own choices for the call
     # (which cold weight copy it reads), which are not the timed work
     prepare: Callable | None = None
@@ -206,6 +207,7 @@ def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: in
             clock.sync()
             barrier()
             case.samples.append(clock.run(case))
+            case.sample_rounds.append(rnd)
     mine = [np.asarray(case.samples, dtype=np.float64).reshape(-1, case.columns) for case in cases]
     everyone = comm.allgather_object(mine) if comm is not None else [mine]
     for c, case in enumerate(cases):
@@ -214,6 +216,17 @@ def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: in
             case.row.update(critical_path(per_rank_PnC, case.phases))
         else:
             case.row.update(stats(per_rank_PnC[:, :, 0].max(0)))
+        case.row.update(round_medians(per_rank_PnC[:, :, -1].max(0), case.sample_rounds, rounds))
+
+
+def round_medians(total_n: np.ndarray, rounds_n: list[int], rounds: int) -> dict:
+    """{"round_medians_us": [median of the iterations of round r, r = 0..rounds-1]} (the slowest rank's totals),
+    or {} when a round has none (a budget cut the case below one iteration a round): what `ties` pairs across two
+    cases, round by round, since round r of every case runs at the same time."""
+    rounds_n = np.asarray(rounds_n)
+    if rounds < 2 or any(not (rounds_n == r).any() for r in range(rounds)):
+        return {}
+    return {"round_medians_us": [float(np.median(total_n[rounds_n == r])) for r in range(rounds)]}
 
 
 def measure(fn: Callable[[], object], *, iters: int, warmup: int, comm=None, device="cpu") -> dict:
@@ -224,12 +237,20 @@ def measure(fn: Callable[[], object], *, iters: int, warmup: int, comm=None, dev
 
 
 def ties(a: dict, b: dict) -> bool:
-    """Two timed rows are a tie when the difference is inside the spread: their p20-p80 intervals overlap, and so
-    do their medians' 95% intervals (median_interval; rows without them: the p20-p80 test alone). One is faster
-    when either pair of intervals is apart: spreads that do not touch, or medians whose uncertainty (shrinking as
-    1/sqrt(n)) does not reach the other's, however long the tails that widen p80 on a shared machine."""
+    """Two timed rows are a tie when the difference is inside the spread: their p20-p80 intervals overlap, and the
+    ratio of their medians round by round (round r of both rows ran at the same time, so drift between rounds
+    hits both alike) has a 95% interval (median_interval over the rounds' ratios) that holds 1. With 5 rounds
+    that interval is the rounds' whole range: one row is faster only if it won every round. Rows without round
+    medians (older results, budget-cut rows): the p20-p80 test alone.
+
+    A long tail on a shared machine widens p80 without moving the medians, and 300 samples of a 1.2x faster row
+    win every round; a 5% drift inside a run (two rows doing the same work) does not win every round. Pooled
+    samples' median intervals (median_lo_us, median_hi_us) are not used here: drift makes the samples of one run
+    dependent, and those intervals too narrow."""
     if not (a["p20_us"] <= b["p80_us"] and b["p20_us"] <= a["p80_us"]):
         return False
-    if "median_lo_us" not in a or "median_lo_us" not in b:
+    ra, rb = a.get("round_medians_us"), b.get("round_medians_us")
+    if not ra or not rb or len(ra) != len(rb):
         return True
-    return a["median_lo_us"] <= b["median_hi_us"] and b["median_lo_us"] <= a["median_hi_us"]
+    lo, hi = median_interval([x / y for x, y in zip(ra, rb)])
+    return lo <= 1.0 <= hi

@@ -138,21 +138,30 @@ def test_ties_are_overlapping_spreads():
     assert not timing.ties(a, {"p20_us": 12.5, "p80_us": 13.0})
 
 
-def test_long_tails_do_not_hide_a_difference_many_samples_resolve():
-    """Two rows 20% apart whose p80s reach into each other (heavy tails, as on a shared machine) are a tie with
-    10 samples each and a difference with 300: their medians' 95% intervals shrink as 1/sqrt(n)."""
-    rng = np.random.default_rng(1)
+def test_ties_pair_the_rounds_where_spreads_overlap():
+    """Spreads that overlap (long tails) are resolved round by round: a row that wins every one of 5 rounds is
+    faster; rows that trade rounds (drift inside a run, as two rows doing the same work show) tie, whatever their
+    pooled medians say; rows without round medians (older results) fall back to the spreads alone."""
+    spread = {"p20_us": 13.0, "p80_us": 22.0}
+    ll = {**spread, "round_medians_us": [13.9, 14.1, 13.8, 14.3, 14.0]}
+    plain = {**spread, "round_medians_us": [16.4, 16.9, 16.2, 16.6, 16.5]}
+    assert not timing.ties(ll, plain) and not timing.ties(plain, ll)
+    drifting = {**spread, "round_medians_us": [15.0, 15.2, 16.9, 17.0, 16.8]}  # worse late in the run
+    steady = {**spread, "round_medians_us": [15.6, 15.5, 16.0, 16.1, 16.2]}
+    assert timing.ties(drifting, steady)
+    assert timing.ties(spread, ll)  # no rounds on one side: the spreads overlap, a tie
 
-    def row(median, n):
-        samples = median * (1 + 0.02 * rng.standard_normal(n))
-        samples[rng.random(n) < 0.3] *= 1.6  # 30% of the iterations hit by noise
-        return timing.stats(samples)
 
-    few, many = (row(14.0, 10), row(17.0, 10)), (row(14.0, 300), row(17.0, 300))
-    for fast, slow in (few, many):
-        assert fast["p80_us"] >= slow["p20_us"]  # the spreads overlap either way
-        assert fast["median_lo_us"] <= fast["time_us"] <= fast["median_hi_us"]
-    assert timing.ties(*few) and not timing.ties(*many)
+def test_run_interleaved_keeps_each_rounds_median():
+    times = {0: [100.0, 110.0, 120.0, 130.0], 1: [10.0, 20.0, 30.0, 40.0]}
+    cases = [timing.Case({"id": 0}, None, phases=("a", "b")), timing.Case({"id": 1}, None)]
+    timing.run_interleaved(FakeComm(extra=5.0), cases, iters=3, warmup=1, rounds=3, clock=FakeClock(times))
+    # one timed call per round: the 2nd, 4th and 6th call of each case, +5 µs on the slower rank
+    assert cases[0].row["round_medians_us"] == [115.0, 135.0, 115.0]
+    assert cases[1].row["round_medians_us"] == [25.0, 45.0, 25.0]
+    short = [timing.Case({"id": 0}, None)]
+    timing.run_interleaved(FakeComm(extra=0.0), short, iters=2, warmup=1, rounds=3, clock=FakeClock(times))
+    assert "round_medians_us" not in short[0].row  # a round without an iteration: no pairing
 
 
 def test_median_interval_covers_the_true_median_at_its_level():

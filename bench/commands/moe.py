@@ -740,8 +740,8 @@ CAPTION = (
     "every rank's wire bytes equal to the schedule's. algo: an exchange (the plain pair over it) or "
     "pair:exchange, (mode) when overlapped. Baselines: each of BASELINES (loop = the per-expert Python loop) over "
     "native; dense-equivalent = one dense SwiGLU FFN with (k + shared) * F columns. Summary: `tie` = inside the "
-    "spread: p20-p80 intervals overlap, and so do the medians' 95% intervals (distribution-free, from order "
-    "statistics)."
+    "spread: p20-p80 intervals overlap, and neither row won every round (the rounds' ratio of medians, paired in "
+    "time)."
 )
 
 
