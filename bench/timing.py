@@ -40,13 +40,10 @@ def median_interval(samples_us) -> tuple[float, float]:
 
 
 def stats(samples_us: np.ndarray) -> dict[str, float]:
-    """Median (and its 95% interval), p20, p80, p99, min and mean of per-iteration samples (µs), and their count."""
+    """Median, p20, p80, p99, min and mean of per-iteration samples (µs), and their count."""
     s = np.asarray(samples_us, dtype=np.float64)
-    lo, hi = median_interval(s)
     return {
         "time_us": float(np.median(s)),
-        "median_lo_us": lo,
-        "median_hi_us": hi,
         "p20_us": float(np.percentile(s, 20)),
         "p80_us": float(np.percentile(s, 80)),
         "p99_us": float(np.percentile(s, 99)),
@@ -244,9 +241,8 @@ def ties(a: dict, b: dict) -> bool:
     medians (older results, budget-cut rows): the p20-p80 test alone.
 
     A long tail on a shared machine widens p80 without moving the medians, and 300 samples of a 1.2x faster row
-    win every round; a 5% drift inside a run (two rows doing the same work) does not win every round. Pooled
-    samples' median intervals (median_lo_us, median_hi_us) are not used here: drift makes the samples of one run
-    dependent, and those intervals too narrow."""
+    win every round; a 5% drift inside a run (two rows doing the same work) does not win every round. An interval
+    over one run's pooled samples would not do: drift makes them dependent, and the interval too narrow."""
     if not (a["p20_us"] <= b["p80_us"] and b["p20_us"] <= a["p80_us"]):
         return False
     ra, rb = a.get("round_medians_us"), b.get("round_medians_us")

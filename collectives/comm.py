@@ -201,10 +201,15 @@ def from_numpy(a: np.ndarray, dtype: torch.dtype | None = None) -> torch.Tensor:
     return out if dtype is None or out.dtype == dtype else out.view(dtype)
 
 
+# tensors sharing a storage, +1 for the handle it is asked with (storage_uses(x.untyped_storage()._cdata)): the
+# hottest reuse tests call it directly, without storage_use_count's frame
+storage_uses = torch._C._storage_Use_Count
+
+
 def storage_use_count(x: torch.Tensor) -> int:
     """How many tensors share x's memory (x and its views), not counting the storage handle asked for here:
     with sys.getrefcount, how a reused receive buffer knows that no caller still holds it."""
-    return torch._C._storage_Use_Count(x.untyped_storage()._cdata) - 1
+    return storage_uses(x.untyped_storage()._cdata) - 1
 
 
 def row_numel(x: torch.Tensor) -> int:

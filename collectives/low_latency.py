@@ -26,10 +26,8 @@ import numpy as np
 import torch
 
 from moebench.collectives import schedule as sched
-from moebench.collectives.comm import row_bytes, storage_use_count
+from moebench.collectives.comm import row_bytes, storage_use_count, storage_uses
 from moebench.collectives.exchange import DispatchCombine, offsets, validate_splits
-
-_storage_uses = torch._C._storage_Use_Count  # tensors sharing a storage, +1 for the handle asked with
 
 COUNT_BYTES = 8  # an int64 row count, at the start of a peer's header rows
 INNERS = ("native",)
@@ -101,11 +99,7 @@ class _Rows:
     def output(self) -> torch.Tensor:
         """The last output if unheld, else a new one (its address in self.address)."""
         last = self.last  # held here and in self.last: getrefcount's argument makes 3
-        if (
-            last is not None
-            and getrefcount(last) == 3
-            and _storage_uses(last.untyped_storage()._cdata) - 1 == self.uses
-        ):
+        if last is not None and getrefcount(last) == 3 and storage_uses(last.untyped_storage()._cdata) - 1 == self.uses:
             return last  # only this slot refers to it
         self.last = torch.empty(self.shape, dtype=self.dtype)
         self.address, self.uses = self.last.data_ptr(), storage_use_count(self.last)

@@ -475,7 +475,7 @@ def route_host(logits_TE: list[list[float]], k: int, capacity_factor: float | No
     a few Python lines where tensor ops cost ~5 µs each, more with cold caches): the same choice (ids in descending
     logit order, equal logits to the lower expert id) and weights, as a HostRouting.
     logits_TE: T rows of E floats."""
-    _check_options(len(logits_TE[0]) if logits_TE else 0, k, capacity_factor, "position", DEFAULT_BLOCK_SIZE)
+    check_gate_options(len(logits_TE[0]) if logits_TE else 0, k, capacity_factor)
     return host_gate(logits_TE, k, capacity_factor)
 
 

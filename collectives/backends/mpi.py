@@ -27,11 +27,10 @@ from moebench.collectives.comm import (
     launched_by_torchrun,
     row_numel,
     spin,
-    storage_use_count,
+    storage_uses,
 )
 from moebench.collectives.topology import from_hostnames
 
-_storage_uses = torch._C._storage_Use_Count  # tensors sharing a storage, +1 for the handle asked with
 _AS_INTEGERS = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.bool: torch.uint8}
 
 
@@ -73,17 +72,11 @@ class _VectorSpec:
         self.recv = None  # (numpy buffer, the tensor over it) of the last call, reused once nothing else holds it
         self.send = (None, None)  # (address, MPI send arguments) of the last call: reused for the same address
 
-    def recv_buffer(self, dtype: torch.dtype):
-        """(MPI receive arguments [numpy buffer, counts and displacements, BYTE], the tensor over the buffer) for
-        this call: the last call's when no one holds that tensor any more (neither it nor a view of its memory:
-        at decode this saves ~1 µs of allocation a call; alltoallv inlines this test), else new ones."""
-        last = self.recv
-        if last is not None and getrefcount(last[1]) == 2 and storage_use_count(last[1]) == 1:
-            return last
-        return self.new_recv(dtype)
-
     def new_recv(self, dtype: torch.dtype):
-        """A fresh receive buffer and its tensor (see recv_buffer), kept as the last call's."""
+        """(MPI receive arguments [numpy buffer, counts and displacements, BYTE], the tensor over the buffer): a
+        fresh receive buffer, kept as the last call's. MpiGroup.alltoallv hands the last one out again once no
+        one holds its tensor (neither it nor a view of its memory: at decode this saves ~1 µs of allocation a
+        call)."""
         recv = np.empty(self.recv_shape, self.np_dtype)
         self.recv = (
             [recv, self.recv_args, self.byte],
@@ -160,8 +153,8 @@ class MpiGroup(Group):
         assert send.is_contiguous()
         key = (send_splits, recv_splits, send.shape, send.dtype)
         spec = self._specs.get(key) or self._new_spec(key, send)
-        last = spec.recv  # spec.recv_buffer's test, inlined (the hottest call of a decode step)
-        if last is not None and getrefcount(last[1]) == 2 and _storage_uses(last[1].untyped_storage()._cdata) == 2:
+        last = spec.recv  # the last receive buffer, if nothing but the spec holds it (the hottest call at decode)
+        if last is not None and getrefcount(last[1]) == 2 and storage_uses(last[1].untyped_storage()._cdata) == 2:
             recv_args, out = last
         else:
             recv_args, out = spec.new_recv(send.dtype)
