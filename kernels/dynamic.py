@@ -1,5 +1,6 @@
-# T = tokens, H = hidden, F = expert FFN width, E = experts, k = experts per token, A = T*k assignments, B = tiles
-"""dynamic: exact per-expert segments, no padding in memory and no drops (Huang et al.'s dynamic gating).
+# T = tokens, H = hidden, F = expert FFN width, E = experts, k = experts per token, A = T*k assignments, B = tiles,
+# N = active experts, R = rows per active expert (the busiest one's, batched path), S = N * R slots
+"""dynamic: exact per-expert segments and no drops (Huang et al.'s dynamic gating).
 
 Each expert gets exactly as many rows as were assigned to it (the routing's kept segments). The FFN is a
 grouped GEMM over those variable segments:
@@ -11,13 +12,17 @@ grouped GEMM over those variable segments:
 - torch: torch.nn.functional.grouped_mm over rows gathered in expert order; executed rows = assigned rows
   exactly. It runs on CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on
   sm_90/sm_100 and otherwise the same loop, which reads the offsets on the host (one sync). On CPU the rows
-  go through in segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range.
+  go through in segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range;
+  a small batch whose busiest expert has 2 .. BATCHED_ROWS rows (one Triton tile) runs instead as one torch.bmm
+  chain over the active experts, each padded to the busiest (memory-bound there, so the padded rows are
+  free): executed rows = active experts * busiest, padded rows = executed - kept, counted as such.
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 
 import torch
 import triton
@@ -180,6 +185,82 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
     return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
 
 
+# A busiest expert with 2 .. BATCHED_ROWS rows (one Triton tile): the CPU path runs one bmm chain. With one row
+# per expert the host path's gemv is as fast (kernels bench, T = 1: a tie), and in the layer at batch 1 (one
+# thread a rank) the bmm path left the next phases 20 µs slower (unpermute 20-27 -> 41-60 µs, 4 runs each).
+BATCHED_ROWS = 16
+
+
+def _segment_rows(routing: Routing) -> list[int]:
+    """Kept rows per expert [E], from the host offsets."""
+    offsets = routing.offsets_list
+    return [b - a for a, b in itertools.pairwise(offsets)]
+
+
+def _progressions(active: list[int]) -> list[tuple[int, int, int]]:
+    """Ascending expert ids cut greedily into arithmetic progressions: (first index, length, step) each, so
+    every group's weights are one strided view (w_EHF[a:b:step]), no gathered copy. [0..7] is one group;
+    [0, 1, 2, 5] is (0, 3, 1), (3, 1, 1); any two experts are one group."""
+    groups, i, n = [], 0, len(active)
+    while i < n:
+        j, step = i + 1, (active[i + 1] - active[i]) if i + 1 < n else 1
+        while j + 1 < n and active[j + 1] - active[j] == step:
+            j += 1
+        j = min(j, n - 1)
+        groups.append((i, j - i + 1, step))
+        i = j + 1
+    return groups
+
+
+def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter,
+                           rows: int) -> torch.Tensor:  # fmt: skip
+    """A small CPU batch whose busiest expert has 2 <= rows <= BATCHED_ROWS: every active expert's rows padded to
+    `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active experts, on strided
+    views of the weights. In the memory-bound regime the padded rows cost no time (each expert's weights are
+    read once either way; 2 * GEMM rate / read bandwidth ~ 30 rows per expert here), and bmm hands whole
+    experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 10 GB/s on this machine,
+    the batched chain at 14-15 GB/s. Pad slots read token 0 and land in a spare row T of the fp32 output,
+    which is dropped; executed rows = active experts * rows (the Triton kernel likewise runs whole tiles)."""
+    T, H = x_TH.shape
+    k, offsets, order = routing.top_k, routing.offsets_list, routing.sort_idx_list
+    weights = None if routing.unit_weights else routing.topk_weights_list
+    active, sources, targets, slot_weights = [], [], [], []
+    for e in range(routing.num_experts):
+        ids = order[offsets[e] : offsets[e + 1]]
+        if not ids:
+            continue
+        active.append(e)
+        tokens = ids if k == 1 else [a // k for a in ids]
+        pad = rows - len(ids)
+        sources += tokens + [0] * pad
+        targets += tokens + [T] * pad
+        if weights is not None:
+            slot_weights += [weights[a] for a in ids] + [0.0] * pad
+    x_NRH = meter.alloc(x_TH.index_select(0, torch.tensor(sources)).view(len(active), rows, H))
+    outs = []
+    for i, n, step in _progressions(active):
+        experts = slice(active[i], active[i + n - 1] + 1, step)
+        outs.append(swiglu_ffn(x_NRH[i : i + n], w_gate_EHF[experts], w_up_EHF[experts], w_down_EFH[experts],
+                               meter, mm=torch.bmm))  # fmt: skip
+    meter.free(x_NRH)
+    out_NRH = outs[0] if len(outs) == 1 else meter.alloc(torch.cat(outs))
+    if len(outs) > 1:
+        meter.free(*outs)
+    rows_SH = out_NRH.view(-1, H)
+    if rows_SH.dtype != torch.float32:
+        rows_SH = meter.alloc(rows_SH.float())
+        meter.free(out_NRH)
+    if weights is not None:
+        rows_SH.mul_(torch.tensor(slot_weights).unsqueeze(1))
+    y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
+    if x_TH.dtype != torch.float32:
+        meter.alloc(y_T1H)
+    y_T1H.index_add_(0, torch.tensor(targets), rows_SH)
+    meter.free(rows_SH)
+    y_TH = y_T1H[:T]
+    return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
+
+
 def _experts_torch_gpu(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter):
     """All rows in one range into an [A, H] buffer, then the gather-based combine (no atomics)."""
     A = routing.num_assignments
@@ -228,26 +309,30 @@ def dynamic_experts(
     w_down_EFH: torch.Tensor,
     impl: str = "torch",
 ) -> tuple[torch.Tensor, KernelStats]:
-    """Exact-segment experts. Returns (y_TH in x's dtype, stats); no padded rows in memory."""
+    """Exact-segment experts, no drops. Returns (y_TH in x's dtype, stats); padded rows in memory only on the
+    batched CPU path (a busiest expert of 2 .. BATCHED_ROWS rows), counted in stats."""
     _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     meter = MemoryMeter.of(x_TH)
     if impl == "triton":
         y_TH = _experts_triton(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
         executed = (routing.tile_expert_B >= 0).sum() * routing.block_size
     else:
+        executed = routing.num_kept  # exact segments; the batched CPU path computes padded rows
         if x_TH.is_cuda:
-            experts = _experts_torch_gpu
+            y_TH = _experts_torch_gpu(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
+        elif 1 < (rows := max(rows_E := _segment_rows(routing))) <= BATCHED_ROWS:
+            y_TH = _experts_torch_batched(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter, rows)
+            executed = rows * (len(rows_E) - rows_E.count(0))
         else:
             experts = _experts_torch_host if routing.num_assignments <= HOST_ROWS else _experts_torch_cpu
-        y_TH = experts(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
-        executed = routing.num_kept
+            y_TH = experts(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
     stats = KernelStats(
         hidden=H,
         ffn=F,
         num_useful_rows=routing.num_kept,
         num_executed_rows=executed,
         num_dropped=routing.num_dropped,
-        num_padded_rows=0,
+        num_padded_rows=0 if impl == "triton" else executed - routing.num_kept,
         peak_extra_bytes=meter.peak_bytes(y_TH),
     )
     return y_TH, stats

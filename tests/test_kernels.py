@@ -168,6 +168,50 @@ def test_torch_path_in_chunks(monkeypatch, name, cf):
     assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5
 
 
+@pytest.mark.parametrize(
+    "active,groups",
+    [([0, 1, 2, 5], [(0, 3, 1), (3, 1, 1)]), ([1, 6], [(0, 2, 5)]), ([0, 2, 4, 5, 7], [(0, 3, 2), (3, 2, 2)]),
+     ([3], [(0, 1, 1)]), ([], []), (list(range(8)), [(0, 8, 1)])],
+)  # fmt: skip
+def test_dynamic_batched_progressions(active, groups):
+    """Active experts cut into arithmetic progressions, each one strided view of the weights."""
+    from moebench.kernels.dynamic import _progressions
+
+    assert _progressions(active) == groups
+    assert [active[i + j] for i, n, _ in groups for j in range(n)] == active  # every expert once, in order
+    for i, n, step in groups:
+        assert all(active[i + j + 1] - active[i + j] == step for j in range(n - 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(
+    "ids,cf",
+    [([[0, 7], [3, 7], [7, 5]], None),  # progressions [0, 3], [5, 7] (three groups' worth of cuts), padding
+     ([[1, 6], [6, 1]], None),  # one strided pair
+     ([[2]] * 5, None),  # every token to one expert
+     ([[0, 1], [1, 2], [2, 3], [4, 5], [6, 7]] * 3, None),  # every expert, uneven rows: one bmm over all E
+     ([[0, 1], [0, 2], [0, 3], [0, 4]] * 2, 1.0)],  # drops (capacity 2 rows per expert)
+)  # fmt: skip
+def test_dynamic_batched_cpu_path(ids, cf, dtype):
+    """dynamic's batched CPU path (2 <= busiest <= BATCHED_ROWS) matches the float64 reference and the exact-row
+    path it replaces, and counts its padded rows: active experts * busiest executed."""
+    from moebench.kernels import dynamic
+
+    H, F, E = 32, 48, 8
+    routing = forced_routing(ids, E, cf=cf)
+    weights = make_weights(E, H, F, dtype)
+    x_TH = make_x(len(ids), H, dtype)
+    ref = reference.moe_experts(x_TH, routing, *weights)
+    y_TH, stats = dynamic.dynamic_experts(x_TH, routing, *weights)
+    assert y_TH.dtype == dtype and rel_err(y_TH, ref) <= TOL[dtype]
+    kept_E = routing.kept_counts_E.cpu()
+    busiest, active = int(kept_E.max()), int((kept_E > 0).sum())
+    assert 2 <= busiest <= dynamic.BATCHED_ROWS and stats.dropped == (0 if cf is None else 6)  # expert 0 keeps 2 of 8
+    assert stats.num_executed_rows == busiest * active and stats.padded_rows == busiest * active - int(kept_E.sum())
+    exact = dynamic._experts_torch_host(x_TH, routing, *weights, dynamic.MemoryMeter.of(x_TH))
+    assert rel_err(y_TH, exact) <= TOL[dtype]
+
+
 @pytest.mark.parametrize("cf", [None, 0.75])
 def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
     """The GPU variant of dynamic's torch path (buffer + gather combine) computes the same y."""
@@ -194,8 +238,14 @@ def test_padding_accounting(impl):
     assert padded.executed_flops == 6 * H * F * E * slots and padded.padded_rows == E * 13 - 26
     assert padded.padding_waste == pytest.approx(E * slots / 26)
     _, dynamic = EXPERT_KERNELS["dynamic"](*args, impl=impl)
-    assert dynamic.padded_rows == 0
-    assert dynamic.padding_waste == (1.0 if impl == "torch" else 3 * 16 / 26)  # triton: whole 16-row tiles
+    if impl == "torch":  # busiest 13 <= BATCHED_ROWS: the batched CPU path pads the 3 active experts to 13 rows
+        assert dynamic.executed_flops == 6 * H * F * 3 * 13 and dynamic.padded_rows == 3 * 13 - 26
+    else:  # whole 16-row tiles, none of them held as padding in memory
+        assert dynamic.padded_rows == 0 and dynamic.padding_waste == 3 * 16 / 26
+    many = forced_routing([[0, 1]] * 20 + [[0, 2]] * 3, E, block_size=16)  # busiest 23 > BATCHED_ROWS: exact rows
+    _, exact = EXPERT_KERNELS["dynamic"](make_x(23, H), many, *make_weights(E, H, F), impl=impl)
+    assert exact.padded_rows == 0
+    assert exact.padding_waste == (1.0 if impl == "torch" else 5 * 16 / 46)  # tiles: 2 + 2 + 1
     _, block_sparse = EXPERT_KERNELS["block_sparse"](*args, impl=impl)
     assert block_sparse.padded_rows == 3 * 16 - 26 and block_sparse.padding_waste == pytest.approx(48 / 26)
 
