@@ -167,7 +167,7 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
         first, n = tokens[0], len(tokens)
         run = tokens[-1] - first == n - 1  # consecutive tokens: views, no index tensor (~20 µs with cold caches)
         index = None if run else torch.tensor(tokens)
-        x_RH = x_TH[first : first + n] if run else meter.alloc(x_TH.index_select(0, index))
+        x_RH = (x_TH if n == T else x_TH[first : first + n]) if run else meter.alloc(x_TH.index_select(0, index))
         out_RH = swiglu_ffn(x_RH, w_gate_EHF[e], w_up_EHF[e], w_down_EFH[e], meter)
         if not run:
             meter.free(x_RH)
