@@ -13,9 +13,9 @@ grouped GEMM over those variable segments:
   exactly. It runs on CPU in torch 2.13 (a loop of mm over the groups); on CUDA it is CUTLASS for bf16 on
   sm_90/sm_100 and otherwise the same loop, which reads the offsets on the host (one sync). On CPU the rows
   go through in segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range;
-  a small batch whose busiest expert has 2 .. BATCHED_ROWS rows (one Triton tile) runs instead as one torch.bmm
-  chain over the active experts, each padded to the busiest (memory-bound there, so the padded rows are
-  free): executed rows = active experts * busiest, padded rows = executed - kept, counted as such.
+  a small batch whose busiest expert has <= BATCHED_ROWS rows (one Triton tile; >= 2 on one thread) runs
+  instead as one torch.bmm chain over the active experts, each padded to the busiest (memory-bound there, so
+  the padded rows are free): executed rows = active experts * busiest, padded rows = executed - kept.
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
@@ -185,16 +185,24 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
     return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
 
 
-# A busiest expert with 2 .. BATCHED_ROWS rows (one Triton tile): the CPU path runs one bmm chain. With one row
-# per expert the host path's gemv is as fast (kernels bench, T = 1: a tie), and in the layer at batch 1 (one
-# thread a rank) the bmm path left the next phases 20 µs slower (unpermute 20-27 -> 41-60 µs, 4 runs each).
+# A busiest expert with up to BATCHED_ROWS rows (one Triton tile): the CPU path runs one bmm chain. One row per
+# expert takes it only with several torch threads (bmm hands each thread whole experts: T = 1, 2 threads, 8-14%
+# faster than the host path's gemv in three interleaved runs); on one thread, as in the layer's ranks, the host
+# path stays: its numpy gemv keeps the next numpy call warm (after bmm, the layer's unpermute at batch 1 took
+# 47-82 µs against 25-27, 4 runs each).
 BATCHED_ROWS = 16
+MM_COMBINE_ENTRIES = 1 << 14  # up to T * S this many, the batched path combines with one small GEMM
 
 
 def _segment_rows(routing: Routing) -> list[int]:
     """Kept rows per expert [E], from the host offsets."""
     offsets = routing.offsets_list
     return [b - a for a, b in itertools.pairwise(offsets)]
+
+
+def _batched_applies(rows: int) -> bool:
+    """Whether a CPU batch whose busiest expert has `rows` rows runs batched (see BATCHED_ROWS)."""
+    return (1 if torch.get_num_threads() > 1 else 2) <= rows <= BATCHED_ROWS
 
 
 def _progressions(active: list[int]) -> list[tuple[int, int, int]]:
@@ -214,28 +222,30 @@ def _progressions(active: list[int]) -> list[tuple[int, int, int]]:
 
 def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter,
                            rows: int) -> torch.Tensor:  # fmt: skip
-    """A small CPU batch whose busiest expert has 2 <= rows <= BATCHED_ROWS: every active expert's rows padded to
-    `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active experts, on strided
-    views of the weights. In the memory-bound regime the padded rows cost no time (each expert's weights are
-    read once either way; 2 * GEMM rate / read bandwidth ~ 30 rows per expert here), and bmm hands whole
-    experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 10 GB/s on this machine,
-    the batched chain at 14-15 GB/s. Pad slots read token 0 and land in a spare row T of the fp32 output,
-    which is dropped; executed rows = active experts * rows (the Triton kernel likewise runs whole tiles)."""
+    """A small CPU batch whose busiest expert has rows <= BATCHED_ROWS (>= 2 on one thread): every active
+    expert's rows padded to `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active
+    experts, on strided views of the weights. In the memory-bound regime the padded rows cost no time (each
+    expert's weights are read once either way; 2 * GEMM rate / read bandwidth ~ 30 rows per expert here), and
+    bmm hands whole experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 10 GB/s on
+    this machine (2 threads, 4 KiB pages), the batched chain at 14-15 GB/s. Pad slots read token 0 and are left
+    out of the combine: y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its
+    token's row (one small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with
+    cold caches; index_add_ above MM_COMBINE_ENTRIES). Executed rows = active experts * rows (the Triton
+    kernel likewise runs whole tiles)."""
     T, H = x_TH.shape
     k, offsets, order = routing.top_k, routing.offsets_list, routing.sort_idx_list
     weights = None if routing.unit_weights else routing.topk_weights_list
-    active, sources, targets, slot_weights = [], [], [], []
+    active, sources, slots = [], [], []  # sources [S]: the token each slot reads; slots: (slot, token, weight)
     for e in range(routing.num_experts):
         ids = order[offsets[e] : offsets[e + 1]]
         if not ids:
             continue
         active.append(e)
         tokens = ids if k == 1 else [a // k for a in ids]
-        pad = rows - len(ids)
-        sources += tokens + [0] * pad
-        targets += tokens + [T] * pad
-        if weights is not None:
-            slot_weights += [weights[a] for a in ids] + [0.0] * pad
+        base = len(sources)
+        sources += tokens + [0] * (rows - len(ids))
+        slots += [(base + j, t, 1.0 if weights is None else weights[a]) for j, (t, a) in enumerate(zip(tokens, ids))]
+    S = len(sources)
     x_NRH = meter.alloc(x_TH.index_select(0, torch.tensor(sources)).view(len(active), rows, H))
     outs = []
     for i, n, step in _progressions(active):
@@ -246,18 +256,27 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     out_NRH = outs[0] if len(outs) == 1 else meter.alloc(torch.cat(outs))
     if len(outs) > 1:
         meter.free(*outs)
-    rows_SH = out_NRH.view(-1, H)
+    rows_SH = out_NRH.view(S, H)
     if rows_SH.dtype != torch.float32:
         rows_SH = meter.alloc(rows_SH.float())
         meter.free(out_NRH)
-    if weights is not None:
-        rows_SH.mul_(torch.tensor(slot_weights).unsqueeze(1))
-    y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
+    if T * S <= MM_COMBINE_ENTRIES:  # y = C @ rows, C [T, S] each slot's weight in its token's row (0: a pad)
+        combine_TS = [0.0] * (T * S)
+        for slot, token, weight in slots:
+            combine_TS[token * S + slot] = weight
+        y_TH = torch.mm(torch.tensor(combine_TS).view(T, S), rows_SH)
+    else:  # weighted rows added into y at their tokens; pads land in a spare row T
+        targets_S, weights_S = [T] * S, [0.0] * S
+        for slot, token, weight in slots:
+            targets_S[slot], weights_S[slot] = token, weight
+        if weights is not None:
+            rows_SH.mul_(torch.tensor(weights_S).unsqueeze(1))
+        y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
+        y_T1H.index_add_(0, torch.tensor(targets_S), rows_SH)
+        y_TH = y_T1H[:T]
     if x_TH.dtype != torch.float32:
-        meter.alloc(y_T1H)
-    y_T1H.index_add_(0, torch.tensor(targets), rows_SH)
+        meter.alloc(y_TH)
     meter.free(rows_SH)
-    y_TH = y_T1H[:T]
     return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
 
 
@@ -310,7 +329,7 @@ def dynamic_experts(
     impl: str = "torch",
 ) -> tuple[torch.Tensor, KernelStats]:
     """Exact-segment experts, no drops. Returns (y_TH in x's dtype, stats); padded rows in memory only on the
-    batched CPU path (a busiest expert of 2 .. BATCHED_ROWS rows), counted in stats."""
+    batched CPU path (a busiest expert of <= BATCHED_ROWS rows, >= 2 on one thread), counted in stats."""
     _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     meter = MemoryMeter.of(x_TH)
     if impl == "triton":
@@ -320,7 +339,7 @@ def dynamic_experts(
         executed = routing.num_kept  # exact segments; the batched CPU path computes padded rows
         if x_TH.is_cuda:
             y_TH = _experts_torch_gpu(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
-        elif 1 < (rows := max(rows_E := _segment_rows(routing))) <= BATCHED_ROWS:
+        elif _batched_applies(rows := max(rows_E := _segment_rows(routing))):
             y_TH = _experts_torch_batched(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter, rows)
             executed = rows * (len(rows_E) - rows_E.count(0))
         else:

@@ -192,10 +192,14 @@ def test_dynamic_batched_progressions(active, groups):
      ([[0, 1], [1, 2], [2, 3], [4, 5], [6, 7]] * 3, None),  # every expert, uneven rows: one bmm over all E
      ([[0, 1], [0, 2], [0, 3], [0, 4]] * 2, 1.0)],  # drops (capacity 2 rows per expert)
 )  # fmt: skip
-def test_dynamic_batched_cpu_path(ids, cf, dtype):
+@pytest.mark.parametrize("gemm_combine", [True, False], ids=["gemm-combine", "index-add"])
+def test_dynamic_batched_cpu_path(monkeypatch, ids, cf, dtype, gemm_combine):
     """dynamic's batched CPU path (2 <= busiest <= BATCHED_ROWS) matches the float64 reference and the exact-row
-    path it replaces, and counts its padded rows: active experts * busiest executed."""
+    path it replaces, and counts its padded rows: active experts * busiest executed. Both combines: the small
+    GEMM and (above MM_COMBINE_ENTRIES) index_add_."""
     from moebench.kernels import dynamic
+
+    monkeypatch.setattr(dynamic, "MM_COMBINE_ENTRIES", 1 << 14 if gemm_combine else 0)
 
     H, F, E = 32, 48, 8
     routing = forced_routing(ids, E, cf=cf)
@@ -210,6 +214,23 @@ def test_dynamic_batched_cpu_path(ids, cf, dtype):
     assert stats.num_executed_rows == busiest * active and stats.padded_rows == busiest * active - int(kept_E.sum())
     exact = dynamic._experts_torch_host(x_TH, routing, *weights, dynamic.MemoryMeter.of(x_TH))
     assert rel_err(y_TH, exact) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dynamic_batched_applies(threads):
+    """The batched path takes a busiest expert of up to BATCHED_ROWS rows, one row only with several threads;
+    at T = 1 (one row per expert) y is the reference's either way."""
+    from moebench.kernels import dynamic
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert [dynamic._batched_applies(r) for r in (0, 1, 2, 16, 17)] == [False, threads > 1, True, True, False]
+        routing, weights, x_TH = forced_routing([[1, 6]], 8), make_weights(8, 32, 48), make_x(1, 32)
+        y_TH, stats = dynamic.dynamic_experts(x_TH, routing, *weights)
+        assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5 and stats.padded_rows == 0
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("cf", [None, 0.75])
