@@ -246,13 +246,17 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
         sources += tokens + [0] * (rows - len(ids))
         slots += [(base + j, t, 1.0 if weights is None else weights[a]) for j, (t, a) in enumerate(zip(tokens, ids))]
     S = len(sources)
-    x_NRH = meter.alloc(x_TH.index_select(0, torch.tensor(sources)).view(len(active), rows, H))
+    if T == 1:  # every slot reads the one token: a broadcast view, no index tensor and no gathered copy
+        x_NRH = x_TH.expand(S, H).view(len(active), rows, H)
+    else:
+        x_NRH = meter.alloc(x_TH.index_select(0, torch.tensor(sources)).view(len(active), rows, H))
     outs = []
     for i, n, step in _progressions(active):
         experts = slice(active[i], active[i + n - 1] + 1, step)
         outs.append(swiglu_ffn(x_NRH[i : i + n], w_gate_EHF[experts], w_up_EHF[experts], w_down_EFH[experts],
                                meter, mm=torch.bmm))  # fmt: skip
-    meter.free(x_NRH)
+    if T != 1:
+        meter.free(x_NRH)
     out_NRH = outs[0] if len(outs) == 1 else meter.alloc(torch.cat(outs))
     if len(outs) > 1:
         meter.free(*outs)
