@@ -167,7 +167,12 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
         first, n = tokens[0], len(tokens)
         run = tokens[-1] - first == n - 1  # consecutive tokens: views, no index tensor (~20 µs with cold caches)
         index = None if run else torch.tensor(tokens)
-        x_RH = (x_TH if n == T else x_TH[first : first + n]) if run else meter.alloc(x_TH.index_select(0, index))
+        if not run:
+            x_RH = meter.alloc(x_TH.index_select(0, index))
+        elif n == T:  # every token, in order: x itself (no slice op)
+            x_RH = x_TH
+        else:
+            x_RH = x_TH[first : first + n]
         out_RH = swiglu_ffn(x_RH, w_gate_EHF[e], w_up_EHF[e], w_down_EFH[e], meter)
         if not run:
             meter.free(x_RH)
@@ -186,7 +191,7 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
 
 
 # A busiest expert with up to BATCHED_ROWS rows (one Triton tile): the CPU path runs one bmm chain. One row per
-# expert takes it only with several torch threads (bmm hands each thread whole experts: T = 1, 2 threads, 8-14%
+# expert takes it only with several torch threads (bmm hands each thread whole experts: T = 1, 2 threads, 6-14%
 # faster than the host path's gemv in three interleaved runs); on one thread, as in the layer's ranks, the host
 # path stays: its numpy gemv keeps the next numpy call warm (after bmm, the layer's unpermute at batch 1 took
 # 47-82 µs against 25-27, 4 runs each).
@@ -211,10 +216,9 @@ def _progressions(active: list[int]) -> list[tuple[int, int, int]]:
     [0, 1, 2, 5] is (0, 3, 1), (3, 1, 1); any two experts are one group."""
     groups, i, n = [], 0, len(active)
     while i < n:
-        j, step = i + 1, (active[i + 1] - active[i]) if i + 1 < n else 1
+        step, j = (active[i + 1] - active[i]) if i + 1 < n else 1, i  # j: the group's last index
         while j + 1 < n and active[j + 1] - active[j] == step:
             j += 1
-        j = min(j, n - 1)
         groups.append((i, j - i + 1, step))
         i = j + 1
     return groups
@@ -226,8 +230,8 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     expert's rows padded to `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active
     experts, on strided views of the weights. In the memory-bound regime the padded rows cost no time (each
     expert's weights are read once either way; 2 * GEMM rate / read bandwidth ~ 30 rows per expert here), and
-    bmm hands whole experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 10 GB/s on
-    this machine (2 threads, 4 KiB pages), the batched chain at 14-15 GB/s. Pad slots read token 0 and are left
+    bmm hands whole experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 6.7-7.6 GB/s
+    on this machine (2 threads, 4 KiB pages), the batched chain at 9.3-10.6 GB/s. Pad slots read token 0 and are left
     out of the combine: y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its
     token's row (one small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with
     cold caches; index_add_ above MM_COMBINE_ENTRIES). Executed rows = active experts * rows (the Triton
