@@ -219,6 +219,12 @@ def test_pipelined_layer_model_bounds_and_edges():
     # a lead (the shared experts) hides under chunk 0's dispatch, and only the part longer than it shows
     assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], lead_us=0.5) == 6
     assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], lead_us=3) == 8
+    # a tail (the shared experts' second half) hides under the last combine: 1 + 2 + 2 + max(1, tail)
+    assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], tail_us=0.5) == 6
+    assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], lead_us=1, tail_us=1) == 6
+    assert predicted_layer_us([0, 1, 1, 1, 1], [2, 2], lead_us=1, tail_us=3) == 8
+    # one chunk: the tail hides under the only combine, the lead under the only dispatch
+    assert predicted_layer_us([1, 2, 3], [5], lead_us=2, tail_us=3) == 11
     rng = np.random.default_rng(3)
     for C in (2, 3, 8):
         phases, compute = rng.uniform(0, 5, 1 + 2 * C).tolist(), rng.uniform(0, 5, C).tolist()

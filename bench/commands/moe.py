@@ -640,13 +640,13 @@ def add_overlap_efficiency(rows: list[dict]) -> None:
 def overlap_model_us(base: dict, C: int) -> float:
     """The pipeline model (pipeline.predicted_layer_us) on the sequential row's measured phases: gate, quantize
     and permute before, unpermute after; dispatch and combine, and dequantize + experts, cut evenly into C
-    chunks; the shared experts while chunk 0's dispatch flies. What overlap would give if communication
-    progressed while the experts run."""
+    chunks; the shared experts half while chunk 0's dispatch flies, half after the last combine is issued (as
+    the pipeline runs them). What overlap would give if communication progressed while the experts run."""
     phase = {p: base.get(f"{p}_us", 0.0) for p in moe.PHASES}
     before, after = phase["gate"] + phase["quantize"] + phase["permute"], phase["unpermute"]
     chunks = [0.0, *[phase["dispatch"] / C] * C, *[phase["combine"] / C] * C]
     compute = [(phase["dequantize"] + phase["experts"]) / C] * C
-    return before + pipeline.predicted_layer_us(chunks, compute, phase["shared"]) + after
+    return before + pipeline.predicted_layer_us(chunks, compute, phase["shared"] / 2, phase["shared"] / 2) + after
 
 
 def overlap_summary(rows: list[dict]) -> tuple[list[str], list[list]]:

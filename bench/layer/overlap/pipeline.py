@@ -7,14 +7,19 @@ permuted as the sequential layer does (its pair's codec and unit); one count exc
 split counts ([P, C] integers); then, with the backend's non-blocking all-to-all-v (MPI Ialltoallv, torch
 async_op=True):
 
-    start dispatch 0; shared experts (while dispatch 0 flies); wait dispatch 0
+    start dispatch 0; shared experts of the first half of the tokens (while dispatch 0 flies); wait dispatch 0
     for c in 0..C-1: start dispatch c+1; experts of chunk c; start combine c; (wait dispatch c+1 next round)
-    wait every combine; unpermute every chunk
+    shared experts of the other half (while the last combine flies); wait every combine; unpermute every chunk
+
+The shared experts fill the pipeline's two ends, where no chunk's experts can hide the communication: the
+first dispatch and the last combine (as DeepSeek's decode runs the shared expert beside the combine). Split by
+tokens, half each (ceil(T/2) first): the dispatch and the combine of a chunk move the same rows.
 
 Phases (forward.PHASES): gate, quantize and permute of every chunk; dispatch = the count exchange and the start
-of chunk 0; shared = the shared experts; dequantize = waiting for chunk 0 and decoding it; experts = the
-pipelined body (every chunk's experts, the later dispatches' waits and decodes, the combines' starts); combine
-= waiting for the combines still in flight; unpermute. The transport is the plain pair over the library's own
+of chunk 0; shared = the first half's shared experts; dequantize = waiting for chunk 0 and decoding it;
+experts = the pipelined body (every chunk's experts, the later dispatches' waits and decodes, the combines'
+starts, and the second half's shared experts after the last combine starts); combine = waiting for the
+combines still in flight; unpermute. The transport is the plain pair over the library's own
 all-to-all (native), with the pair's rows: plain, dedup, fp8 and fp8-dedup pipeline, the others do not.
 Drops are refused (each chunk would get its own capacity). Every rank must cut the same number of chunks (the
 count exchange and the all-to-alls are collective): equal batches, or batches of at least C tokens everywhere.
@@ -99,7 +104,8 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
 
     in_flight = start_dispatch(0)
     mark()
-    shared_TH = layer.shared_forward(x_TH, weights)
+    lead = (T + 1) // 2  # tokens whose shared experts run while dispatch 0 flies; the rest beside the last combine
+    shared_lead = layer.shared_forward(x_TH[:lead], weights)
     mark()
 
     def arrive(flight):
@@ -121,12 +127,15 @@ def forward(comm, x_TH, weights, cfg, mark, forced=None, info=None, first_id=Non
         combines.append(counted(lambda rows=back_rows, c=c: world.ialltoallv(rows, *reversed(splits[c])), back))
         if nxt is not None:
             ready = arrive(nxt)
+    shared_tail = layer.shared_forward(x_TH[lead:], weights) if lead < T else None
     mark()
     for _, wait in combines:
         counted(wait, back)
     mark()
     parts = [unit.unpermute(out, p, b - a, dtype) for (out, _), p, (a, b) in zip(combines, permuted, bounds)]
-    y_TH = layer.add_shared(parts[0] if len(parts) == 1 else torch.cat(parts), shared_TH)
+    y_TH = parts[0] if len(parts) == 1 else torch.cat(parts)
+    layer.add_shared(y_TH[:lead], shared_lead)
+    layer.add_shared(y_TH[lead:], shared_tail)
     mark()
     if info is not None:
         info.dispatch_wire_bytes, info.combine_wire_bytes = sum(sent), sum(back)
@@ -182,13 +191,14 @@ def chunk_schedules(splits_PP: np.ndarray, C: int) -> list[np.ndarray]:
     return [splits // C + (c < splits % C) for c in range(C)]
 
 
-def predicted_layer_us(phase_us: list[float], compute_us: list[float], lead_us: float = 0.0) -> float:
+def predicted_layer_us(phase_us: list[float], compute_us: list[float], lead_us: float = 0.0,
+                       tail_us: float = 0.0) -> float:  # fmt: skip
     """The pipelined layer's time from its schedule's phase times ([counts, C dispatches, C combines], as
     schedule lists them) and each chunk's expert time: communication runs one call at a time in the order the
     forward issues them, compute one chunk at a time once its rows have arrived (dispatch c + 1 is issued
-    before chunk c's experts, combine c after them); lead_us of compute (the shared experts) runs while chunk
-    0's dispatch flies; the layer ends when both are done. One chunk and no lead: counts + dispatch + experts +
-    combine, the sequential layer."""
+    before chunk c's experts, combine c after them); lead_us of compute (shared experts) runs while chunk 0's
+    dispatch flies, tail_us after the last combine is issued; the layer ends when both are done. One chunk and
+    no lead or tail: counts + dispatch + experts + combine, the sequential layer."""
     C = len(compute_us)
     counts, out, back = phase_us[0], phase_us[1 : 1 + C], phase_us[1 + C : 1 + 2 * C]
     link = arrived = counts + out[0]  # the count exchange blocks; chunk 0's dispatch follows
@@ -200,7 +210,7 @@ def predicted_layer_us(phase_us: list[float], compute_us: list[float], lead_us: 
         link = max(cpu, link) + back[c]
         if c + 1 < C:
             cpu = max(cpu, arrived)
-    return max(cpu, link)
+    return max(cpu + tail_us, link)
 
 
 def _summed(stats: list) -> KernelStats:
