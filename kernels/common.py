@@ -235,6 +235,20 @@ def swiglu_ffn(
     return out
 
 
+def expert_progressions(active: list[int]) -> list[tuple[int, int, int]]:
+    """Ascending expert ids cut greedily into arithmetic progressions: (first index, length, step) each, so
+    every group's weights are one strided view (w_EHF[a:b:step]), no gathered copy. [0..7] is one group;
+    [0, 1, 2, 5] is (0, 3, 1), (3, 1, 1); any two experts are one group."""
+    groups, i, n = [], 0, len(active)
+    while i < n:
+        step, j = (active[i + 1] - active[i]) if i + 1 < n else 1, i  # j: the group's last index
+        while j + 1 < n and active[j + 1] - active[j] == step:
+            j += 1
+        groups.append((i, j - i + 1, step))
+        i = j + 1
+    return groups
+
+
 CPU_CHUNK_BYTES = 4 << 20
 
 

@@ -34,6 +34,7 @@ from moebench.kernels.common import (
     MemoryMeter,
     check_inputs,
     combine,
+    expert_progressions,
     grouped_swiglu,
     plan_chunks,
     swiglu_ffn,
@@ -210,20 +211,6 @@ def _batched_applies(rows: int) -> bool:
     return (1 if torch.get_num_threads() > 1 else 2) <= rows <= BATCHED_ROWS
 
 
-def _progressions(active: list[int]) -> list[tuple[int, int, int]]:
-    """Ascending expert ids cut greedily into arithmetic progressions: (first index, length, step) each, so
-    every group's weights are one strided view (w_EHF[a:b:step]), no gathered copy. [0..7] is one group;
-    [0, 1, 2, 5] is (0, 3, 1), (3, 1, 1); any two experts are one group."""
-    groups, i, n = [], 0, len(active)
-    while i < n:
-        step, j = (active[i + 1] - active[i]) if i + 1 < n else 1, i  # j: the group's last index
-        while j + 1 < n and active[j + 1] - active[j] == step:
-            j += 1
-        groups.append((i, j - i + 1, step))
-        i = j + 1
-    return groups
-
-
 def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter,
                            rows: int) -> torch.Tensor:  # fmt: skip
     """A small CPU batch whose busiest expert has rows <= BATCHED_ROWS (>= 2 on one thread): every active
@@ -255,7 +242,7 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     else:
         x_NRH = meter.alloc(x_TH.index_select(0, torch.tensor(sources)).view(len(active), rows, H))
     outs = []
-    for i, n, step in _progressions(active):
+    for i, n, step in expert_progressions(active):
         experts = slice(active[i], active[i + n - 1] + 1, step)
         outs.append(swiglu_ffn(x_NRH[i : i + n], w_gate_EHF[experts], w_up_EHF[experts], w_down_EFH[experts],
                                meter, mm=torch.bmm))  # fmt: skip

@@ -175,9 +175,9 @@ def test_torch_path_in_chunks(monkeypatch, name, cf):
 )  # fmt: skip
 def test_dynamic_batched_progressions(active, groups):
     """Active experts cut into arithmetic progressions, each one strided view of the weights."""
-    from moebench.kernels.dynamic import _progressions
+    from moebench.kernels.common import expert_progressions
 
-    assert _progressions(active) == groups
+    assert expert_progressions(active) == groups
     assert [active[i + j] for i, n, _ in groups for j in range(n)] == active  # every expert once, in order
     for i, n, step in groups:
         assert all(active[i + j + 1] - active[i + j] == step for j in range(n - 1))

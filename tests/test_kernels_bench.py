@@ -236,3 +236,42 @@ def test_zipf_is_skewed():
     ids_Tk, _ = skews.sample_topk("zipf:1.2", 8000, 8, 2)
     counts_E = torch.bincount(ids_Tk.view(-1), minlength=8).float()
     assert counts_E.max() / counts_E.mean() > 2.0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_ceiling_runs_each_active_expert_on_the_kernels_copies(threads):
+    """The dense row computes every active expert's SwiGLU on its own rows (float64 reference), reading the
+    copy the rotation hands it (the second: a ceiling on copies of its own fails), on strided views of gapped
+    experts (0, 2, 4, 6 and 7; 0, 1 and 3, 7), with one row per expert (the gemv path on one thread) and T = 1."""
+    from moebench.bench import roofline
+    from moebench.kernels import routing_from_topk
+
+    preset = presets.get_preset("mixtral-8x7b-tiny")
+    config = kernels_bench.parse_config(parse("--model", preset.name, "--tokens", "4"))
+    torch.manual_seed(0)
+    E, H, F = preset.E, preset.H, preset.F
+    copies = [tuple(torch.randn(E, *shape, device=DEVICE) / 16 for shape in ((H, F), (H, F), (F, H))) for _ in range(2)]
+    cases = [[[0, 2], [4, 6], [7, 0], [2, 2]], [[0, 1], [3, 7]], [[4, 7]]]  # top-2 ids per token
+    prior = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for ids in cases:
+            ids_Tk = torch.tensor(ids, device=DEVICE)
+            T = ids_Tk.shape[0]
+            x_TH = torch.randn(T, H, device=DEVICE)
+            problem = kernels_bench.Problem(skews.parse_skew("uniform"), x_TH, ids_Tk, torch.ones(T, 2) / 2, copies[0])
+            routing = routing_from_topk(ids_Tk, torch.ones(T, 2, device=DEVICE) / 2, E, None)
+            rotate = roofline.Rotation(2)
+            case = kernels_bench._dense_case(config, problem, routing, copies, rotate)
+            picked = case.prepare()
+            assert picked is copies[1]  # the kernels' own copy, in the rotation's order
+            out_ERH = case.fn(*picked).double()
+            active = sorted({e for pair in ids for e in pair})
+            for j, e in enumerate(active):
+                tokens = [t for t in range(T) for slot in range(2) if ids[t][slot] == e]
+                x = x_TH[tokens].double()
+                w_gate, w_up, w_down = (w[e].double() for w in picked)
+                ref = (torch.nn.functional.silu(x @ w_gate) * (x @ w_up)) @ w_down
+                assert torch.allclose(out_ERH[j, : len(tokens)], ref, rtol=1e-4, atol=1e-5), (ids, e)
+    finally:
+        torch.set_num_threads(prior)

@@ -2,8 +2,9 @@
 """Expert kernels side by side on one device, with reference rows, each row checked against float64.
 
 For each token count and skew: one forced routing, then
-- `dense`: one GEMM chain (gate, up, SwiGLU, down) on T*k rows with a single expert's weights, into
-  preallocated buffers — the same useful FLOPs with no routing and no allocation, the ceiling here;
+- `dense`: the same kept rows through the same active experts as one batched GEMM chain (gate, up, SwiGLU,
+  down) on the kernels' own weight copies, into preallocated buffers: the same work with no routing and no
+  allocation, the ceiling here;
 - every baseline of the BASELINES registry (`loop`: the per-expert Python loop most model code ships);
 - every kernel in --kernels (the EXPERT_KERNELS registry); `padded` once per --capacity-factor
   ("none" = pad to the busiest expert), the dropless kernels (dynamic, block_sparse) once, as they run.
@@ -26,7 +27,7 @@ from moebench.bench import options, report, roofline
 from moebench.bench.layer import skews, workloads
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.timing import Case, run_interleaved, ties
-from moebench.kernels.common import host_gemv_applies, rows_matmul
+from moebench.kernels.common import expert_progressions, host_gemv_applies, rows_matmul
 from moebench.kernels.triton_utils import interpreter_active
 
 HUANG_STATIC_WASTE = 12.8  # Huang et al., NeurIPS'24: static gating executes up to 12.8x the useful rows (LM)
@@ -165,37 +166,43 @@ def _row(config: Config, problem: Problem, kernel: str, impl: str, cf, useful_fl
     return row
 
 
-def _dense_case(config: Config, problem: Problem, routing, copies: int, rotate: roofline.Rotation) -> Case:
+def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate: roofline.Rotation) -> Case:
     """The ceiling doing the same work: the same kept rows through the same active experts as one batched
-    GEMM chain over the experts that got rows (each padded to the busiest one's rows), on weights gathered
-    once into contiguous [Ea, H, F] tensors and into preallocated buffers: no routing, no allocation. Where
-    every active expert has one row (on the CPU), each expert's chain runs on the gemv the kernels use
-    (common.rows_matmul), faster there than bmm, so the ceiling is not below the kernels."""
+    GEMM chain over the experts that got rows (each padded to the busiest one's rows), into preallocated
+    buffers: no routing, no allocation. It reads the kernels' own weight copies (strided views of the active
+    experts, one bmm per arithmetic progression of their ids), the same memory the kernels read: on this VM
+    buffers allocated at different times read at different speeds (up to 1.3x between two sets of identical
+    buffers), so a ceiling on copies of its own would compare placements, not code. Where every active expert
+    has one row (on the CPU), each expert's chain runs on the gemv the kernels use (common.rows_matmul),
+    faster there than bmm, so the ceiling is not below the kernels."""
     p = config.preset
     counts = routing.kept_counts_E.cpu()
-    active = torch.nonzero(counts).view(-1)
+    active = torch.nonzero(counts).view(-1).tolist()
     Ea, Rmax = len(active), int(counts.max()) if len(counts) else 0
     x_ERH = problem.x_TH.new_zeros(Ea, Rmax, p.H)
     order, offsets = routing.sort_idx_A.cpu(), routing.offsets_E1.cpu()
-    for j, e in enumerate(active.tolist()):
+    for j, e in enumerate(active):
         tokens = order[offsets[e] : offsets[e + 1]] // routing.top_k
         x_ERH[j, : len(tokens)] = problem.x_TH[tokens.to(problem.x_TH.device)]
-    gathered = [tuple(w[active.to(w.device)].contiguous() for w in problem.weights)]
-    gathered += [tuple(w.clone() for w in gathered[0]) for _ in range(copies - 1)]
+    groups = [(i, i + n, slice(active[i], active[i + n - 1] + 1, step))
+              for i, n, step in expert_progressions(active)]  # fmt: skip
     h_ERF, up_ERF = x_ERH.new_empty(Ea, Rmax, p.F), x_ERH.new_empty(Ea, Rmax, p.F)
     out_ERH = torch.empty_like(x_ERH)
 
     def dense(w_gate, w_up, w_down):
-        torch.bmm(x_ERH, w_gate, out=h_ERF)
-        torch.bmm(x_ERH, w_up, out=up_ERF)
+        for a, b, experts in groups:
+            torch.bmm(x_ERH[a:b], w_gate[experts], out=h_ERF[a:b])
+            torch.bmm(x_ERH[a:b], w_up[experts], out=up_ERF[a:b])
         torch.nn.functional.silu(h_ERF, inplace=True).mul_(up_ERF)
-        return torch.bmm(h_ERF, w_down, out=out_ERH)
+        for a, b, experts in groups:
+            torch.bmm(h_ERF[a:b], w_down[experts], out=out_ERH[a:b])
+        return out_ERH
 
     def dense_one_row(w_gate, w_up, w_down):  # one row per expert: each expert's chain on the kernels' own gemv
-        for j in range(Ea):
-            h_1F = rows_matmul(x_ERH[j], w_gate[j])
-            torch.nn.functional.silu(h_1F, inplace=True).mul_(rows_matmul(x_ERH[j], w_up[j]))
-            out_ERH[j] = rows_matmul(h_1F, w_down[j])
+        for j, e in enumerate(active):
+            h_1F = rows_matmul(x_ERH[j], w_gate[e])
+            torch.nn.functional.silu(h_1F, inplace=True).mul_(rows_matmul(x_ERH[j], w_up[e]))
+            out_ERH[j] = rows_matmul(h_1F, w_down[e])
         return out_ERH
 
     elem = problem.x_TH.element_size()
@@ -203,7 +210,7 @@ def _dense_case(config: Config, problem: Problem, routing, copies: int, rotate: 
                dropped_pct=0.0, weight_bytes=Ea * 3 * p.H * p.F * elem, peak_mb=None, rel_err=None, correct=None,
                role="dense")  # fmt: skip
     fn = dense_one_row if Rmax == 1 and host_gemv_applies(x_ERH[0]) else dense
-    return Case(row, fn, prepare=lambda: rotate(gathered))  # the copy is picked before the clock starts
+    return Case(row, fn, prepare=lambda: rotate(copies))  # the copy is picked before the clock starts
 
 
 def _active_weight_bytes(config: Config, routing, elem_size: int) -> int:
@@ -271,7 +278,7 @@ def bench_tokens(config: Config, skew, T: int, roof) -> list[dict]:
     plan = [(name, "torch", cf, "baseline") for name in kernels.BASELINES for cf in _capacity_factors(config, name)]
     plan += [(name, config.impl, cf, "kernel") for name in config.kernels for cf in _capacity_factors(config, name)]
     y_refs = {}
-    dense = _dense_case(config, problem, dropless, n, rotate)
+    dense = _dense_case(config, problem, dropless, copies, rotate)
     rows_cases, routing_cases = [dense], []
     for name, impl, cf, role in plan:
         if cf not in y_refs:  # the float64 truth with the same drops
@@ -361,7 +368,7 @@ def _caption(config: Config, roof) -> str:
         f"{report.CONVENTIONS}; {threads}. Experts are SwiGLU{act}: 6*H*F FLOPs per kept (token, expert) pair. "
         "TFLOP/s = useful FLOPs / median; x dense = dense time / time; waste = executed / useful FLOPs; "
         "dense = the same kept rows through the same active experts as one batched GEMM chain (bmm over the experts "
-        "that got rows, each padded to the busiest) on weights gathered once, into preallocated buffers; "
+        "that got rows, each padded to the busiest) on the kernels' own weight copies, into preallocated buffers; "
         "roofline = max(useful FLOPs / GEMM rate, active weight bytes / read bandwidth), both measured in this run "
         f"(read {roof.read_gbps:.1f} GB/s: a sum over >= 3x the {roof.llc_bytes / 2**20:.0f} MiB last-level cache; "
         f"GEMM {roof.gemm_tflops * 1e3:.0f} GFLOP/s at 1024^3), roof frac = roofline / median. Cold weights: every "
