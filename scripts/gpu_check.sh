@@ -28,6 +28,7 @@ for impl in triton torch; do
     bench --model mixtral-8x7b --impl "$impl" --skew zipf:1.2 --batch 128,4096 --capacity-factor 2.0,none \
         --tag "mixtral-8x7b-zipf1p2-$impl"
 done
+bench --model mixtral-8x7b --impl triton --skew uniform --batch 1,16,128 --cuda-graph --tag mixtral-8x7b-uniform-graph
 bench --model deepseek-v3 --impl triton --batch 128 --capacity-factor 1.0,2.0,none --tag deepseek-v3-t128
 bench --model qwen3-30b-a3b --impl triton --batch 1,128,4096 --tag qwen3-30b-a3b
 echo "== gpu-check on $gpu: the MoE layer at P=1 on the GPU, every kernel, Triton and torch, checked against float64"

@@ -127,6 +127,47 @@ def test_cuda_without_a_gpu():
         kernels_bench.run(parse("--device", "cuda"))
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="the refusal on a CPU run")
+def test_cuda_graph_needs_cuda():
+    with pytest.raises(ValueError, match=re.escape("--cuda-graph needs a CUDA device (--device cuda)")):
+        kernels_bench.run(parse("--cuda-graph"))
+
+
+def test_cuda_graph_rows_are_labelled_and_checked(monkeypatch):
+    """--cuda-graph's bookkeeping, the capture replaced (no GPU here): a row that could not be captured stays
+    eager with its reason, a replay with the right output is labelled cuda-graph and passes, a replay with a
+    wrong output fails its row (and the run's exit status), and the summary names the eager rows."""
+    import dataclasses
+
+    from moebench.bench import report, roofline
+
+    argv = ["--model", "mixtral-8x7b-tiny", "--tokens", "5", "--kernels", "dynamic", "--capacity-factor", "none"]
+    config = kernels_bench.parse_config(parse(*argv, "--warm-weights", "-n", "2"))
+    config = dataclasses.replace(config, cuda_graph=True)
+    calls = []
+
+    def fake_capture(fn, copies):
+        calls.append(len(copies))
+        out = fn(*copies[0])
+        if len(calls) == 1:  # dense
+            return fn, None, "eager: capture refused (test)"
+        if len(calls) == 3:  # dynamic: a replay that computes something else
+            return fn, (out[0] * 1.01, out[1]), "cuda-graph"
+        return fn, out, "cuda-graph"
+
+    monkeypatch.setattr(kernels_bench.cuda_graph, "graph_or_eager", fake_capture)
+    roof = roofline.Roofline(read_gbps=10.0, gemm_tflops=1.0, llc_bytes=1 << 20)
+    rows = kernels_bench.bench_tokens(config, skews.parse_skew("uniform"), 5, roof)
+    assert [r["kernel"] for r in rows] == ["dense", "loop", "dynamic"] and calls == [1, 1, 1]
+    dense, loop, dynamic = rows
+    assert dense["timing"] == "eager: capture refused (test)" and "graph_rel_err" not in dense
+    assert loop["timing"] == "cuda-graph" and loop["graph_rel_err"] < 1e-5 and loop["correct"]
+    assert dynamic["timing"] == "cuda-graph" and dynamic["graph_rel_err"] > 1e-3 and not dynamic["correct"]
+    assert report.exit_status(rows) == 1
+    assert kernels_bench.graph_lines(rows) == ["CUDA graphs: 2 of 3 rows timed as graph replays",
+                                               "T=5 dense eager: capture refused (test)"]  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------- workloads
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from moebench import kernels
-from moebench.bench import options, report, roofline
+from moebench.bench import cuda_graph, options, report, roofline
 from moebench.bench.layer import skews, workloads
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.timing import Case, run_interleaved, ties
@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--warm-weights", action="store_true",
                    help="time every call on one weight copy (cache-warm); default: rotate copies (cold)")  # fmt: skip
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA only: time each row as replays of CUDA graphs captured once per weight copy (decode "
+                        "timing as vLLM's benchmark_moe); a call that cannot be captured is timed eagerly")  # fmt: skip
     options.add_seed(p)
     options.add_output(p)
 
@@ -75,6 +78,7 @@ class Config:
     rounds: int = 5
     budget_s: float | None = None
     warm: bool = False
+    cuda_graph: bool = False
 
 
 def parse_config(args: argparse.Namespace) -> Config:
@@ -93,6 +97,8 @@ def parse_config(args: argparse.Namespace) -> Config:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is available")
+    if args.cuda_graph and device.type != "cuda":
+        raise ValueError("--cuda-graph needs a CUDA device (--device cuda): CUDA graphs do not exist on the CPU")
     if args.impl == "triton" and device.type == "cpu" and not interpreter_active():
         raise ValueError(
             "--impl triton on CPU runs in the Triton interpreter: set TRITON_INTERPRET=1 in the environment"
@@ -113,6 +119,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         rounds=args.rounds,
         budget_s=options.budget_seconds(args),
         warm=args.warm_weights,
+        cuda_graph=args.cuda_graph,
     )
 
 
@@ -249,6 +256,20 @@ def _kernel_cases(config: Config, problem: Problem, name: str, impl: str, cf, y_
     return case, Case({}, make_routing)
 
 
+def _graph_cases(config: Config, cases: list[Case], copies: list, y_refs: dict) -> None:
+    """--cuda-graph: each row timed as replays of graphs captured on the weight copies (bench.cuda_graph), its
+    `timing` saying so or why it stays eager; a kernel row's replayed output is checked against the float64
+    reference like its eager call (`graph_rel_err`), and a wrong replay fails the row."""
+    for case in cases:
+        case.fn, output, case.row["timing"] = cuda_graph.graph_or_eager(case.fn, copies)
+        if output is None or case.row["role"] == "dense":
+            continue
+        y_TH = output[0] if isinstance(output, tuple) else output
+        error = _rel_err(y_TH, y_refs[case.row["capacity_factor"]])
+        case.row["graph_rel_err"] = error
+        case.row["correct"] = bool(case.row["correct"]) and error <= TOLERANCE[config.dtype]
+
+
 def _make_problem(config: Config, skew, T: int) -> Problem:
     p, dev = config.preset, config.device
     ids_Tk, weights_Tk = skews.sample_topk(skew, T, p.E, p.k, seed=config.seed)
@@ -287,6 +308,10 @@ def bench_tokens(config: Config, skew, T: int, roof) -> list[dict]:
         case, routing_case = _kernel_cases(config, problem, name, impl, cf, y_refs[cf], role, copies, rotate)
         rows_cases.append(case)
         routing_cases.append(routing_case)
+    for case in rows_cases:
+        case.row["timing"] = "eager"
+    if config.cuda_graph:
+        _graph_cases(config, rows_cases, copies, y_refs)
     run_interleaved(None, rows_cases + routing_cases, config.iters, config.warmup, config.rounds, config.device,
                     config.budget_s)  # fmt: skip
     for case, routing_case in zip(rows_cases[1:], routing_cases):
@@ -353,6 +378,14 @@ def summary_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def graph_lines(rows: list[dict]) -> list[str]:
+    """--cuda-graph: how many rows were timed as graph replays, and each row that stayed eager with why."""
+    eager = [r for r in rows if r["timing"] != "cuda-graph"]
+    lines = [f"CUDA graphs: {len(rows) - len(eager)} of {len(rows)} rows timed as graph replays"]
+    lines += [f"T={r['tokens']} {_label(r)} {r['timing']}" for r in eager]
+    return lines
+
+
 def _title(config: Config) -> str:
     p = config.preset
     tiny = " [TINY: H, F scaled down]" if p.tiny else ""
@@ -374,7 +407,13 @@ def _caption(config: Config, roof) -> str:
         f"GEMM {roof.gemm_tflops * 1e3:.0f} GFLOP/s at 1024^3), roof frac = roofline / median. Cold weights: every "
         "call reads the next of `weight_copies` copies (their active parts > 3x the cache; --warm-weights: one). "
         "Rows of one token count run interleaved over rounds. "
-        f"baselines: {', '.join(kernels.BASELINES)} (loop = the per-expert Python loop). "
+        + (
+            "Timed as CUDA graph replays (--cuda-graph: one graph per weight copy, captured after warm-up; the "
+            "replay's output checked too; JSON `timing` says cuda-graph, or eager and why). "
+            if config.cuda_graph
+            else ""
+        )
+        + f"baselines: {', '.join(kernels.BASELINES)} (loop = the per-expert Python loop). "
         "cf: capacity factor of a static-capacity kernel (none = pad to the busiest expert); dropless kernels run "
         "once. routing µs: building the routing metadata from the top-k ids, not in the kernel's time. "
         "weights MB: experts that received >= 1 token; GB/s = that / median. peak MB: extra memory the kernel "
@@ -406,7 +445,7 @@ def run(args: argparse.Namespace) -> int:
     title, caption = _title(config), _caption(config, roof)
     table = [_table_row(row) for row in rows]
     report.print_table(title, COLUMNS, table, caption)
-    lines = summary_lines(rows)
+    lines = summary_lines(rows) + (graph_lines(rows) if config.cuda_graph else [])
     for line in lines:
         report.console.print(line)
     meta = report.base_meta("kernels", sys.argv) | {
