@@ -105,6 +105,7 @@ class Case:
     # () -> a tuple of arguments for fn, made before the clock starts: the harness's own choices for the call
     # (which cold weight copy it reads), which are not the timed work
     prepare: Callable | None = None
+    calls: int = 1  # calls of the timed work one fn() makes (a CUDA graph of several): times are per call
 
     @property
     def columns(self) -> int:
@@ -148,7 +149,8 @@ class Clock:
         marked = len(stamps) - 1
         if case.phases and marked != len(case.phases):
             raise RuntimeError(f"{case.row}: fn marked {marked} phases, expected {len(case.phases)}")
-        return [*np.diff(stamps), stamps[-1]] if case.phases else [stamps[-1]]
+        times = [*np.diff(stamps), stamps[-1]] if case.phases else [stamps[-1]]
+        return times if case.calls == 1 else [t / case.calls for t in times]
 
 
 def iterations_per_case(estimates_us: np.ndarray, iters: int, budget_s: float | None) -> list[int]:

@@ -316,3 +316,15 @@ def test_result_files_are_readable_by_others(tmp_path):
     assert stat.S_IMODE((tmp_path / "r.md").stat().st_mode) == 0o644
     assert (tmp_path / "r.md").read_text() == "x\n"
     assert [p.name for p in tmp_path.iterdir()] == ["r.md"]  # no temporary left behind
+
+
+def test_a_case_of_several_calls_is_timed_per_call():
+    """Case.calls (a CUDA graph holding ten calls): the clock divides the measured time by it, so a row's time
+    is per call; one call is timed as it ran."""
+    import time
+
+    one = timing.Case({}, lambda: time.sleep(0.02))
+    ten = timing.Case({}, lambda: time.sleep(0.02), calls=10)
+    clock = timing.Clock("cpu")
+    one_us, ten_us = clock.run(one)[-1], clock.run(ten)[-1]
+    assert 20e3 <= one_us < 60e3 and 2e3 <= ten_us < 6e3

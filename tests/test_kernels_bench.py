@@ -150,10 +150,10 @@ def test_cuda_graph_rows_are_labelled_and_checked(monkeypatch):
         calls.append(len(copies))
         out = fn(*copies[0])
         if len(calls) == 1:  # dense
-            return fn, None, "eager: capture refused (test)"
+            return fn, None, "eager: capture refused (test)", 1
         if len(calls) == 3:  # dynamic: a replay that computes something else
-            return fn, (out[0] * 1.01, out[1]), "cuda-graph"
-        return fn, out, "cuda-graph"
+            return fn, (out[0] * 1.01, out[1]), "cuda-graph", 10
+        return fn, out, "cuda-graph", 10
 
     monkeypatch.setattr(kernels_bench.cuda_graph, "graph_or_eager", fake_capture)
     roof = roofline.Roofline(read_gbps=10.0, gemm_tflops=1.0, llc_bytes=1 << 20)

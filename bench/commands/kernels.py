@@ -261,7 +261,7 @@ def _graph_cases(config: Config, cases: list[Case], copies: list, y_refs: dict) 
     `timing` saying so or why it stays eager; a kernel row's replayed output is checked against the float64
     reference like its eager call (`graph_rel_err`), and a wrong replay fails the row."""
     for case in cases:
-        case.fn, output, case.row["timing"] = cuda_graph.graph_or_eager(case.fn, copies)
+        case.fn, output, case.row["timing"], case.calls = cuda_graph.graph_or_eager(case.fn, copies)
         if output is None or case.row["role"] == "dense":
             continue
         y_TH = output[0] if isinstance(output, tuple) else output
