@@ -153,11 +153,13 @@ class Clock:
         return times if case.calls == 1 else [t / case.calls for t in times]
 
 
-def iterations_per_case(estimates_us: np.ndarray, iters: int, budget_s: float | None) -> list[int]:
-    """Timed iterations of each case: `iters`, fewer where that would take longer than `budget_s` (at least 1)."""
+def iterations_per_case(estimates_us: np.ndarray, iters: int, budget_s: float | None, least: int = 1) -> list[int]:
+    """Timed iterations of each case: `iters`, fewer where that would take longer than `budget_s`, but at least
+    `least` (run_interleaved: one per round, so every row has a sample in every round and the paired round
+    test; a row of one sample, ranked by its p20-p80 of one value, called a 391 ms outlier the slowest)."""
     if budget_s is None:
         return [iters] * len(estimates_us)
-    return [max(1, min(iters, int(budget_s * 1e6 / max(t, 1e-3)))) for t in estimates_us]
+    return [max(least, min(iters, int(budget_s * 1e6 / max(t, 1e-3)))) for t in estimates_us]
 
 
 def round_plan(counts: list[int], rounds: int) -> list[list[int]]:
@@ -178,7 +180,8 @@ def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: in
     On a shared host, load comes and goes over seconds: spreading each case over the whole run lets a
     slow spell hit every case alike. Each case first runs `warmup` times (at least once: that run's time,
     the slowest rank's, is the estimate `budget_s` uses), then `iters` timed iterations, fewer if they
-    would take longer than `budget_s` seconds; each later round re-warms a case with one untimed call.
+    would take longer than `budget_s` seconds but at least one per round; each later round re-warms a case
+    with one untimed call.
     Rows get the statistics of the slowest rank per iteration, and `critical_path` fields for phased cases.
     """
     if iters < 1 or warmup < 0 or rounds < 1:
@@ -193,7 +196,7 @@ def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: in
             estimates[c] = clock.run(case)[-1]
     if comm is not None:
         estimates = comm.allreduce_max(estimates)
-    counts = iterations_per_case(estimates, iters, budget_s)
+    counts = iterations_per_case(estimates, iters, budget_s, least=min(iters, rounds))
     for rnd, order in enumerate(round_plan(counts, rounds)):
         warmed = set() if rnd else set(range(len(cases)))
         for c in order:

@@ -28,6 +28,8 @@ def test_budget_bounds_iterations_of_slow_cases_only():
     counts = timing.iterations_per_case(np.array([10.0, 500_000.0, 3e6]), iters=100, budget_s=1.0)
     assert counts == [100, 2, 1]
     assert timing.iterations_per_case(np.array([3e6]), iters=7, budget_s=None) == [7]
+    # run_interleaved asks for one per round: a slow row still gets a sample in every round
+    assert timing.iterations_per_case(np.array([10.0, 500_000.0, 3e6]), 100, 1.0, least=5) == [100, 5, 5]
 
 
 class FakeClock(timing.Clock):
