@@ -116,7 +116,7 @@ bench-topology: install
 		--tp 2 -n 5 -w 2 --save --tag cluster-2x2
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1024 \
 		--algos native,dedup:native,fp8:native --kernels dynamic --overlap none,chunks:2,chunks:4,dual \
-		--shared-experts 1 -n 60 -w 2 --save --tag overlap-cluster-2x2
+		--shared-experts 1 -n 60 -w 2 --budget 0 --save --tag overlap-cluster-2x2
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) calibrate --ranks-per-node 1 $(VALIDATE) --save --tag host-p2
 	$(RANK_ENV) $(MPIEXEC) -n 4 $(MOEBENCH) calibrate --ranks-per-node 2 --tp 2 $(VALIDATE) --save --tag host-p4-g2
 	$(RANK_ENV) $(MPIEXEC) -n 2 $(MOEBENCH) calibrate --backend torch --ranks-per-node 1 $(VALIDATE) \
