@@ -168,6 +168,7 @@ def _row(config: Config, problem: Problem, kernel: str, impl: str, cf, useful_fl
         "skew": str(problem.skew),
         "dtype": str(config.dtype).removeprefix("torch."),
         "device": config.device.type,
+        "timing": "eager",  # --cuda-graph: "cuda-graph", or the reason it stays eager
     }
     row.update(extra)
     return row
@@ -308,8 +309,6 @@ def bench_tokens(config: Config, skew, T: int, roof) -> list[dict]:
         case, routing_case = _kernel_cases(config, problem, name, impl, cf, y_refs[cf], role, copies, rotate)
         rows_cases.append(case)
         routing_cases.append(routing_case)
-    for case in rows_cases:
-        case.row["timing"] = "eager"
     if config.cuda_graph:
         _graph_cases(config, rows_cases, copies, y_refs)
     run_interleaved(None, rows_cases + routing_cases, config.iters, config.warmup, config.rounds, config.device,
