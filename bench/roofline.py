@@ -124,8 +124,10 @@ class Rotation:
     comparison, so the copy a call reads was last touched n - 1 calls ago (and is out of the cache)."""
 
     def __init__(self, n: int):
-        self.n, self.i = n, 0
+        self.n, self.next = n, 1
 
-    def __call__(self, copies: list):
-        self.i += 1
-        return copies[self.i % len(copies)]
+    def __call__(self, copies: list, calls: int = 1):
+        """The copy this call starts at; a call that reads `calls` successive copies (a CUDA graph of several
+        calls) moves the counter past all of them, so the next call starts on one it did not read."""
+        start, self.next = self.next, self.next + calls
+        return copies[start % len(copies)]

@@ -330,3 +330,17 @@ def test_a_case_of_several_calls_is_timed_per_call():
     clock = timing.Clock("cpu")
     one_us, ten_us = clock.run(one)[-1], clock.run(ten)[-1]
     assert 20e3 <= one_us < 60e3 and 2e3 <= ten_us < 6e3
+
+
+def test_rotation_moves_past_every_copy_a_call_reads():
+    """A call of several successive copies (a CUDA graph of ten calls) moves the shared counter past them all:
+    the next call, of any case, starts on the first copy that call did not read."""
+    from moebench.bench.roofline import Rotation
+
+    copies = list(range(30))
+    rotate = Rotation(30)
+    assert rotate(copies) == 1 and rotate(copies) == 2
+    assert rotate(copies, 10) == 3  # reads 3..12
+    assert rotate(copies) == 13  # the next call starts past them
+    assert rotate(copies, 10) == 14 and rotate(copies) == 24
+    assert rotate(copies, 10) == 25 and rotate(copies) == 5  # 25..29, 0..4 read: wraps to 5

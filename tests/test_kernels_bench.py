@@ -156,6 +156,14 @@ def test_cuda_graph_rows_are_labelled_and_checked(monkeypatch):
         return fn, out, "cuda-graph", 10
 
     monkeypatch.setattr(kernels_bench.cuda_graph, "graph_or_eager", fake_capture)
+    starts = []  # the rotation's counter before each prepare: a graphed row (10 calls) moves it by 10
+    real_call = roofline.Rotation.__call__
+
+    def counted(self, copies, calls=1):
+        starts.append(calls)
+        return real_call(self, copies, calls)
+
+    monkeypatch.setattr(roofline.Rotation, "__call__", counted)
     roof = roofline.Roofline(read_gbps=10.0, gemm_tflops=1.0, llc_bytes=1 << 20)
     rows = kernels_bench.bench_tokens(config, skews.parse_skew("uniform"), 5, roof)
     assert [r["kernel"] for r in rows] == ["dense", "loop", "dynamic"] and calls == [1, 1, 1]
@@ -164,6 +172,7 @@ def test_cuda_graph_rows_are_labelled_and_checked(monkeypatch):
     assert loop["timing"] == "cuda-graph" and loop["graph_rel_err"] < 1e-5 and loop["correct"]
     assert dynamic["timing"] == "cuda-graph" and dynamic["graph_rel_err"] > 1e-3 and not dynamic["correct"]
     assert report.exit_status(rows) == 1
+    assert set(starts) == {1, 10}  # the eager dense row steps by one, the graphed rows by ten
     assert kernels_bench.graph_lines(rows) == ["CUDA graphs: 2 of 3 rows timed as graph replays",
                                                "T=5 dense eager: capture refused (test)"]  # fmt: skip
 

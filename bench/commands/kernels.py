@@ -257,12 +257,15 @@ def _kernel_cases(config: Config, problem: Problem, name: str, impl: str, cf, y_
     return case, Case({}, make_routing)
 
 
-def _graph_cases(config: Config, cases: list[Case], copies: list, y_refs: dict) -> None:
+def _graph_cases(config: Config, cases: list[Case], copies: list, rotate: roofline.Rotation, y_refs: dict) -> None:
     """--cuda-graph: each row timed as replays of graphs captured on the weight copies (bench.cuda_graph), its
-    `timing` saying so or why it stays eager; a kernel row's replayed output is checked against the float64
-    reference like its eager call (`graph_rel_err`), and a wrong replay fails the row."""
+    `timing` saying so or why it stays eager; a graphed row's call reads `calls` successive copies, so it moves
+    the rotation past all of them (each copy still last touched a whole pass ago); a kernel row's replayed
+    output is checked against the float64 reference like its eager call (`graph_rel_err`), and a wrong replay
+    fails the row."""
     for case in cases:
         case.fn, output, case.row["timing"], case.calls = cuda_graph.graph_or_eager(case.fn, copies)
+        case.prepare = lambda calls=case.calls: rotate(copies, calls)
         if output is None or case.row["role"] == "dense":
             continue
         y_TH = output[0] if isinstance(output, tuple) else output
@@ -310,7 +313,7 @@ def bench_tokens(config: Config, skew, T: int, roof) -> list[dict]:
         rows_cases.append(case)
         routing_cases.append(routing_case)
     if config.cuda_graph:
-        _graph_cases(config, rows_cases, copies, y_refs)
+        _graph_cases(config, rows_cases, copies, rotate, y_refs)
     run_interleaved(None, rows_cases + routing_cases, config.iters, config.warmup, config.rounds, config.device,
                     config.budget_s)  # fmt: skip
     for case, routing_case in zip(rows_cases[1:], routing_cases):
