@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import itertools
 
+import numpy
 import torch
 import triton
 import triton.language as tl
@@ -213,34 +214,32 @@ def _batched_applies(rows: int) -> bool:
 
 def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter,
                            rows: int) -> torch.Tensor:  # fmt: skip
-    """A small CPU batch whose busiest expert has rows <= BATCHED_ROWS (>= 2 on one thread): every active
-    expert's rows padded to `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active
-    experts, on strided views of the weights. In the memory-bound regime the padded rows cost no time (each
-    expert's weights are read once either way; 2 * GEMM rate / read bandwidth ~ 30 rows per expert here), and
-    bmm hands whole experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 6.7-7.6 GB/s
-    on this machine (2 threads, 4 KiB pages), the batched chain at 9.3-10.6 GB/s. Pad slots read token 0 and are left
-    out of the combine: y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its
-    token's row (one small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with
-    cold caches; index_add_ above MM_COMBINE_ENTRIES). Executed rows = active experts * rows (the Triton
+    """A small CPU batch whose busiest expert has rows <= BATCHED_ROWS (>= 2 on one thread): every active expert's rows
+    padded to `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active experts, on strided
+    views of the weights. The padded rows are not free (8 experts, cold weights, 2 threads: 4 rows each 1,366 µs, 7
+    rows 1,608), but splitting the experts into two chains by row count costs more than the padding it saves (rows
+    [1, 6, 5, 2, 5, 5, 6, 2]: one chain of 6 rows 1,531-1,568 µs, two chains 1,708-1,799); bmm hands whole experts
+    to the threads: a loop of per-expert mm at 4 rows reads cold weights at 6.7-7.6 GB/s on this machine (2 threads,
+    4 KiB pages), the batched chain at 9.3-10.6 GB/s. Pad slots read token 0 and are left out of the combine:
+    y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its token's row (one small GEMM,
+    where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with cold caches; index_add_ above
+    MM_COMBINE_ENTRIES). The slot maps are built on the host with numpy (a torch.tensor of the 768 entries of C
+    at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Executed rows = active experts * rows (the Triton
     kernel likewise runs whole tiles)."""
     T, H = x_TH.shape
-    k, offsets, order = routing.top_k, routing.offsets_list, routing.sort_idx_list
-    weights = None if routing.unit_weights else routing.topk_weights_list
-    active, sources, slots = [], [], []  # sources [S]: the token each slot reads; slots: (slot, token, weight)
-    for e in range(routing.num_experts):
-        ids = order[offsets[e] : offsets[e + 1]]
-        if not ids:
-            continue
-        active.append(e)
-        tokens = ids if k == 1 else [a // k for a in ids]
-        base = len(sources)
-        sources += tokens + [0] * (rows - len(ids))
-        slots += [(base + j, t, 1.0 if weights is None else weights[a]) for j, (t, a) in enumerate(zip(tokens, ids))]
-    S = len(sources)
+    k, offsets = routing.top_k, routing.offsets_list
+    kept_K = routing.sort_idx_list[: offsets[-1]]  # kept assignments, in expert order
+    active = [e for e in range(routing.num_experts) if offsets[e + 1] > offsets[e]]
+    S = len(active) * rows
+    slot_K = [j * rows + i for j, e in enumerate(active) for i in range(offsets[e + 1] - offsets[e])]
+    token_K = kept_K if k == 1 else [a // k for a in kept_K]
+    weight_K = None if routing.unit_weights else [routing.topk_weights_list[a] for a in kept_K]
     if T == 1:  # every slot reads the one token: a broadcast view, no index tensor and no gathered copy
         x_NRH = x_TH.expand(S, H).view(len(active), rows, H)
     else:
-        x_NRH = meter.alloc(x_TH.index_select(0, torch.tensor(sources)).view(len(active), rows, H))
+        sources_S = numpy.zeros(S, numpy.int64)  # the token each slot reads (a pad reads token 0)
+        sources_S[slot_K] = token_K
+        x_NRH = meter.alloc(x_TH.index_select(0, torch.from_numpy(sources_S)).view(len(active), rows, H))
     outs = []
     for i, n, step in expert_progressions(active):
         experts = slice(active[i], active[i + n - 1] + 1, step)
@@ -256,18 +255,18 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
         rows_SH = meter.alloc(rows_SH.float())
         meter.free(out_NRH)
     if T * S <= MM_COMBINE_ENTRIES:  # y = C @ rows, C [T, S] each slot's weight in its token's row (0: a pad)
-        combine_TS = [0.0] * (T * S)
-        for slot, token, weight in slots:
-            combine_TS[token * S + slot] = weight
-        y_TH = torch.mm(torch.tensor(combine_TS).view(T, S), rows_SH)
+        combine_TS = numpy.zeros((T, S), numpy.float32)
+        combine_TS[token_K, slot_K] = 1.0 if weight_K is None else weight_K
+        y_TH = torch.mm(torch.from_numpy(combine_TS), rows_SH)
     else:  # weighted rows added into y at their tokens; pads land in a spare row T
-        targets_S, weights_S = [T] * S, [0.0] * S
-        for slot, token, weight in slots:
-            targets_S[slot], weights_S[slot] = token, weight
-        if weights is not None:
-            rows_SH.mul_(torch.tensor(weights_S).unsqueeze(1))
+        targets_S = numpy.full(S, T)
+        targets_S[slot_K] = token_K
+        if weight_K is not None:
+            weights_S = numpy.zeros(S, numpy.float32)
+            weights_S[slot_K] = weight_K
+            rows_SH.mul_(torch.from_numpy(weights_S).unsqueeze(1))
         y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
-        y_T1H.index_add_(0, torch.tensor(targets_S), rows_SH)
+        y_T1H.index_add_(0, torch.from_numpy(targets_S), rows_SH)
         y_TH = y_T1H[:T]
     if x_TH.dtype != torch.float32:
         meter.alloc(y_TH)
