@@ -273,12 +273,38 @@ class Communicator:
         sys.stderr.flush()
         mpi = mpi_module_if_initialized()
         if mpi is not None:
+            release_mpi_segments()
             mpi.COMM_WORLD.Abort(code)
         os._exit(code)
 
     def close(self) -> None:
         """Leave the job cleanly (the backend's teardown)."""
         self._teardown(self)
+
+
+MPI_SEGMENT_PREFIX = "/dev/shm/mpich_shm_"  # MPICH's node-shared memory, one file per node and job
+
+
+def release_mpi_segments() -> list[str]:
+    """Unlink the MPICH shared-memory files this process maps; returns their paths. MPI_Abort ends the job
+    without MPICH's teardown, which is what unlinks them: every aborted job left its node's file in /dev/shm, a
+    tmpfs, so in RAM (on this machine 1,275 files, 2.3 GB, after a day of runs and test suites). Unlinking is
+    safe while the other ranks still map a file: their mappings stay valid, only the name goes. Linux only
+    (/proc/self/maps); elsewhere, or for a rank on another node, nothing is released."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(None, 5)[5].strip() for line in maps if MPI_SEGMENT_PREFIX in line}
+    except OSError:
+        return []
+    released = []
+    for path in sorted(paths):
+        if path.startswith(MPI_SEGMENT_PREFIX) and not path.endswith("(deleted)"):
+            try:
+                os.unlink(path)
+                released.append(path)
+            except OSError:
+                pass
+    return released
 
 
 def mpi_module_if_initialized():

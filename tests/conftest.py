@@ -20,6 +20,12 @@ def mpirun(nprocs: int, args: list[str], timeout: float = 180, env: dict | None 
     return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def mpi_segments() -> set[str]:
+    """The MPICH shared-memory files in /dev/shm now (a job that ends leaves none: comm.release_mpi_segments)."""
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob("mpich_shm_*")} if shm.is_dir() else set()
+
+
 @pytest.fixture(scope="session")
 def mpiexec_available() -> None:
     if not MPIEXEC.exists():
