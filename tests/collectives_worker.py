@@ -8,6 +8,8 @@ rank rebuilds locally from the other ranks' seeds. Other modes exercise the erro
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import numpy as np
@@ -169,6 +171,15 @@ def raise_on_rank_1(comm) -> int:
     return 0
 
 
+def killed_on_rank_1(comm) -> int:
+    """Rank 1 dies as an OOM kill or a segfault would (SIGKILL: no handler, no abort path runs); mpiexec ends
+    the job."""
+    if comm.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    comm.barrier()
+    return 0
+
+
 def main() -> int:
     backend, G, L, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
@@ -182,6 +193,8 @@ def main() -> int:
             return ll_overflow(comm)
         if mode.startswith("bad-"):
             return bad_splits(comm, mode[4:])
+        if mode == "killed":
+            return killed_on_rank_1(comm)
         return raise_on_rank_1(comm)
 
     return guarded(body)

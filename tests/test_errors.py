@@ -39,6 +39,16 @@ def test_rank_failing_mid_run_aborts_job(mpiexec_available, backend):
     assert not mpi_segments() - before
 
 
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+def test_killed_rank_leaves_no_shared_memory(mpiexec_available, backend):
+    """A rank killed outright (SIGKILL: no abort path runs) still leaves no MPICH file in /dev/shm: the backends
+    unlink the names once every rank has attached. Before, each such job left one file per node, in RAM."""
+    before = mpi_segments()
+    result = mpirun(2, [WORKER, backend, "0", "1", "killed"], timeout=60)
+    assert result.returncode != 0
+    assert not mpi_segments() - before
+
+
 BAD_CLI = [
     (["--ranks-per-node", "3"], "--ranks-per-node 3 must divide"),
     (["--tp", "3"], "--tp 3 must divide"),

@@ -25,6 +25,7 @@ from moebench.collectives.comm import (
     from_numpy,
     launched_by_mpi,
     launched_by_torchrun,
+    release_mpi_segments,
     row_numel,
     spin,
     storage_uses,
@@ -324,6 +325,7 @@ def bootstrap(ranks_per_node: int | None, tp: int, device: torch.device) -> Comm
     world_comm = MPI.COMM_WORLD
     rank, P = world_comm.Get_rank(), world_comm.Get_size()
     topology = from_hostnames(world_comm.allgather(socket.gethostname()), ranks_per_node, tp)
+    release_mpi_segments()  # every rank has left MPI_Init (all took part in the allgather): the names can go
     cuda_aware = device.type == "cuda" and bool(MPI.Query_cuda_support())
     traffic = Traffic()
 

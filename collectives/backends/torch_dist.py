@@ -23,6 +23,7 @@ from moebench.collectives.comm import (
     launched_by_mpi,
     launched_by_torchrun,
     mpi_module_if_initialized,
+    release_mpi_segments,
     row_bytes,
     spin,
 )
@@ -177,6 +178,8 @@ def _store_from_mpi(rank: int, P: int):
     host = socket.gethostname()
     store = dist.TCPStore(host, 0, P, is_master=True, wait_for_workers=False) if rank == 0 else None
     host, port = MPI.COMM_WORLD.bcast((host, store.port) if rank == 0 else None, root=0)
+    MPI.COMM_WORLD.Barrier()  # every rank has left MPI_Init: MPICH's shared-memory names can go
+    release_mpi_segments()
     return store if rank == 0 else dist.TCPStore(host, port, P, is_master=False)
 
 
