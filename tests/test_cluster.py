@@ -15,7 +15,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, mpi_segments
 
 from moebench.bench import cli
 from moebench.bench.topo import cluster
@@ -243,6 +243,7 @@ def test_mpi_that_bypasses_the_links_is_refused_in_one_line():
 def test_mpi_that_cannot_start_across_namespaces_says_so(monkeypatch):
     """An MPI with no transport between the namespaces (UCX limited to `self`) fails the probe: one clear line."""
     monkeypatch.setattr(cluster, "PROBE_TIMEOUT_S", 30.0)
+    segments = mpi_segments()
     layout = cluster.Layout(cluster.run_id(), 2)
     cluster.create(layout, None, "tbf")
     try:
@@ -254,6 +255,7 @@ def test_mpi_that_cannot_start_across_namespaces_says_so(monkeypatch):
     message = str(err.value)
     assert "\n" not in message and "it cannot use TCP between them" in message and message.startswith("MPICH")
     assert not leftovers(layout.rid)
+    assert not mpi_segments() - segments  # ranks stuck in MPI_Init made files no one released: the probe removes them
 
 
 def test_without_root_one_clear_line(monkeypatch, capsys):

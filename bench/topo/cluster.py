@@ -414,6 +414,28 @@ def mpi_version_line() -> str:
         return "MPI"
 
 
+def remove_orphan_segments(since: float) -> list[str]:
+    """Unlink MPICH's shared-memory files (/dev/shm/mpich_shm_*) made since `since` (time.time()) that no live
+    process maps, and return their paths: what ranks killed before they left MPI_Init left behind (the backends
+    release the names once every rank is in; a probe that cannot start across the namespaces never gets there).
+    Files of a job still running are mapped, so they stay."""
+    from moebench.collectives.comm import MPI_SEGMENT_PREFIX  # here: the cluster process stays free of torch
+
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped.update(line.split(None, 5)[5].strip() for line in maps.read_text().splitlines()
+                          if MPI_SEGMENT_PREFIX in line)  # fmt: skip
+    prefix = Path(MPI_SEGMENT_PREFIX)
+    removed = []
+    for path in prefix.parent.glob(prefix.name + "*"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime >= since and str(path) not in mapped:
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
 def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str, nbytes: int = PROBE_BYTES) -> None:
     """Before the benchmark: MPI must start across the namespaces and, for the mpi backend, carry the
     inter-node messages over TCP through the shaped links. ClusterError (one line) where it cannot."""
@@ -423,7 +445,7 @@ def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str, nbytes:
         "import sys; from moebench.bench.topo.cluster import probe_rank; probe_rank(int(sys.argv[1]), int(sys.argv[2]))"
     )
     python_args = ["-c", code, str(nbytes), str(G)]
-    before = uplink_bytes(layout)
+    before, started = uplink_bytes(layout), time.time() - 1.0  # file times have the kernel tick's resolution
     proc = subprocess.Popen(launch_command(layout, G, [], python_args), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=_die_with_parent)  # fmt: skip
@@ -431,11 +453,13 @@ def probe_mpi(layout: Layout, G: int, env: dict[str, str], backend: str, nbytes:
         out, _ = proc.communicate(timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         _stop(proc)
+        remove_orphan_segments(started)
         raise ClusterError(
             f"{mpi_version_line()} did not finish a {nbytes:,}-byte exchange between the namespaces "
             f"in {PROBE_TIMEOUT_S:g} s: it cannot use TCP between them here"
         ) from None
     if proc.returncode != 0:
+        remove_orphan_segments(started)
         last = next((line.strip() for line in reversed(out.splitlines()) if line.strip()), f"exit {proc.returncode}")
         raise ClusterError(
             f"{mpi_version_line()} could not run across the namespaces (it cannot use TCP between them here): {last}"
@@ -477,7 +501,7 @@ def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None
     stale = remove_stale()
     if stale:
         print(f"cluster: removed what earlier killed runs left behind ({', '.join(PREFIX + s for s in stale)})")
-    layout = Layout(run_id(), nodes)
+    layout, started = Layout(run_id(), nodes), time.time() - 1.0
     description = describe(nodes, G, rate_bits, shaper, latency_us)
     old = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
     proc = None
@@ -515,6 +539,7 @@ def run_cluster(nodes: int, G: int, bench_args: list[str], rate_bits: int | None
             if proc is not None:
                 _stop(proc)
             destroy(layout.rid)
+            remove_orphan_segments(started)
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for s, handler in old.items():
