@@ -273,7 +273,6 @@ class Communicator:
         sys.stderr.flush()
         mpi = mpi_module_if_initialized()
         if mpi is not None:
-            release_mpi_segments()
             mpi.COMM_WORLD.Abort(code)
         os._exit(code)
 
@@ -282,19 +281,19 @@ class Communicator:
         self._teardown(self)
 
 
-MPI_SEGMENT_PREFIX = "/dev/shm/mpich_shm_"  # MPICH's node-shared memory, one file per node and job
+MPI_SEGMENT_PREFIX = "/dev/shm/mpich_"  # MPICH's shared memory (mpich_shm_*, mpich_vci_*): files per node and job
 
 
 def release_mpi_segments() -> list[str]:
-    """Unlink the MPICH shared-memory files this process maps; returns their paths. Only MPICH's teardown at
-    MPI_Finalize unlinks them, so a job that ends otherwise (MPI_Abort, a killed rank, a test's timeout) left its
-    nodes' files in /dev/shm, a tmpfs, so in RAM: 1,288 files, 2.3 GB on this machine after a day of runs and
-    test suites. The backends call this once every rank has attached (after MPI_Init and a collective), as UCX
-    unlinks its own segments once mapped, and the abort path calls it again. Unlinking is safe while ranks still
-    map a file: their mappings stay valid, only the name goes (the collectives, sub-communicators and
-    MPI_Finalize run as before). Linux only (/proc/self/maps); elsewhere nothing is released."""
+    """Unlink the MPICH shared-memory files (/dev/shm/mpich_*) this process maps; returns their paths. Only MPICH's
+    teardown at MPI_Finalize unlinks them, so a job that ends otherwise (MPI_Abort, a killed rank, a test's timeout)
+    left its nodes' files in /dev/shm, a tmpfs, so in RAM: 1,288 files, 2.3 GB on this machine after a day of runs
+    and test suites. The backends call this once every rank has attached (after MPI_Init and a collective), as UCX
+    unlinks its own segments once mapped. Unlinking is safe while ranks still map a file: their mappings stay valid,
+    only the name goes (the collectives, sub-communicators and MPI_Finalize run as before). Linux only
+    (/proc/self/maps); elsewhere nothing is released."""
     try:
-        with open("/proc/self/maps") as maps:
+        with open("/proc/self/maps", errors="replace") as maps:
             paths = {line.split(None, 5)[5].strip() for line in maps if MPI_SEGMENT_PREFIX in line}
     except OSError:
         return []

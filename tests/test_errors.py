@@ -30,7 +30,8 @@ def test_bad_splits(mpiexec_available, backend, mode, expected):
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
 def test_rank_failing_mid_run_aborts_job(mpiexec_available, backend):
     """The job ends fast, names the failing rank, and leaves no MPICH shared-memory file behind in /dev/shm (MPI_Abort
-    skips MPICH's teardown: before the abort released them, every such job left one, in RAM)."""
+    skips MPICH's teardown, which unlinks them: every such job left one, in RAM, before the backends released
+    the names at startup)."""
     before, start = mpi_segments(), time.monotonic()
     result = mpirun(2, [WORKER, backend, "0", "1", "raise"], timeout=60)
     assert result.returncode != 0

@@ -414,25 +414,49 @@ def mpi_version_line() -> str:
         return "MPI"
 
 
-def remove_orphan_segments(since: float) -> list[str]:
-    """Unlink MPICH's shared-memory files (/dev/shm/mpich_shm_*) made since `since` (time.time()) that no live
-    process maps, and return their paths: what ranks killed before they left MPI_Init left behind (the backends
-    release the names once every rank is in; a probe that cannot start across the namespaces never gets there).
-    Files of a job still running are mapped, so they stay."""
-    from moebench.collectives.comm import MPI_SEGMENT_PREFIX  # here: the cluster process stays free of torch
+SEGMENT_SETTLE_S = 2.0  # a file younger than this may belong to a job between creating and mapping it
 
+
+def _unmapped_segments(prefix: str, since: float) -> tuple[dict[str, int], float]:
+    """({path: inode} of the files named prefix* made since `since` that no live process maps, the newest such
+    file's time). The directory is listed before the maps are read, so a file made after the listing is never a
+    candidate."""
+    found = {}
+    for path in Path(prefix).parent.glob(Path(prefix).name + "*"):
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            if info.st_mtime >= since:
+                found[str(path)] = (info.st_ino, info.st_mtime)
     mapped: set[str] = set()
     for maps in Path("/proc").glob("[0-9]*/maps"):
         with contextlib.suppress(OSError):
-            mapped.update(line.split(None, 5)[5].strip() for line in maps.read_text().splitlines()
-                          if MPI_SEGMENT_PREFIX in line)  # fmt: skip
-    prefix = Path(MPI_SEGMENT_PREFIX)
+            text = maps.read_bytes().decode(errors="replace")
+            mapped.update(line.split(None, 5)[5].strip() for line in text.splitlines() if prefix in line)
+    unmapped = {p: info for p, info in found.items() if p not in mapped}
+    return {p: inode for p, (inode, _) in unmapped.items()}, max((m for _, m in unmapped.values()), default=0.0)
+
+
+def remove_orphan_segments(since: float) -> list[str]:
+    """Unlink MPICH's shared-memory files (/dev/shm/mpich_*) made since `since` (time.time()) that no live process
+    maps, and return their paths: what ranks killed before they left MPI_Init left behind (the backends release
+    the names once every rank is in; a probe that cannot start across the namespaces never gets there). A file
+    of a job still running is mapped, so it stays; one younger than SEGMENT_SETTLE_S (its job may not have
+    mapped it yet) is looked at again once it is that old, and removed only if still unmapped and the same file."""
+    from moebench.collectives.comm import MPI_SEGMENT_PREFIX  # here: the cluster process stays free of torch
+
+    first, youngest = _unmapped_segments(MPI_SEGMENT_PREFIX, since)
+    if not first:
+        return []
+    wait = youngest + SEGMENT_SETTLE_S - time.time()
+    if wait > 0:
+        time.sleep(min(wait, SEGMENT_SETTLE_S))
+    second, _ = _unmapped_segments(MPI_SEGMENT_PREFIX, since)
     removed = []
-    for path in prefix.parent.glob(prefix.name + "*"):
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime >= since and str(path) not in mapped:
-                path.unlink()
-                removed.append(str(path))
+    for path, inode in second.items():
+        if first.get(path) == inode:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
     return removed
 
 

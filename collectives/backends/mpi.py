@@ -324,8 +324,9 @@ def bootstrap(ranks_per_node: int | None, tp: int, device: torch.device) -> Comm
         torch.cuda.set_device(int(os.environ.get("MPI_LOCALRANKID", 0)) % torch.cuda.device_count())
     world_comm = MPI.COMM_WORLD
     rank, P = world_comm.Get_rank(), world_comm.Get_size()
-    topology = from_hostnames(world_comm.allgather(socket.gethostname()), ranks_per_node, tp)
+    hostnames = world_comm.allgather(socket.gethostname())
     release_mpi_segments()  # every rank has left MPI_Init (all took part in the allgather): the names can go
+    topology = from_hostnames(hostnames, ranks_per_node, tp)
     cuda_aware = device.type == "cuda" and bool(MPI.Query_cuda_support())
     traffic = Traffic()
 
