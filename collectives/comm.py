@@ -22,11 +22,14 @@ subclasses Group and builds the Communicator; nothing here knows which backend r
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -284,6 +287,17 @@ class Communicator:
 MPI_SEGMENT_PREFIX = "/dev/shm/mpich_"  # MPICH's shared memory (mpich_shm_*, mpich_vci_*): files per node and job
 
 
+def mapped_mpi_segments(maps_files: Iterable[Path] = (Path("/proc/self/maps"),)) -> set[str]:
+    """Paths under MPI_SEGMENT_PREFIX that the processes of `maps_files` (/proc/<pid>/maps; default this process)
+    map, a name already unlinked ending in " (deleted)"; unreadable files (a process gone, no /proc) add none."""
+    mapped: set[str] = set()
+    for maps in maps_files:
+        with contextlib.suppress(OSError):
+            text = maps.read_bytes().decode(errors="replace")
+            mapped.update(line.split(None, 5)[5].strip() for line in text.splitlines() if MPI_SEGMENT_PREFIX in line)
+    return mapped
+
+
 def release_mpi_segments() -> list[str]:
     """Unlink the MPICH shared-memory files (/dev/shm/mpich_*) this process maps; returns their paths. Only MPICH's
     teardown at MPI_Finalize unlinks them, so a job that ends otherwise (MPI_Abort, a killed rank, a test's timeout)
@@ -292,19 +306,12 @@ def release_mpi_segments() -> list[str]:
     unlinks its own segments once mapped. Unlinking is safe while ranks still map a file: their mappings stay valid,
     only the name goes (the collectives, sub-communicators and MPI_Finalize run as before). Linux only
     (/proc/self/maps); elsewhere nothing is released."""
-    try:
-        with open("/proc/self/maps", errors="replace") as maps:
-            paths = {line.split(None, 5)[5].strip() for line in maps if MPI_SEGMENT_PREFIX in line}
-    except OSError:
-        return []
     released = []
-    for path in sorted(paths):
+    for path in sorted(mapped_mpi_segments()):
         if path.startswith(MPI_SEGMENT_PREFIX) and not path.endswith("(deleted)"):
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
                 released.append(path)
-            except OSError:
-                pass
     return released
 
 

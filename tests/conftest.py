@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from moebench.collectives.comm import MPI_SEGMENT_PREFIX, mapped_mpi_segments
 
 REPO = Path(__file__).resolve().parent.parent
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -24,15 +25,9 @@ def mpirun(nprocs: int, args: list[str], timeout: float = 180, env: dict | None 
 def mpi_segments() -> set[str]:
     """MPICH shared-memory files in /dev/shm (mpich_*) that no live process maps: what ended jobs leaked (a job
     still running, say another suite's, maps its own). A job that ends leaves none (comm.release_mpi_segments)."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        return set()
-    mapped = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            text = maps.read_bytes().decode(errors="replace")
-            mapped.update(line.split(None, 5)[5].strip() for line in text.splitlines() if "/dev/shm/mpich_" in line)
-    return {p.name for p in shm.glob("mpich_*") if str(p) not in mapped}
+    prefix = Path(MPI_SEGMENT_PREFIX)
+    mapped = mapped_mpi_segments(Path("/proc").glob("[0-9]*/maps"))
+    return {p.name for p in prefix.parent.glob(prefix.name + "*") if str(p) not in mapped}
 
 
 @pytest.fixture(scope="session")

@@ -417,21 +417,20 @@ def mpi_version_line() -> str:
 SEGMENT_SETTLE_S = 2.0  # a file younger than this may belong to a job between creating and mapping it
 
 
-def _unmapped_segments(prefix: str, since: float) -> tuple[dict[str, int], float]:
-    """({path: inode} of the files named prefix* made since `since` that no live process maps, the newest such
-    file's time). The directory is listed before the maps are read, so a file made after the listing is never a
+def _unmapped_segments(since: float) -> tuple[dict[str, int], float]:
+    """({path: inode} of MPICH's files made since `since` that no live process maps, the newest such file's
+    time). The directory is listed before the maps are read, so a file made after the listing is never a
     candidate."""
+    from moebench.collectives.comm import MPI_SEGMENT_PREFIX, mapped_mpi_segments  # here: no torch until needed
+
     found = {}
-    for path in Path(prefix).parent.glob(Path(prefix).name + "*"):
+    prefix = Path(MPI_SEGMENT_PREFIX)
+    for path in prefix.parent.glob(prefix.name + "*"):
         with contextlib.suppress(OSError):
             info = path.stat()
             if info.st_mtime >= since:
                 found[str(path)] = (info.st_ino, info.st_mtime)
-    mapped: set[str] = set()
-    for maps in Path("/proc").glob("[0-9]*/maps"):
-        with contextlib.suppress(OSError):
-            text = maps.read_bytes().decode(errors="replace")
-            mapped.update(line.split(None, 5)[5].strip() for line in text.splitlines() if prefix in line)
+    mapped = mapped_mpi_segments(Path("/proc").glob("[0-9]*/maps"))
     unmapped = {p: info for p, info in found.items() if p not in mapped}
     return {p: inode for p, (inode, _) in unmapped.items()}, max((m for _, m in unmapped.values()), default=0.0)
 
@@ -442,15 +441,13 @@ def remove_orphan_segments(since: float) -> list[str]:
     the names once every rank is in; a probe that cannot start across the namespaces never gets there). A file
     of a job still running is mapped, so it stays; one younger than SEGMENT_SETTLE_S (its job may not have
     mapped it yet) is looked at again once it is that old, and removed only if still unmapped and the same file."""
-    from moebench.collectives.comm import MPI_SEGMENT_PREFIX  # here: the cluster process stays free of torch
-
-    first, youngest = _unmapped_segments(MPI_SEGMENT_PREFIX, since)
+    first, youngest = _unmapped_segments(since)
     if not first:
         return []
     wait = youngest + SEGMENT_SETTLE_S - time.time()
     if wait > 0:
         time.sleep(min(wait, SEGMENT_SETTLE_S))
-    second, _ = _unmapped_segments(MPI_SEGMENT_PREFIX, since)
+    second, _ = _unmapped_segments(since)
     removed = []
     for path, inode in second.items():
         if first.get(path) == inode:
