@@ -193,7 +193,7 @@ def run_interleaved(comm, cases: list[Case], iters: int, warmup: int, rounds: in
         for _ in range(max(warmup, 1)):
             clock.sync()
             barrier()
-            estimates[c] = clock.run(case)[-1]
+            estimates[c] = clock.run(case)[-1] * case.calls  # one fn() (the clock gives per-call times)
     if comm is not None:
         estimates = comm.allreduce_max(estimates)
     counts = iterations_per_case(estimates, iters, budget_s, least=min(iters, rounds))

@@ -344,3 +344,13 @@ def test_rotation_moves_past_every_copy_a_call_reads():
     assert rotate(copies) == 13  # the next call starts past them
     assert rotate(copies, 10) == 14 and rotate(copies) == 24
     assert rotate(copies, 10) == 25 and rotate(copies) == 5  # 25..29, 0..4 read: wraps to 5
+
+
+def test_budget_counts_whole_runs_of_a_case_of_several_calls():
+    """The budget bounds the time a row's runs take: a case of ten calls per run (a CUDA graph) is estimated by
+    its whole run, not by the per-call time the clock reports, or it would get ten times the budget."""
+    import time
+
+    case = timing.Case({}, lambda: time.sleep(0.01), calls=10)  # 10 ms a run, 1 ms a call
+    timing.run_interleaved(None, [case], iters=100, warmup=1, rounds=1, device="cpu", budget_s=0.2)
+    assert 10 <= len(case.samples) <= 20  # 0.2 s / 10 ms; per-call estimates would allow all 100
