@@ -18,6 +18,7 @@ from moebench.bench.layer.units import UNITS
 from moebench.bench.timing import Case
 from moebench.bench.units import algbw_gbs, busbw_gbs
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
+from moebench.collectives.codec import join_columns
 from moebench.collectives.schedule import traffic
 from moebench.kernels import routing_from_topk
 
@@ -306,7 +307,7 @@ def token_roundtrip_cases(comm, names, inner: str, size: int, skew: Skew, hidden
         def fn(pair=pair, unit=unit, codec=codec, permuted=permuted, max_rows=max_rows, header_RW=header_RW,
                x_RH=x_RH):  # fmt: skip
             # an encoding is part of the round trip, as in the assignment pairs' (each row encoded, then sent)
-            send = permuted.send_AW if codec.exact else torch.cat([codec.encode(x_RH), header_RW], dim=1)
+            send = permuted.send_AW if codec.exact else join_columns([codec.encode(x_RH), header_RW])
             recv, _, handle = pair.dispatch(comm, send, permuted.send_splits, inner=inner, max_rows_per_rank=max_rows)
             payload_MW, _ = unit.unpack(recv, k)
             y_MH = codec.decode(payload_MW, dtype, H).to(codec.combine_dtype(dtype))
@@ -336,7 +337,7 @@ def token_roundtrip_cases(comm, names, inner: str, size: int, skew: Skew, hidden
                 return x_RH[i], header_RW[i]
 
             def encode(inputs, codec=codec):
-                return torch.cat([codec.encode(inputs[0]), inputs[1]], dim=1)
+                return join_columns([codec.encode(inputs[0]), inputs[1]])
 
         def decode(recv, unit=unit, codec=codec):
             return codec.decode(unit.unpack(recv, k)[0], dtype, H)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from moebench.collectives import dedup, plain
-from moebench.collectives.codec import Codec, packed
+from moebench.collectives.codec import Codec, join_columns, packed
 from moebench.collectives.comm import from_numpy
 from moebench.collectives.exchange import DispatchCombine
 
@@ -69,7 +69,7 @@ def encode(x_TH: torch.Tensor) -> torch.Tensor:
     blocks = _blocked(x_TH)
     scale_TB = _scales(blocks)
     q = (blocks / scale_TB[:, :, None]).to(FP8).view(T, scale_blocks(H) * BLOCK)[:, :H]
-    return torch.cat([q.view(torch.uint8), scale_TB.view(torch.uint8).view(T, SCALE_BYTES * scale_blocks(H))], dim=1)
+    return join_columns([q.view(torch.uint8), scale_TB.view(torch.uint8).view(T, SCALE_BYTES * scale_blocks(H))])
 
 
 def decode(payload_MW: torch.Tensor, dtype, H: int) -> torch.Tensor:

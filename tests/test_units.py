@@ -11,8 +11,8 @@ from moebench.bench.layer.overlap import parse_overlap, pipeline
 from moebench.bench.layer.presets import Preset
 from moebench.bench.layer.units import UNITS
 from moebench.bench.layer.workloads import make_tokens
-from moebench.collectives import DISPATCH_COMBINE, fp8
-from moebench.collectives.codec import RAW
+from moebench.collectives import DISPATCH_COMBINE, codec, fp8
+from moebench.collectives.codec import RAW, join_columns
 from moebench.kernels import routing_from_topk
 
 MICRO = Preset("micro-test", 32, 48, 8, 2, "swiglu", "test shape")
@@ -77,6 +77,22 @@ def test_rows_of_any_width_and_dtype(T):
         assert permuted.send_AW.shape[1] == H * x_TH.element_size() + 8 and y.dtype == dtype
         ref = moe.reference_forward(x_TH.float(), preset, None, 3, forced)
         assert torch.linalg.vector_norm(y.double() - ref) <= tolerance * torch.linalg.vector_norm(ref)
+
+
+@pytest.mark.parametrize("widths", [(1024, 8), (66, 8), (264, 4, 4), (3, 5), (0, 8), (16, 0)])
+@pytest.mark.parametrize("rows", [0, 1, 7])
+def test_join_columns_equals_a_byte_cat(widths, rows):
+    """Byte columns joined in integer words (int64 for 1024 + 8, int16 for 66 + 8, uint8 for 3 + 5) equal
+    torch.cat of the bytes, with and without the gather, from a strided slice of wider rows too."""
+    g = torch.Generator().manual_seed(rows)
+    parts = [torch.randint(0, 256, (rows, w), dtype=torch.uint8, generator=g) for w in widths]
+    assert torch.equal(join_columns(parts), torch.cat(parts, dim=1))
+    source = torch.randint(0, 256, (5, widths[0] + 8), dtype=torch.uint8, generator=g)[:, 8:]  # stride != width
+    index = torch.randint(0, 5, (rows,), generator=g)
+    want = torch.cat([source.index_select(0, index), *parts[1:]], dim=1)
+    assert torch.equal(join_columns([source, *parts[1:]], index), want)
+    word = {(1024, 8): torch.int64, (66, 8): torch.int16, (264, 4, 4): torch.int32, (3, 5): torch.uint8}
+    assert codec._word([source, *parts]) == word.get(widths, torch.int64)
 
 
 @pytest.mark.parametrize("T", [1, 4, 300])  # host path (<= 256 rows) and tensor path

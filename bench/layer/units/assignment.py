@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from moebench.bench.layer.placements import Placement
-from moebench.collectives.codec import NUMPY_DTYPES, packed
+from moebench.collectives.codec import NUMPY_DTYPES, join_columns, packed
 from moebench.collectives.comm import from_numpy
 from moebench.kernels import get_kernel, routing_for_rows
 from moebench.kernels.routing import HOST_ROWS
@@ -116,7 +116,7 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
         return Permuted(from_numpy(send_AW), send_splits, tokens, [weights[a] for a in order])
     order_A, local_A, send_splits = tensor_order(routing, num_ranks, experts_per_rank, placement, rank)
     token_A = order_A // k
-    send_AW = torch.cat([payload_TW.index_select(0, token_A), local_A.view(torch.uint8).view(-1, ID_BYTES)], dim=1)
+    send_AW = join_columns([payload_TW, local_A.view(torch.uint8).view(-1, ID_BYTES)], token_A)
     weight_A = routing.topk_weights_Tk.view(-1)[order_A]
     return Permuted(send_AW, send_splits, token_A, weight_A)
 

@@ -17,7 +17,7 @@ import torch
 
 from moebench.bench.layer.units import assignment
 from moebench.bench.layer.units.assignment import Permuted
-from moebench.collectives.codec import NUMPY_DTYPES, packed
+from moebench.collectives.codec import NUMPY_DTYPES, join_columns, packed
 from moebench.collectives.comm import from_numpy
 from moebench.kernels.routing import HOST_ROWS
 
@@ -86,8 +86,7 @@ def permute(payload_TW, routing, num_ranks: int, experts_per_rank: int, placemen
     weights_RS = torch.zeros(R, k, dtype=torch.float32, device=device)
     weights_RS[row_A, slot_A] = routing.topk_weights_Tk.view(-1)[order_A].float()
     token_R = token_A[first_R]
-    header_RW = torch.cat([ids_RS.view(torch.uint8), weights_RS.view(torch.uint8)], dim=1)
-    send_RW = torch.cat([payload_TW.index_select(0, token_R), header_RW], dim=1)
+    send_RW = join_columns([payload_TW, ids_RS.view(torch.uint8), weights_RS.view(torch.uint8)], token_R)
     row_splits = tuple(torch.bincount(dest_A[first_R], minlength=num_ranks).tolist())
     return Permuted(send_RW, row_splits, token_R, torch.ones(R, device=device))
 
