@@ -169,6 +169,17 @@ class Group:
         self._sendrecv_peer(send, dest, recv, source)
         self._record_message(dest, send.numel() * send.element_size())
 
+    def rows_sendrecv(self, send: torch.Tensor, recv: torch.Tensor):
+        """step(s0, s1, dest, r0, r1, source) -> None: sendrecv of rows send[s0:s1] to `dest` into recv[r0:r1] from
+        `source` (group-local; to myself a copy), bound once to two row buffers [R, ...] and [M, ...] of one dtype:
+        the P steps of a pairwise exchange over the same buffers. Here each step slices and calls sendrecv; a
+        backend may address the rows directly."""
+
+        def step(s0: int, s1: int, dest: int, r0: int, r1: int, source: int) -> None:
+            self.sendrecv(send[s0:s1], dest, recv[r0:r1], source)
+
+        return step
+
 
 def spin(seconds: float) -> None:
     """Busy-wait (sleep is too coarse for microseconds)."""

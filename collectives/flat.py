@@ -20,11 +20,10 @@ def pairwise(group, send: torch.Tensor, send_splits, recv_splits) -> torch.Tenso
     size, me = group.size, group.rank
     recv = send.new_empty((sum(recv_splits), *send.shape[1:]))
     send_off, recv_off = offsets(send_splits), offsets(recv_splits)
+    exchange = group.rows_sendrecv(send, recv)
     for step in range(size):
         dest, source = (me + step) % size, (me - step) % size
-        group.sendrecv(
-            send[send_off[dest] : send_off[dest + 1]], dest, recv[recv_off[source] : recv_off[source + 1]], source
-        )
+        exchange(send_off[dest], send_off[dest + 1], dest, recv_off[source], recv_off[source + 1], source)
     return recv
 
 

@@ -6,6 +6,8 @@ when the MPI is CUDA-aware, else staged through host memory.
 
 from __future__ import annotations
 
+import ctypes
+import math
 import os
 import socket
 import time
@@ -265,6 +267,28 @@ class MpiGroup(Group):
             request.Free()
         self._persistent.clear()
         self._split_counts = None
+
+    def rows_sendrecv(self, send, recv):
+        """Host rows addressed directly: each step is one Sendrecv on row addresses, and the step to myself a
+        memmove (slicing two tensors and copying one cost ~5 us a step more at 1 KiB: pairwise 12.4 -> 7.5 us at
+        P = 2, against 4.6 for the library's Alltoallv). CUDA or strided buffers: the sliced steps."""
+        if send.is_cuda or not (send.is_contiguous() and recv.is_contiguous()):
+            return super().rows_sendrecv(send, recv)
+        row = math.prod(send.shape[1:]) * send.element_size()  # bytes per row (send and recv share the row shape)
+        send_at, recv_at, me = send.data_ptr(), recv.data_ptr(), self.rank
+        sendrecv, address, byte, record = self.mpi.Sendrecv, self._address, self._byte, self._record_message
+
+        def step(s0: int, s1: int, dest: int, r0: int, r1: int, source: int) -> None:
+            nbytes = (s1 - s0) * row
+            if dest == me:
+                if nbytes:
+                    ctypes.memmove(recv_at + r0 * row, send_at + s0 * row, nbytes)
+                return
+            sendrecv([address(send_at + s0 * row, nbytes), byte], dest, 0,
+                     [address(recv_at + r0 * row, (r1 - r0) * row), byte], source, 0)  # fmt: skip
+            record(dest, nbytes)
+
+        return step
 
     def _sendrecv_peer(self, send, dest, recv, source):
         if send.is_cuda and not self.cuda_aware:
