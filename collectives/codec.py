@@ -53,6 +53,7 @@ def packed(t: torch.Tensor) -> torch.Tensor:
 
 
 WORDS = (torch.int64, torch.int32, torch.int16)  # the integer words join_columns copies bytes in, widest first
+SMALL_JOIN_BYTES = 1 << 18  # join_columns' outputs up to this size take one torch.cat (256 rows of 1 KiB: a tie)
 
 
 def _word(parts) -> torch.dtype:
@@ -69,10 +70,14 @@ def _word(parts) -> torch.dtype:
 def join_columns(parts: list[torch.Tensor], index_R: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [R, W_0 + W_1 + ...]: byte columns parts[i] (uint8 [R, W_i], unit column stride) side by side; with
     index_R, parts[0] is [T, W_0] and row r takes its row index_R[r] (a gather, in the same pass on the CPU).
-    Copied in the widest integer word dividing every width: torch moves uint8 columns a byte at a time (a
-    torch.cat of [8192, 1024] and [8192, 8] bytes took 4.4 ms; gathered and joined in int64 words, 0.65)."""
+    Up to SMALL_JOIN_BYTES, one torch.cat (2-5 us at 2-16 rows, where the word path's views and copies take
+    12-14); beyond, copied in the widest integer word dividing every width: torch.cat of uint8 columns can move a
+    byte at a time (a gather and cat of [8192, 1024] and [8192, 8] bytes took 4.4 ms; in int64 words 0.65)."""
     R = parts[0].shape[0] if index_R is None else index_R.shape[0]
-    out_RW = torch.empty(R, sum(p.shape[1] for p in parts), dtype=torch.uint8, device=parts[0].device)
+    W = sum(p.shape[1] for p in parts)
+    if R * W <= SMALL_JOIN_BYTES:  # one gather and one cat: fewer calls than the word path's views and copies
+        return torch.cat([parts[0] if index_R is None else parts[0].index_select(0, index_R), *parts[1:]], dim=1)
+    out_RW = torch.empty(R, W, dtype=torch.uint8, device=parts[0].device)
     word = _word([out_RW, *parts])
     out = out_RW.view(word)
     col = 0

@@ -81,15 +81,21 @@ def test_rows_of_any_width_and_dtype(T):
 
 @pytest.mark.parametrize("widths", [(1024, 8), (66, 8), (264, 4, 4), (3, 5), (0, 8), (16, 0)])
 @pytest.mark.parametrize("rows", [0, 1, 7])
-def test_join_columns_equals_a_byte_cat(widths, rows):
-    """Byte columns joined in integer words (int64 for 1024 + 8, int16 for 66 + 8, uint8 for 3 + 5) equal
-    torch.cat of the bytes, with and without the gather, from a strided slice of wider rows too."""
+@pytest.mark.parametrize("path", ["words", "cat"])
+def test_join_columns_equals_a_byte_cat(widths, rows, path, monkeypatch):
+    """Byte columns joined in integer words (int64 for 1024 + 8, int16 for 66 + 8, uint8 for 3 + 5), or for a
+    small output in one cat, equal torch.cat of the bytes, with and without the gather, from a strided slice of
+    wider rows too."""
+    byte_cat = torch.cat
+    if path == "words":
+        monkeypatch.setattr(codec, "SMALL_JOIN_BYTES", -1)
+        monkeypatch.setattr(torch, "cat", None)  # the word path must not fall back to it
     g = torch.Generator().manual_seed(rows)
     parts = [torch.randint(0, 256, (rows, w), dtype=torch.uint8, generator=g) for w in widths]
-    assert torch.equal(join_columns(parts), torch.cat(parts, dim=1))
+    assert torch.equal(join_columns(parts), byte_cat(parts, dim=1))
     source = torch.randint(0, 256, (5, widths[0] + 8), dtype=torch.uint8, generator=g)[:, 8:]  # stride != width
     index = torch.randint(0, 5, (rows,), generator=g)
-    want = torch.cat([source.index_select(0, index), *parts[1:]], dim=1)
+    want = byte_cat([source.index_select(0, index), *parts[1:]], dim=1)
     assert torch.equal(join_columns([source, *parts[1:]], index), want)
     word = {(1024, 8): torch.int64, (66, 8): torch.int16, (264, 4, 4): torch.int32, (3, 5): torch.uint8}
     assert codec._word([source, *parts]) == word.get(widths, torch.int64)
