@@ -46,8 +46,21 @@ def _rows(group, x: torch.Tensor, send_counts, recv_counts) -> torch.Tensor:
     return x if group.size == 1 else group.alltoallv(x, send_counts, recv_counts)
 
 
+def _one_level(comm):
+    """The group that holds every rank in rank order where the other level is the identity (one node: the node's
+    group; one rank per node: the cross-node group), else None."""
+    N, G = comm.topology.num_nodes, comm.topology.ranks_per_node
+    return comm.intra if N == 1 else comm.inter if G == 1 else None
+
+
 def plan(comm, send_splits) -> Plan:
-    """Exchange counts intra-node, then inter-node; no world-wide collective."""
+    """Exchange counts intra-node, then inter-node; no world-wide collective. With one level (one node, or one
+    rank per node) that level's exchange is the whole algorithm: its counts take the split-count path and the
+    plan keeps the group instead of the stage grids."""
+    group = _one_level(comm)
+    if group is not None:
+        send_splits = tuple(map(int, send_splits))
+        return Plan(send_splits, group.exchange_counts(send_splits), group)
     N, G = comm.topology.num_nodes, comm.topology.ranks_per_node
     mine_NG = np.asarray(send_splits, dtype=np.int64).reshape(N, G)
     intra_GN = _counts(comm.intra, np.ascontiguousarray(mine_NG.T))
@@ -58,7 +71,9 @@ def plan(comm, send_splits) -> Plan:
 
 def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:
     """send [R, H] (rows for rank 0 first) -> recv [sum(recv_splits), H] (rows from rank 0 first)."""
-    c: Counts = plan.extra
+    c = plan.extra
+    if type(c) is not Counts:  # one level: its group's all-to-all-v
+        return c.alltoallv(send, plan.send_splits, plan.recv_splits)
     by_local = transpose_chunks(send, c.mine)  # (n', g') -> (g', n')
     arrived = _rows(comm.intra, by_local, c.mine.sum(axis=0), c.intra.sum(axis=1))
     by_node = transpose_chunks(arrived, c.intra)  # (g_src, n') -> (n', g_src)
@@ -67,7 +82,9 @@ def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 def backward(comm, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
     """The forward steps undone in reverse order: rows [sum(recv_splits), H] -> [R, H] in send order."""
-    c: Counts = plan.extra
+    c = plan.extra
+    if type(c) is not Counts:  # one level
+        return c.alltoallv(rows, plan.recv_splits, plan.send_splits)
     by_node = _rows(comm.inter, rows, c.inter.sum(axis=1), c.intra.sum(axis=0))
     arrived = transpose_chunks(by_node, c.intra.T)  # (n', g_src) -> (g_src, n')
     by_local = _rows(comm.intra, arrived, c.intra.sum(axis=1), c.mine.sum(axis=0))
