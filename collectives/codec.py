@@ -78,13 +78,14 @@ def join_columns(parts: list[torch.Tensor], index_R: torch.Tensor | None = None)
     if R * W <= SMALL_JOIN_BYTES:  # one gather and one cat: fewer calls than the word path's views and copies
         return torch.cat([parts[0] if index_R is None else parts[0].index_select(0, index_R), *parts[1:]], dim=1)
     out_RW = torch.empty(R, W, dtype=torch.uint8, device=parts[0].device)
+    if out_RW.numel() == 0:  # no rows or no columns: nothing to copy
+        return out_RW
     word = _word([out_RW, *parts])
     out = out_RW.view(word)
     col = 0
     for i, part in enumerate(parts):
         width = part.shape[1] // word.itemsize
-        if out.numel() == 0 or width == 0:  # nothing to copy (no rows, or a part of no columns)
-            col += width
+        if width == 0:  # a part of no columns
             continue
         src, dst = part.view(word), out[:, col : col + width]
         if i == 0 and index_R is not None:

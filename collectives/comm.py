@@ -309,6 +309,20 @@ def mapped_mpi_segments(maps_files: Iterable[Path] = (Path("/proc/self/maps"),))
     return mapped
 
 
+def unmapped_mpi_segments(since: float = 0.0) -> dict[str, os.stat_result]:
+    """{path: its stat} of the files under MPI_SEGMENT_PREFIX made since `since` (time.time()) that no live process
+    maps: what ended jobs left. The directory is listed before the processes' maps are read, so a file made in
+    between (a job starting) is never among them."""
+    prefix, found = Path(MPI_SEGMENT_PREFIX), {}
+    for path in prefix.parent.glob(prefix.name + "*"):
+        with contextlib.suppress(OSError):  # gone since the listing
+            info = path.stat()
+            if info.st_mtime >= since:
+                found[str(path)] = info
+    mapped = mapped_mpi_segments(Path("/proc").glob("[0-9]*/maps"))
+    return {path: info for path, info in found.items() if path not in mapped}
+
+
 def release_mpi_segments() -> list[str]:
     """Unlink the MPICH shared-memory files (/dev/shm/mpich_*) this process maps; returns their paths. Only MPICH's
     teardown at MPI_Finalize unlinks them, so a job that ends otherwise (MPI_Abort, a killed rank, a test's timeout)

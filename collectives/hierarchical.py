@@ -10,7 +10,7 @@ Rank r = n * G + g sits on node n at local index g. Destination d = n' * G + g'.
 
 Each rank exchanges G - 1 intra-node and N - 1 inter-node messages (flat: P - G inter-node).
 Counts travel the same two levels first (N integers per intra-node peer, G per inter-node peer).
-A level whose group has one rank (G = 1 or N = 1) is the identity and is skipped.
+A level whose group has one rank (G = 1 or N = 1) is the identity: the algorithm is then the other level alone.
 """
 
 from __future__ import annotations
@@ -38,14 +38,6 @@ class Counts:
     inter: np.ndarray
 
 
-def _counts(group, counts: np.ndarray) -> np.ndarray:
-    return counts if group.size == 1 else group.exchange_counts(counts)
-
-
-def _rows(group, x: torch.Tensor, send_counts, recv_counts) -> torch.Tensor:
-    return x if group.size == 1 else group.alltoallv(x, send_counts, recv_counts)
-
-
 def _one_level(comm):
     """The group that holds every rank in rank order where the other level is the identity (one node: the node's
     group; one rank per node: the cross-node group), else None."""
@@ -56,15 +48,15 @@ def _one_level(comm):
 def plan(comm, send_splits) -> Plan:
     """Exchange counts intra-node, then inter-node; no world-wide collective. With one level (one node, or one
     rank per node) that level's exchange is the whole algorithm: its counts take the split-count path and the
-    plan keeps the group instead of the stage grids."""
+    plan keeps the group instead of the stage grids. Past it both levels have more than one rank."""
     group = _one_level(comm)
     if group is not None:
         send_splits = tuple(map(int, send_splits))
         return Plan(send_splits, group.exchange_counts(send_splits), group)
     N, G = comm.topology.num_nodes, comm.topology.ranks_per_node
     mine_NG = np.asarray(send_splits, dtype=np.int64).reshape(N, G)
-    intra_GN = _counts(comm.intra, np.ascontiguousarray(mine_NG.T))
-    inter_NG = _counts(comm.inter, np.ascontiguousarray(intra_GN.T))
+    intra_GN = comm.intra.exchange_counts(np.ascontiguousarray(mine_NG.T))
+    inter_NG = comm.inter.exchange_counts(np.ascontiguousarray(intra_GN.T))
     counts = Counts(mine_NG, intra_GN, inter_NG)
     return Plan(tuple(send_splits), tuple(int(c) for c in inter_NG.reshape(-1)), counts)
 
@@ -75,9 +67,9 @@ def forward(comm, send: torch.Tensor, plan: Plan) -> torch.Tensor:
     if type(c) is not Counts:  # one level: its group's all-to-all-v
         return c.alltoallv(send, plan.send_splits, plan.recv_splits)
     by_local = transpose_chunks(send, c.mine)  # (n', g') -> (g', n')
-    arrived = _rows(comm.intra, by_local, c.mine.sum(axis=0), c.intra.sum(axis=1))
+    arrived = comm.intra.alltoallv(by_local, c.mine.sum(axis=0), c.intra.sum(axis=1))
     by_node = transpose_chunks(arrived, c.intra)  # (g_src, n') -> (n', g_src)
-    return _rows(comm.inter, by_node, c.intra.sum(axis=0), c.inter.sum(axis=1))
+    return comm.inter.alltoallv(by_node, c.intra.sum(axis=0), c.inter.sum(axis=1))
 
 
 def backward(comm, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -85,9 +77,9 @@ def backward(comm, rows: torch.Tensor, plan: Plan) -> torch.Tensor:
     c = plan.extra
     if type(c) is not Counts:  # one level
         return c.alltoallv(rows, plan.recv_splits, plan.send_splits)
-    by_node = _rows(comm.inter, rows, c.inter.sum(axis=1), c.intra.sum(axis=0))
+    by_node = comm.inter.alltoallv(rows, c.inter.sum(axis=1), c.intra.sum(axis=0))
     arrived = transpose_chunks(by_node, c.intra.T)  # (n', g_src) -> (g_src, n')
-    by_local = _rows(comm.intra, arrived, c.intra.sum(axis=1), c.mine.sum(axis=0))
+    by_local = comm.intra.alltoallv(arrived, c.intra.sum(axis=1), c.mine.sum(axis=0))
     return transpose_chunks(by_local, c.mine.T)  # (g', n') -> (n', g')
 
 

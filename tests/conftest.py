@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moebench.collectives.comm import MPI_SEGMENT_PREFIX, mapped_mpi_segments
+from moebench.collectives.comm import unmapped_mpi_segments
 
 REPO = Path(__file__).resolve().parent.parent
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -25,9 +25,7 @@ def mpirun(nprocs: int, args: list[str], timeout: float = 180, env: dict | None 
 def mpi_segments() -> set[str]:
     """MPICH shared-memory files in /dev/shm (mpich_*) that no live process maps: what ended jobs leaked (a job
     still running, say another suite's, maps its own). A job that ends leaves none (comm.release_mpi_segments)."""
-    prefix = Path(MPI_SEGMENT_PREFIX)
-    mapped = mapped_mpi_segments(Path("/proc").glob("[0-9]*/maps"))
-    return {p.name for p in prefix.parent.glob(prefix.name + "*") if str(p) not in mapped}
+    return {Path(path).name for path in unmapped_mpi_segments()}
 
 
 @pytest.fixture(scope="session")

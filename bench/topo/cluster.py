@@ -417,40 +417,23 @@ def mpi_version_line() -> str:
 SEGMENT_SETTLE_S = 2.0  # a file younger than this may belong to a job between creating and mapping it
 
 
-def _unmapped_segments(since: float) -> tuple[dict[str, int], float]:
-    """({path: inode} of MPICH's files made since `since` that no live process maps, the newest such file's
-    time). The directory is listed before the maps are read, so a file made after the listing is never a
-    candidate."""
-    from moebench.collectives.comm import MPI_SEGMENT_PREFIX, mapped_mpi_segments  # here: no torch until needed
-
-    found = {}
-    prefix = Path(MPI_SEGMENT_PREFIX)
-    for path in prefix.parent.glob(prefix.name + "*"):
-        with contextlib.suppress(OSError):
-            info = path.stat()
-            if info.st_mtime >= since:
-                found[str(path)] = (info.st_ino, info.st_mtime)
-    mapped = mapped_mpi_segments(Path("/proc").glob("[0-9]*/maps"))
-    unmapped = {p: info for p, info in found.items() if p not in mapped}
-    return {p: inode for p, (inode, _) in unmapped.items()}, max((m for _, m in unmapped.values()), default=0.0)
-
-
 def remove_orphan_segments(since: float) -> list[str]:
     """Unlink MPICH's shared-memory files (/dev/shm/mpich_*) made since `since` (time.time()) that no live process
     maps, and return their paths: what ranks killed before they left MPI_Init left behind (the backends release
     the names once every rank is in; a probe that cannot start across the namespaces never gets there). A file
     of a job still running is mapped, so it stays; one younger than SEGMENT_SETTLE_S (its job may not have
     mapped it yet) is looked at again once it is that old, and removed only if still unmapped and the same file."""
-    first, youngest = _unmapped_segments(since)
+    from moebench.collectives.comm import unmapped_mpi_segments  # here: no torch until needed
+
+    first = unmapped_mpi_segments(since)
     if not first:
         return []
-    wait = youngest + SEGMENT_SETTLE_S - time.time()
+    wait = max(info.st_mtime for info in first.values()) + SEGMENT_SETTLE_S - time.time()
     if wait > 0:
         time.sleep(min(wait, SEGMENT_SETTLE_S))
-    second, _ = _unmapped_segments(since)
     removed = []
-    for path, inode in second.items():
-        if first.get(path) == inode:
+    for path, info in unmapped_mpi_segments(since).items():
+        if path in first and first[path].st_ino == info.st_ino:
             with contextlib.suppress(OSError):
                 os.unlink(path)
                 removed.append(path)
