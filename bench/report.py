@@ -46,6 +46,20 @@ def machine_tag() -> str:
     return f"cpu-{os.cpu_count()}core"
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (Linux: the first `model name` in /proc/cpuinfo; else platform.processor(), or
+    "unknown"): the machine behind a `cpu-<cores>core` folder changes between sessions (a Xeon, an EPYC), and
+    small-size timings move with it."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries a result depends on."""
     import mpi4py
@@ -72,6 +86,7 @@ def base_meta(benchmark: str, argv: Sequence[str]) -> dict:
         "host": socket.gethostname(),
         "machine": machine_tag(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "argv": list(argv),
         "versions": library_versions(),
         "conventions": CONVENTIONS,
@@ -240,7 +255,8 @@ def print_header(meta: dict) -> None:
     """The report header: backend, P, G, L, nodes, device, versions; a warning when ranks outnumber cores."""
     v = meta.get("versions", {})
     lines = [
-        f"moebench {meta['benchmark']}  {meta['time']}  host {meta['host']} ({meta['cpu_count']} cores)",
+        f"moebench {meta['benchmark']}  {meta['time']}  host {meta['host']} ({meta['cpu_count']} cores"
+        f"{', ' + meta['cpu_model'] if meta.get('cpu_model') else ''})",
         "  ".join(f"{k} {v[k]}" for k in ("python", "torch", "triton", "mpi4py") if k in v),
     ]
     if "P" in meta:
@@ -272,7 +288,8 @@ def print_header(meta: dict) -> None:
 def header_markdown(meta: dict) -> str:
     """The header facts as a Markdown bullet list (for saved summaries)."""
     v = meta.get("versions", {})
-    items = [f"- {meta['time']}, host `{meta['host']}` ({meta['cpu_count']} cores), machine `{meta['machine']}`"]
+    cpu = f", {meta['cpu_model']}" if meta.get("cpu_model") else ""
+    items = [f"- {meta['time']}, host `{meta['host']}` ({meta['cpu_count']} cores{cpu}), machine `{meta['machine']}`"]
     if "P" in meta:
         emu = " (emulated by --ranks-per-node)" if meta.get("nodes_emulated") else ""
         items.append(

@@ -354,3 +354,21 @@ def test_budget_counts_whole_runs_of_a_case_of_several_calls():
     case = timing.Case({}, lambda: time.sleep(0.01), calls=10)  # 10 ms a run, 1 ms a call
     timing.run_interleaved(None, [case], iters=100, warmup=1, rounds=1, device="cpu", budget_s=0.2)
     assert 10 <= len(case.samples) <= 20  # 0.2 s / 10 ms; per-call estimates would allow all 100
+
+
+def test_results_name_the_cpu_model(tmp_path):
+    """The machine behind a cpu-<cores>core folder changes between sessions: every result's meta carries the CPU
+    model (the first `model name` of /proc/cpuinfo, else platform.processor()), and both headers print it."""
+    from moebench.bench import report
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B12\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert report.cpu_model(str(cpuinfo)) == "AMD EPYC 7B12"
+    assert report.cpu_model(str(tmp_path / "missing")) == (report.platform.processor() or "unknown")
+    meta = report.base_meta("kernels", ["moebench", "kernels"])
+    assert meta["cpu_model"] == report.cpu_model() and meta["cpu_model"]
+    meta["cpu_model"] = "AMD EPYC 7B12"
+    assert "(2 cores, AMD EPYC 7B12), machine" in report.header_markdown({**meta, "cpu_count": 2})
+    with report.console.capture() as captured:
+        report.print_header({**meta, "cpu_count": 2})
+    assert "(2 cores, AMD EPYC 7B12)" in captured.get()
