@@ -15,7 +15,9 @@ grouped GEMM over those variable segments:
   go through in segment-aligned ranges of a bounded workspace (common.row_chunks), gathered range by range;
   a small batch whose busiest expert has <= BATCHED_ROWS rows (one Triton tile; >= 2 on one thread) runs
   instead as one torch.bmm chain over the active experts, each padded to the busiest (memory-bound there, so
-  the padded rows are free): executed rows = active experts * busiest, padded rows = executed - kept.
+  the padded rows are nearly free), and with several torch threads so does a busiest expert of up to
+  THREADED_ROWS rows whose padding stays within PAD_WASTE_LIMIT x the kept rows (bmm gives each thread whole
+  experts): executed rows = active experts * busiest, padded rows = executed - kept.
 With a capacity factor in the routing, dropped assignments are skipped (they sort after the kept ones).
 """
 
@@ -197,7 +199,15 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
 # faster than the host path's gemv in three interleaved runs); on one thread, as in the layer's ranks, the host
 # path stays: its numpy gemv keeps the next numpy call warm (after bmm, the layer's unpermute at batch 1 took
 # 47-82 µs against 25-27, 4 runs each).
+# With several threads the chain also takes up to THREADED_ROWS rows while the padding costs at most
+# PAD_WASTE_LIMIT x the kept rows: the exact-row loop's per-expert mm shares each small GEMM between the threads
+# where bmm gives each whole experts (mixtral-8x7b-tiny, 2 threads, cold weights, an AMD EPYC: at T = 128,
+# rows ~40, the chain 1.47x faster than the loop at waste 1.12 and 1.13x at 1.78; at T = 512 1.22x at 1.10; at
+# T = 1024, ~290 rows, 1.06x; at T = 2048 0.85x, and 0.52-0.65x at waste 1.86-1.93 from T = 512; on one thread
+# 0.49-1.06x, so the layer's ranks keep the loop).
 BATCHED_ROWS = 16
+THREADED_ROWS = 256
+PAD_WASTE_LIMIT = 1.5
 MM_COMBINE_ENTRIES = 1 << 14  # up to T * S this many, the batched path combines with one small GEMM
 
 
@@ -207,25 +217,46 @@ def _segment_rows(routing: Routing) -> list[int]:
     return [b - a for a, b in itertools.pairwise(offsets)]
 
 
-def _batched_applies(rows: int) -> bool:
-    """Whether a CPU batch whose busiest expert has `rows` rows runs batched (see BATCHED_ROWS)."""
-    return (1 if torch.get_num_threads() > 1 else 2) <= rows <= BATCHED_ROWS
+def _batched_applies(rows_E: list[int]) -> bool:
+    """Whether a CPU batch with rows_E kept rows per expert runs batched (see BATCHED_ROWS, THREADED_ROWS)."""
+    rows, threaded = max(rows_E, default=0), torch.get_num_threads() > 1
+    if rows < (1 if threaded else 2):
+        return False
+    if rows <= BATCHED_ROWS:
+        return True
+    padded = rows * (len(rows_E) - rows_E.count(0))
+    return threaded and rows <= THREADED_ROWS and padded <= PAD_WASTE_LIMIT * sum(rows_E)
+
+
+def _bmm_chain(x_NRH: torch.Tensor, active: list[int], w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter):
+    """SwiGLU of expert active[j] on x_NRH[j]: [N, R, H] -> [N, R, H], one torch.bmm chain per arithmetic
+    progression of the active ids, on strided views of the weights (no gathered copy)."""
+    outs = []
+    for i, n, step in expert_progressions(active):
+        experts = slice(active[i], active[i + n - 1] + 1, step)
+        outs.append(swiglu_ffn(x_NRH[i : i + n], w_gate_EHF[experts], w_up_EHF[experts], w_down_EFH[experts],
+                               meter, mm=torch.bmm))  # fmt: skip
+    if len(outs) == 1:
+        return outs[0]
+    out_NRH = meter.alloc(torch.cat(outs))
+    meter.free(*outs)
+    return out_NRH
 
 
 def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter: MemoryMeter,
                            rows: int) -> torch.Tensor:  # fmt: skip
-    """A small CPU batch whose busiest expert has rows <= BATCHED_ROWS (>= 2 on one thread): every active expert's rows
-    padded to `rows` and run as one batched SwiGLU chain (torch.bmm) per progression of active experts, on strided
-    views of the weights. The padded rows are not free (8 experts, cold weights, 2 threads: 4 rows each 1,366 µs, 7
-    rows 1,608), but splitting the experts into two chains by row count costs more than the padding it saves (rows
-    [1, 6, 5, 2, 5, 5, 6, 2]: one chain of 6 rows 1,531-1,568 µs, two chains 1,708-1,799); bmm hands whole experts
-    to the threads: a loop of per-expert mm at 4 rows reads cold weights at 6.7-7.6 GB/s on this machine (2 threads,
-    4 KiB pages), the batched chain at 9.3-10.6 GB/s. Pad slots read token 0 and are left out of the combine:
-    y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its token's row (one small GEMM,
-    where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with cold caches; index_add_ above
-    MM_COMBINE_ENTRIES). The slot maps are built on the host with numpy (a torch.tensor of the 768 entries of C
-    at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Executed rows = active experts * rows (the Triton
-    kernel likewise runs whole tiles)."""
+    """A CPU batch that _batched_applies to: every active expert's rows padded to the busiest's `rows` and run as
+    one batched SwiGLU chain (_bmm_chain). The padded rows are not free (8 experts, cold weights, 2 threads: 4 rows
+    each 1,366 µs, 7 rows 1,608), but splitting the experts into two chains by row count costs more than the padding
+    it saves (rows [1, 6, 5, 2, 5, 5, 6, 2]: one chain of 6 rows 1,531-1,568 µs, two chains 1,708-1,799); bmm hands
+    whole experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 6.7-7.6 GB/s on a Xeon
+    (2 threads, 4 KiB pages), the batched chain at 9.3-10.6 GB/s. Pad slots read token 0 and are left out of the
+    combine: y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its token's row (one
+    small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with cold caches; index_add_
+    above MM_COMBINE_ENTRIES). The slot maps are built on the host with numpy (a torch.tensor of the 768 entries of
+    C at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Where [N, rows, F] intermediates would pass
+    CPU_CHUNK_BYTES, the chain runs in slices of rows of every expert (_batched_in_slices). Executed rows = active
+    experts * rows (the Triton kernel likewise runs whole tiles)."""
     T, H = x_TH.shape
     k, offsets = routing.top_k, routing.offsets_list
     kept_K = routing.sort_idx_list[: offsets[-1]]  # kept assignments, in expert order
@@ -234,22 +265,19 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     slot_K = [j * rows + i for j, e in enumerate(active) for i in range(offsets[e + 1] - offsets[e])]
     token_K = kept_K if k == 1 else [a // k for a in kept_K]
     weight_K = None if routing.unit_weights else [routing.topk_weights_list[a] for a in kept_K]
+    weights = (w_gate_EHF, w_up_EHF, w_down_EFH)
+    step = max(1, CPU_CHUNK_BYTES // (len(active) * w_gate_EHF.shape[2] * x_TH.element_size()))
+    if step < rows:
+        return _batched_in_slices(x_TH, active, rows, step, slot_K, token_K, weight_K, weights, meter)
     if T == 1:  # every slot reads the one token: a broadcast view, no index tensor and no gathered copy
         x_NRH = x_TH.expand(S, H).view(len(active), rows, H)
     else:
         sources_S = numpy.zeros(S, numpy.int64)  # the token each slot reads (a pad reads token 0)
         sources_S[slot_K] = token_K
         x_NRH = meter.alloc(x_TH.index_select(0, torch.from_numpy(sources_S)).view(len(active), rows, H))
-    outs = []
-    for i, n, step in expert_progressions(active):
-        experts = slice(active[i], active[i + n - 1] + 1, step)
-        outs.append(swiglu_ffn(x_NRH[i : i + n], w_gate_EHF[experts], w_up_EHF[experts], w_down_EFH[experts],
-                               meter, mm=torch.bmm))  # fmt: skip
+    out_NRH = _bmm_chain(x_NRH, active, *weights, meter)
     if T != 1:
         meter.free(x_NRH)
-    out_NRH = outs[0] if len(outs) == 1 else meter.alloc(torch.cat(outs))
-    if len(outs) > 1:
-        meter.free(*outs)
     rows_SH = out_NRH.view(S, H)
     if rows_SH.dtype != torch.float32:
         rows_SH = meter.alloc(rows_SH.float())
@@ -271,6 +299,43 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     if x_TH.dtype != torch.float32:
         meter.alloc(y_TH)
     meter.free(rows_SH)
+    return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
+
+
+def _batched_in_slices(x_TH, active: list[int], rows: int, step: int, slot_K: list[int], token_K: list[int],
+                       weight_K: list[float] | None, weights: tuple, meter: MemoryMeter) -> torch.Tensor:  # fmt: skip
+    """The padded chain over rows r0 .. r0 + step of every active expert at a time ([N, step, F] intermediates
+    within CPU_CHUNK_BYTES, as the exact-row path bounds its workspace), each slice's rows gathered, run, weighted
+    and added into an fp32 y at their tokens (pads into a spare row T)."""
+    T, H = x_TH.shape
+    N = len(active)
+    sources_NR = numpy.zeros(N * rows, numpy.int64)  # the token each slot reads (a pad reads token 0)
+    sources_NR[slot_K] = token_K
+    targets_NR = numpy.full(N * rows, T)
+    targets_NR[slot_K] = token_K
+    sources_NR, targets_NR = sources_NR.reshape(N, rows), targets_NR.reshape(N, rows)
+    if weight_K is not None:
+        weights_NR = numpy.zeros(N * rows, numpy.float32)
+        weights_NR[slot_K] = weight_K
+        weights_NR = weights_NR.reshape(N, rows)
+    y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
+    if x_TH.dtype != torch.float32:
+        meter.alloc(y_T1H)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        sources = torch.from_numpy(sources_NR[:, r0:r1].reshape(-1))
+        x_NrH = meter.alloc(x_TH.index_select(0, sources).view(N, r1 - r0, H))
+        out_NrH = _bmm_chain(x_NrH, active, *weights, meter)
+        meter.free(x_NrH)
+        rows_SH = out_NrH.view(-1, H)
+        if rows_SH.dtype != torch.float32:
+            rows_SH = meter.alloc(rows_SH.float())
+            meter.free(out_NrH)
+        if weight_K is not None:
+            rows_SH.mul_(torch.from_numpy(weights_NR[:, r0:r1].reshape(-1, 1)))
+        y_T1H.index_add_(0, torch.from_numpy(targets_NR[:, r0:r1].reshape(-1)), rows_SH)
+        meter.free(rows_SH)
+    y_TH = y_T1H[:T]
     return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
 
 
@@ -323,7 +388,7 @@ def dynamic_experts(
     impl: str = "torch",
 ) -> tuple[torch.Tensor, KernelStats]:
     """Exact-segment experts, no drops. Returns (y_TH in x's dtype, stats); padded rows in memory only on the
-    batched CPU path (a busiest expert of <= BATCHED_ROWS rows, >= 2 on one thread), counted in stats."""
+    batched CPU path (see _batched_applies), counted in stats."""
     _, H, F, _ = check_inputs(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, impl)
     meter = MemoryMeter.of(x_TH)
     if impl == "triton":
@@ -333,7 +398,8 @@ def dynamic_experts(
         executed = routing.num_kept  # exact segments; the batched CPU path computes padded rows
         if x_TH.is_cuda:
             y_TH = _experts_torch_gpu(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter)
-        elif _batched_applies(rows := max(rows_E := _segment_rows(routing))):
+        elif _batched_applies(rows_E := _segment_rows(routing)):
+            rows = max(rows_E)
             y_TH = _experts_torch_batched(x_TH, routing, w_gate_EHF, w_up_EHF, w_down_EFH, meter, rows)
             executed = rows * (len(rows_E) - rows_E.count(0))
         else:

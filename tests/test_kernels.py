@@ -220,18 +220,53 @@ def test_dynamic_batched_cpu_path(monkeypatch, ids, cf, dtype, gemm_combine):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_dynamic_batched_applies(threads):
     """The batched path takes a busiest expert of up to BATCHED_ROWS rows, one row only with several threads;
-    at T = 1 (one row per expert) y is the reference's either way."""
+    with several threads also up to THREADED_ROWS rows while the padding stays within PAD_WASTE_LIMIT x the kept
+    rows (empty experts are not padded); at T = 1 (one row per expert) y is the reference's either way."""
     from moebench.kernels import dynamic
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        assert [dynamic._batched_applies(r) for r in (0, 1, 2, 16, 17)] == [False, threads > 1, True, True, False]
+        small = [dynamic._batched_applies([r, 0]) for r in (0, 1, 2, 16, 17)]
+        assert small == [False, threads > 1, True, True, threads > 1]
+        assert dynamic._batched_applies([16, 1, 0, 1]) and not dynamic._batched_applies([0, 0])  # waste 32/18: small
+        many = ([40, 30, 0, 20], [40, 20, 0, 10], [257, 200], [256, 200])  # waste 120/90 = 1.33x, 120/70 = 1.71x
+        assert [dynamic._batched_applies(rows_E) for rows_E in many] == [threads > 1, False, False, threads > 1]
         routing, weights, x_TH = forced_routing([[1, 6]], 8), make_weights(8, 32, 48), make_x(1, 32)
         y_TH, stats = dynamic.dynamic_experts(x_TH, routing, *weights)
         assert rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= 1e-5 and stats.padded_rows == 0
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("slices", [False, True], ids=["one-chain", "row-slices"])
+@pytest.mark.parametrize("cf", [None, 2.0])
+def test_dynamic_threaded_batched_path(monkeypatch, cf, slices, dtype):
+    """With two torch threads a busiest expert past BATCHED_ROWS runs the padded chain while the padding stays
+    within PAD_WASTE_LIMIT (experts 0-3 with 40, 30, 26 and 36 rows, 4 and 5 none): y is the float64
+    reference's, executed rows = active * busiest; with a small CPU_CHUNK_BYTES the chain runs in slices of
+    rows of every expert (weighted rows added at their tokens, pads into a spare row), alike."""
+    from moebench.kernels import dynamic
+
+    if slices:
+        monkeypatch.setattr(dynamic, "CPU_CHUNK_BYTES", 4 * 48 * 4 * 7)  # 7 rows of each expert a slice (bf16: 14)
+    H, F, E = 32, 48, 6
+    ids = [[0, 1]] * 20 + [[0, 2]] * 10 + [[1, 3]] * 10 + [[2, 3]] * 10 + [[3, 0]] * 10 + [[3, 2]] * 6
+    routing = forced_routing(ids, E, cf=cf)  # cf 2.0: capacity 45 >= every expert's rows, nothing dropped
+    weights = make_weights(E, H, F, dtype)
+    x_TH = make_x(len(ids), H, dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rows_E = dynamic._segment_rows(routing)
+        assert max(rows_E) > dynamic.BATCHED_ROWS and dynamic._batched_applies(rows_E)
+        y_TH, stats = dynamic.dynamic_experts(x_TH, routing, *weights)
+    finally:
+        torch.set_num_threads(before)
+    assert rows_E == [40, 30, 26, 36, 0, 0] and stats.dropped == 0
+    assert y_TH.dtype == dtype and rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= TOL[dtype]
+    assert stats.num_executed_rows == 4 * 40 and stats.padded_rows == 4 * 40 - 132
 
 
 @pytest.mark.parametrize("cf", [None, 0.75])
@@ -266,10 +301,11 @@ def test_padding_accounting(impl):
         assert dynamic.executed_flops == 6 * H * F * 3 * 13 and dynamic.padded_rows == 3 * 13 - 26
     else:  # whole 16-row tiles (triton), exact rows (torch on a GPU); none held as padding in memory
         assert dynamic.padded_rows == 0 and dynamic.padding_waste == (1.0 if impl == "torch" else 3 * 16 / 26)
-    many = forced_routing([[0, 1]] * 20 + [[0, 2]] * 3, E, block_size=16)  # busiest 23 > BATCHED_ROWS: exact rows
-    _, exact = EXPERT_KERNELS["dynamic"](make_x(23, H), many, *make_weights(E, H, F), impl=impl)
+    # busiest 24 > BATCHED_ROWS, padding 96 rows for 48 (> PAD_WASTE_LIMIT): exact rows on any thread count
+    many = forced_routing([[0, 1]] * 20 + [[0, 2]] * 3 + [[0, 3]], E, block_size=16)
+    _, exact = EXPERT_KERNELS["dynamic"](make_x(24, H), many, *make_weights(E, H, F), impl=impl)
     assert exact.padded_rows == 0
-    assert exact.padding_waste == (1.0 if impl == "torch" else 5 * 16 / 46)  # tiles: 2 + 2 + 1
+    assert exact.padding_waste == (1.0 if impl == "torch" else 6 * 16 / 48)  # tiles: 2 + 2 + 1 + 1
     _, block_sparse = EXPERT_KERNELS["block_sparse"](*args, impl=impl)
     assert block_sparse.padded_rows == 3 * 16 - 26 and block_sparse.padding_waste == pytest.approx(48 / 26)
 
