@@ -1,5 +1,6 @@
 # T = tokens, H = hidden, F = expert FFN width, E = experts, k = experts per token, A = T*k assignments, B = tiles,
-# N = active experts, R = rows per active expert (the busiest one's, batched path), S = N * R slots
+# N = active experts, R = rows per active expert (the busiest one's, batched path), S = N * R slots, r = rows of
+# one slice of them (the batched path in slices)
 """dynamic: exact per-expert segments and no drops (Huang et al.'s dynamic gating).
 
 Each expert gets exactly as many rows as were assigned to it (the routing's kept segments). The FFN is a
