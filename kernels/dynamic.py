@@ -255,9 +255,11 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     combine: y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its token's row (one
     small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with cold caches; index_add_
     above MM_COMBINE_ENTRIES). The slot maps are built on the host with numpy (a torch.tensor of the 768 entries of
-    C at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Where [N, rows, F] intermediates would pass
-    CPU_CHUNK_BYTES, the chain runs in slices of rows of every expert (_batched_in_slices). Executed rows = active
-    experts * rows (the Triton kernel likewise runs whole tiles)."""
+    C at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Past BATCHED_ROWS, where [N, rows, F]
+    intermediates would pass CPU_CHUNK_BYTES, the chain runs in slices of rows of every expert (_batched_in_slices;
+    each slice reads the active weights again, a small cost where that many rows' GEMMs dominate; up to
+    BATCHED_ROWS, where the weights' bytes dominate, it runs whole). Executed rows = active experts * rows (the
+    Triton kernel likewise runs whole tiles)."""
     T, H = x_TH.shape
     k, offsets = routing.top_k, routing.offsets_list
     kept_K = routing.sort_idx_list[: offsets[-1]]  # kept assignments, in expert order
@@ -268,7 +270,7 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     weight_K = None if routing.unit_weights else [routing.topk_weights_list[a] for a in kept_K]
     weights = (w_gate_EHF, w_up_EHF, w_down_EFH)
     step = max(1, CPU_CHUNK_BYTES // (len(active) * w_gate_EHF.shape[2] * x_TH.element_size()))
-    if step < rows:
+    if rows > BATCHED_ROWS and step < rows:  # every slice reads the weights again: only where GEMMs dominate
         return _batched_in_slices(x_TH, active, rows, step, slot_K, token_K, weight_K, weights, meter)
     if T == 1:  # every slot reads the one token: a broadcast view, no index tensor and no gathered copy
         x_NRH = x_TH.expand(S, H).view(len(active), rows, H)

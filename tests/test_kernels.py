@@ -229,7 +229,7 @@ def test_dynamic_batched_applies(threads):
     try:
         small = [dynamic._batched_applies([r, 0]) for r in (0, 1, 2, 16, 17)]
         assert small == [False, threads > 1, True, True, threads > 1]
-        assert dynamic._batched_applies([16, 1, 0, 1]) and not dynamic._batched_applies([0, 0])  # waste 32/18: small
+        assert dynamic._batched_applies([16, 1, 0, 1]) and not dynamic._batched_applies([0, 0])  # waste 48/18: small
         many = ([40, 30, 0, 20], [40, 20, 0, 10], [257, 200], [256, 200])  # waste 120/90 = 1.33x, 120/70 = 1.71x
         assert [dynamic._batched_applies(rows_E) for rows_E in many] == [threads > 1, False, False, threads > 1]
         routing, weights, x_TH = forced_routing([[1, 6]], 8), make_weights(8, 32, 48), make_x(1, 32)
@@ -239,34 +239,43 @@ def test_dynamic_batched_applies(threads):
         torch.set_num_threads(before)
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="the batched path is dynamic's CPU one")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("slices", [False, True], ids=["one-chain", "row-slices"])
-@pytest.mark.parametrize("cf", [None, 2.0])
-def test_dynamic_threaded_batched_path(monkeypatch, cf, slices, dtype):
+@pytest.mark.parametrize(
+    ("ids", "cf", "rows_E", "dropped"),
+    [([[0, 1]] * 20 + [[0, 2]] * 10 + [[1, 3]] * 10 + [[2, 3]] * 10 + [[3, 0]] * 10 + [[3, 2]] * 6, None,
+      [40, 30, 26, 36, 0, 0], 0),  # experts 4 and 5 get nothing
+     ([[0, 1]] * 20 + [[0, 2]] * 10 + [[1, 3]] * 10 + [[2, 3]] * 10 + [[3, 0]] * 10 + [[3, 2]] * 6, 1.2,
+      [27, 27, 26, 27, 0, 0], 25),  # capacity ceil(1.2 * 132 / 6) = 27: 13 + 3 + 9 assignments dropped
+     ([[e] for e in (0, 1, 3)] * 20 + [[2]] * 18, None, [20, 20, 18, 20, 0, 0], 0)],  # k = 1
+)  # fmt: skip
+def test_dynamic_threaded_batched_path(monkeypatch, ids, cf, rows_E, dropped, slices, dtype):
     """With two torch threads a busiest expert past BATCHED_ROWS runs the padded chain while the padding stays
-    within PAD_WASTE_LIMIT (experts 0-3 with 40, 30, 26 and 36 rows, 4 and 5 none): y is the float64
-    reference's, executed rows = active * busiest; with a small CPU_CHUNK_BYTES the chain runs in slices of
-    rows of every expert (weighted rows added at their tokens, pads into a spare row), alike."""
+    within PAD_WASTE_LIMIT: y is the float64 reference's (drops, k = 1 and empty experts included), executed rows
+    = active * busiest; with a small CPU_CHUNK_BYTES the chain runs in slices of rows of every expert (weighted
+    rows added at their tokens, pads into a spare row), alike, and only then."""
     from moebench.kernels import dynamic
 
+    in_slices, sliced = dynamic._batched_in_slices, []  # the step of every sliced call
+    monkeypatch.setattr(dynamic, "_batched_in_slices", lambda *a: sliced.append(a[3]) or in_slices(*a))
     if slices:
         monkeypatch.setattr(dynamic, "CPU_CHUNK_BYTES", 4 * 48 * 4 * 7)  # 7 rows of each expert a slice (bf16: 14)
     H, F, E = 32, 48, 6
-    ids = [[0, 1]] * 20 + [[0, 2]] * 10 + [[1, 3]] * 10 + [[2, 3]] * 10 + [[3, 0]] * 10 + [[3, 2]] * 6
-    routing = forced_routing(ids, E, cf=cf)  # cf 2.0: capacity 45 >= every expert's rows, nothing dropped
+    routing = forced_routing(ids, E, cf=cf)
     weights = make_weights(E, H, F, dtype)
     x_TH = make_x(len(ids), H, dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        rows_E = dynamic._segment_rows(routing)
-        assert max(rows_E) > dynamic.BATCHED_ROWS and dynamic._batched_applies(rows_E)
+        assert dynamic._segment_rows(routing) == rows_E and dynamic._batched_applies(rows_E)
         y_TH, stats = dynamic.dynamic_experts(x_TH, routing, *weights)
     finally:
         torch.set_num_threads(before)
-    assert rows_E == [40, 30, 26, 36, 0, 0] and stats.dropped == 0
+    assert sliced == ([7 if dtype == torch.float32 else 14] if slices else [])
+    assert max(rows_E) > dynamic.BATCHED_ROWS and stats.dropped == dropped
     assert y_TH.dtype == dtype and rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= TOL[dtype]
-    assert stats.num_executed_rows == 4 * 40 and stats.padded_rows == 4 * 40 - 132
+    assert stats.num_executed_rows == 4 * max(rows_E) and stats.padded_rows == 4 * max(rows_E) - sum(rows_E)
 
 
 @pytest.mark.parametrize("cf", [None, 0.75])
