@@ -141,6 +141,28 @@ def test_dispatch_pairs_and_overlap_rows(mpiexec_available, tmp_path):
         assert r["model_efficiency"] <= 1.0001
 
 
+def test_overlap_efficiency_round_by_round():
+    """Efficiency = (sequential - overlapped) / min(t_comm, t_comp), on the medians and round by round on each
+    round's medians (the rows ran interleaved); the summary prints the rounds' range, `-` where a row has none."""
+    from moebench.bench.commands import moe
+
+    phases = {f"{p}_us": 0.0 for p in ("gate", "quantize", "permute", "shared", "dequantize", "unpermute")}
+    key = dict(role="config", skew="gate", capacity_factor=None, batch=1024, algo="native", kernel="dynamic",
+               router="topk", placement="contiguous", redundant=0, **phases)  # fmt: skip
+    seq = dict(key, overlap="none", dispatch_us=20.0, combine_us=20.0, experts_us=60.0, total_us=100.0,
+               p20_us=98.0, p80_us=102.0, round_medians_us=[100.0, 104.0, 96.0])  # fmt: skip
+    both = dict(key, overlap="chunks:2", total_us=80.0, p20_us=78.0, p80_us=82.0,
+                round_medians_us=[80.0, 94.0, 72.0])  # fmt: skip
+    bare = dict(both, algo="dedup:native", round_medians_us=None)
+    rows = [seq, both, dict(seq, algo="dedup:native", round_medians_us=None), bare]
+    moe.add_overlap_efficiency(rows)
+    assert both["overlap_efficiency"] == pytest.approx(0.5)  # 20 of min(40, 60) hidden
+    assert both["overlap_efficiency_rounds"] == pytest.approx([0.5, 0.25, 0.6])
+    assert bare["overlap_efficiency_rounds"] == []
+    _, table = moe.overlap_summary(rows)
+    assert [row[10] for row in table] == ["0.25 to 0.60", "-"]
+
+
 def test_moe_records_a_trace_that_replays_its_routing(mpiexec_available, tmp_path):
     trace, out, again = tmp_path / "gate.json", tmp_path / "gate-run.json", tmp_path / "replay.json"
     common = ["-m", "moebench", "moe", "--batch", "6", "--algos", "flat", "--kernels", "dynamic", "--capacity-factor",

@@ -621,7 +621,10 @@ def policy_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
 def add_overlap_efficiency(rows: list[dict]) -> None:
     """Each overlapped row against the same configuration without overlap (timed in the same run): t_comm = that
     row's dispatch + combine phases, t_comp = the rest of its total; efficiency = (t_comm + t_comp - t_both) /
-    min(t_comm, t_comp): 1 when the smaller part is wholly hidden, 0 when nothing is, < 0 when overlapping costs."""
+    min(t_comm, t_comp): 1 when the smaller part is wholly hidden, 0 when nothing is, < 0 when overlapping costs.
+    Round by round (both rows ran interleaved, round r of each at the same time): (sequential's median of round r -
+    the overlapped row's) / min(t_comm, t_comp), the spread the one figure hides (t_comm + t_comp is the sequential
+    total: the phases add up)."""
     for r in rows:
         if r["role"] != "config" or r.get("overlap", "none") == "none":
             continue
@@ -634,7 +637,9 @@ def add_overlap_efficiency(rows: list[dict]) -> None:
         t_comp = base["total_us"] - t_comm
         hidden = max(min(t_comm, t_comp), 1e-9)
         model = overlap_model_us(base, parse_overlap(r["overlap"]).chunks)
-        r.update(t_comm_us=t_comm, t_comp_us=t_comp, t_sequential_us=base["total_us"],
+        seq_R, both_R = base.get("round_medians_us"), r.get("round_medians_us")
+        rounds = [(a - b) / hidden for a, b in zip(seq_R, both_R)] if seq_R and len(seq_R) == len(both_R or []) else []
+        r.update(t_comm_us=t_comm, t_comp_us=t_comp, t_sequential_us=base["total_us"], overlap_efficiency_rounds=rounds,
                  overlap_efficiency=(t_comm + t_comp - r["total_us"]) / hidden, overlap_tie=timing.ties(base, r),
                  model_us=model, model_efficiency=(t_comm + t_comp - model) / hidden)  # fmt: skip
 
@@ -653,13 +658,18 @@ def overlap_model_us(base: dict, C: int) -> float:
 
 def overlap_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
     columns = ["batch", "skew", "config", "overlap", "t_comm µs", "t_comp µs", "sequential µs", "overlapped µs",
-               "vs sequential", "efficiency", "model µs", "model eff"]  # fmt: skip
+               "vs sequential", "efficiency", "by round", "model µs", "model eff"]  # fmt: skip
     out = [[r["batch"], r["skew"], f"{r['algo']} + {r['kernel']}", r["overlap"], r["t_comm_us"], r["t_comp_us"],
             r["t_sequential_us"], r["total_us"], "tie" if r["overlap_tie"] else
-            f"{r['t_sequential_us'] / r['total_us']:.2f}x", f"{r['overlap_efficiency']:.2f}", r["model_us"],
-            f"{r['model_efficiency']:.2f}"]
+            f"{r['t_sequential_us'] / r['total_us']:.2f}x", f"{r['overlap_efficiency']:.2f}",
+            _round_range(r["overlap_efficiency_rounds"]), r["model_us"], f"{r['model_efficiency']:.2f}"]
            for r in rows if "overlap_efficiency" in r]  # fmt: skip
     return columns, out
+
+
+def _round_range(values: list[float]) -> str:
+    """`lo to hi` of per-round figures, or `-` without rounds."""
+    return f"{min(values):.2f} to {max(values):.2f}" if values else "-"
 
 
 def dispatch_summary(rows: list[dict]) -> tuple[list[str], list[list]]:
@@ -863,8 +873,9 @@ def write_outputs(meta: dict, rows: list[dict], args) -> None:
     if over_rows:
         report.print_table("Overlap: each mode against the same configuration without (t_comm = its dispatch + "
                            "combine phases, t_comp = the rest; efficiency = (t_comm + t_comp - overlapped) / "
-                           "min(t_comm, t_comp); vs sequential = sequential / overlapped, or tie; model = the "
-                           "pipeline model on the sequential phases, as if communication progressed under compute)",
+                           "min(t_comm, t_comp); by round = the same from each round's medians, lowest to highest; "
+                           "vs sequential = sequential / overlapped, or tie; model = the pipeline model on the "
+                           "sequential phases, as if communication progressed under compute)",
                            over_cols, over_rows)  # fmt: skip
     pair_cols, pair_rows = dispatch_summary(rows)
     if pair_rows:
