@@ -253,9 +253,10 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     whole experts to the threads: a loop of per-expert mm at 4 rows reads cold weights at 6.7-7.6 GB/s on a Xeon
     (2 threads, 4 KiB pages), the batched chain at 9.3-10.6 GB/s. Pad slots read token 0 and are left out of the
     combine: y [T, H] (fp32) = C [T, S] @ rows [S, H], C holding each slot's gate weight in its token's row (one
-    small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with cold caches; index_add_
-    above MM_COMBINE_ENTRIES). The slot maps are built on the host with numpy (a torch.tensor of the 768 entries of
-    C at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Past BATCHED_ROWS, where [N, rows, F]
+    small GEMM, where a weight multiply, a zeroed y and index_add_ took ~90 µs at T = 1 with cold caches; above
+    MM_COMBINE_ENTRIES, index_add_ in _batched_in_slices, one slice). The slot maps are built on the host with numpy
+    (a torch.tensor of the 768 entries of C at T = 16 took 82 µs, numpy's zeros and one indexed store 4.5). Past
+    BATCHED_ROWS, where [N, rows, F]
     intermediates would pass CPU_CHUNK_BYTES, the chain runs in slices of rows of every expert (_batched_in_slices;
     each slice reads the active weights again, a small cost where that many rows' GEMMs dominate; up to
     BATCHED_ROWS, where the weights' bytes dominate, it runs whole). Executed rows = active experts * rows (the
@@ -269,8 +270,10 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     token_K = kept_K if k == 1 else [a // k for a in kept_K]
     weight_K = None if routing.unit_weights else [routing.topk_weights_list[a] for a in kept_K]
     weights = (w_gate_EHF, w_up_EHF, w_down_EFH)
-    step = max(1, CPU_CHUNK_BYTES // (len(active) * w_gate_EHF.shape[2] * x_TH.element_size()))
-    if rows > BATCHED_ROWS and step < rows:  # every slice reads the weights again: only where GEMMs dominate
+    step = rows  # rows of every expert a slice; past BATCHED_ROWS bounded by CPU_CHUNK_BYTES
+    if rows > BATCHED_ROWS:  # every slice reads the weights again: only where GEMMs dominate
+        step = min(rows, max(1, CPU_CHUNK_BYTES // (len(active) * w_gate_EHF.shape[2] * x_TH.element_size())))
+    if step < rows or T * S > MM_COMBINE_ENTRIES:
         return _batched_in_slices(x_TH, active, rows, step, slot_K, token_K, weight_K, weights, meter)
     if T == 1:  # every slot reads the one token: a broadcast view, no index tensor and no gathered copy
         x_NRH = x_TH.expand(S, H).view(len(active), rows, H)
@@ -285,20 +288,9 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     if rows_SH.dtype != torch.float32:
         rows_SH = meter.alloc(rows_SH.float())
         meter.free(out_NRH)
-    if T * S <= MM_COMBINE_ENTRIES:  # y = C @ rows, C [T, S] each slot's weight in its token's row (0: a pad)
-        combine_TS = numpy.zeros((T, S), numpy.float32)
-        combine_TS[token_K, slot_K] = 1.0 if weight_K is None else weight_K
-        y_TH = torch.mm(torch.from_numpy(combine_TS), rows_SH)
-    else:  # weighted rows added into y at their tokens; pads land in a spare row T
-        targets_S = numpy.full(S, T)
-        targets_S[slot_K] = token_K
-        if weight_K is not None:
-            weights_S = numpy.zeros(S, numpy.float32)
-            weights_S[slot_K] = weight_K
-            rows_SH.mul_(torch.from_numpy(weights_S).unsqueeze(1))
-        y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
-        y_T1H.index_add_(0, torch.from_numpy(targets_S), rows_SH)
-        y_TH = y_T1H[:T]
+    combine_TS = numpy.zeros((T, S), numpy.float32)  # y = C @ rows: each slot's weight in its token's row (0: a pad)
+    combine_TS[token_K, slot_K] = 1.0 if weight_K is None else weight_K
+    y_TH = torch.mm(torch.from_numpy(combine_TS), rows_SH)
     if x_TH.dtype != torch.float32:
         meter.alloc(y_TH)
     meter.free(rows_SH)
@@ -307,9 +299,10 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
 
 def _batched_in_slices(x_TH, active: list[int], rows: int, step: int, slot_K: list[int], token_K: list[int],
                        weight_K: list[float] | None, weights: tuple, meter: MemoryMeter) -> torch.Tensor:  # fmt: skip
-    """The padded chain over rows r0 .. r0 + step of every active expert at a time ([N, step, F] intermediates
-    within CPU_CHUNK_BYTES, as the exact-row path bounds its workspace), each slice's rows gathered, run, weighted
-    and added into an fp32 y at their tokens (pads into a spare row T)."""
+    """The padded chain over rows r0 .. r0 + step of every active expert at a time (step < rows: [N, step, F]
+    intermediates within CPU_CHUNK_BYTES, as the exact-row path bounds its workspace; step == rows: one slice,
+    where T * S is past MM_COMBINE_ENTRIES), each slice's rows gathered, run, weighted and added into an fp32 y at
+    their tokens (pads into a spare row T; y made, and metered, at the first add)."""
     T, H = x_TH.shape
     N = len(active)
     sources_NR = numpy.zeros(N * rows, numpy.int64)  # the token each slot reads (a pad reads token 0)
@@ -321,9 +314,7 @@ def _batched_in_slices(x_TH, active: list[int], rows: int, step: int, slot_K: li
         weights_NR = numpy.zeros(N * rows, numpy.float32)
         weights_NR[slot_K] = weight_K
         weights_NR = weights_NR.reshape(N, rows)
-    y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
-    if x_TH.dtype != torch.float32:
-        meter.alloc(y_T1H)
+    y_T1H = None
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         sources = torch.from_numpy(sources_NR[:, r0:r1].reshape(-1))
@@ -336,6 +327,10 @@ def _batched_in_slices(x_TH, active: list[int], rows: int, step: int, slot_K: li
             meter.free(out_NrH)
         if weight_K is not None:
             rows_SH.mul_(torch.from_numpy(weights_NR[:, r0:r1].reshape(-1, 1)))
+        if y_T1H is None:
+            y_T1H = torch.zeros(T + 1, H, dtype=torch.float32)
+            if x_TH.dtype != torch.float32:
+                meter.alloc(y_T1H[:T])
         y_T1H.index_add_(0, torch.from_numpy(targets_NR[:, r0:r1].reshape(-1)), rows_SH)
         meter.free(rows_SH)
     y_TH = y_T1H[:T]
