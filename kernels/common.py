@@ -9,6 +9,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy
 import torch
 from torch.nn.functional import grouped_mm, silu
 
@@ -197,10 +198,15 @@ def scatter_rows(x_TH: torch.Tensor, routing: Routing, pos_Tk: torch.Tensor, num
 HOST_GEMV_DTYPES = (torch.float32, torch.float64)
 
 
+def host_numpy_applies(x: torch.Tensor) -> bool:
+    """Whether x's one-row products may run in numpy: on the CPU, in a dtype numpy has, while torch runs on one
+    thread (numpy's BLAS gemv is single-threaded; with more threads torch.matmul splits the columns)."""
+    return not x.is_cuda and x.dtype in HOST_GEMV_DTYPES and torch.get_num_threads() == 1
+
+
 def host_gemv_applies(x_RK: torch.Tensor) -> bool:
-    """Whether rows_matmul takes numpy's gemv for x [R, K]: one row, on the CPU, in a dtype numpy has, while torch
-    runs on one thread (numpy's BLAS gemv is single-threaded; with more threads torch.matmul splits the columns)."""
-    return x_RK.shape[0] == 1 and not x_RK.is_cuda and x_RK.dtype in HOST_GEMV_DTYPES and torch.get_num_threads() == 1
+    """Whether rows_matmul takes numpy's gemv for x [R, K]: one row, and host_numpy_applies."""
+    return x_RK.shape[0] == 1 and host_numpy_applies(x_RK)
 
 
 def rows_matmul(x_RK: torch.Tensor, w_KN: torch.Tensor) -> torch.Tensor:
@@ -213,6 +219,27 @@ def rows_matmul(x_RK: torch.Tensor, w_KN: torch.Tensor) -> torch.Tensor:
     if host_gemv_applies(x_RK):
         return torch.from_numpy(x_RK.numpy() @ w_KN.numpy())
     return x_RK @ w_KN
+
+
+def host_swiglu(x_RH: numpy.ndarray, w_gate_HF: numpy.ndarray, w_up_HF: numpy.ndarray, w_down_FH: numpy.ndarray,
+                meter: MemoryMeter) -> numpy.ndarray:  # fmt: skip
+    """swiglu_ffn on numpy arrays: x [R, H] -> [R, H], for one row on one CPU thread (host_gemv_applies), where
+    every step is a numpy call of ~1 µs against ~5 for a torch op, more with the caches a decode step's weights
+    leave (one cold mixtral-8x7b-tiny expert per row, two rows, one core of an AMD EPYC, each of two processes
+    at once: numpy throughout 364-368 µs, the torch ops around numpy's gemv 476-486). The ledger is
+    swiglu_ffn's. silu(h) * up = a * (1 + tanh(a)) * up with a = h / 2 (a logistic that cannot overflow, unlike
+    1 / (1 + exp(-h)); in place, no buffer beyond swiglu_ffn's)."""
+    h = meter.alloc(x_RH @ w_gate_HF)
+    up = meter.alloc(x_RH @ w_up_HF)
+    h *= 0.5
+    up *= h
+    numpy.tanh(h, out=h)
+    h += 1.0
+    h *= up
+    meter.free(up)
+    out = meter.alloc(h @ w_down_FH)
+    meter.free(h)
+    return out
 
 
 def swiglu_ffn(

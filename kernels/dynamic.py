@@ -40,6 +40,8 @@ from moebench.kernels.common import (
     combine,
     expert_progressions,
     grouped_swiglu,
+    host_numpy_applies,
+    host_swiglu,
     plan_chunks,
     swiglu_ffn,
 )
@@ -164,12 +166,24 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
     y_TH = torch.zeros(T, H, dtype=torch.float32)
     if x_TH.dtype != torch.float32:
         meter.alloc(y_TH)
+    gemv = host_numpy_applies(x_TH)
+    if gemv:  # one-row experts run in numpy (host_swiglu), on views of the same memory
+        x_np, y_np = x_TH.numpy(), y_TH.numpy()
+        w_np = (w_gate_EHF.numpy(), w_up_EHF.numpy(), w_down_EFH.numpy())
     for e in range(routing.num_experts):
         ids = order[offsets[e] : offsets[e + 1]]
         if not ids:
             continue
         tokens = ids if k == 1 else [a // k for a in ids]  # ascending (a stable sort by expert)
         first, n = tokens[0], len(tokens)
+        if gemv and n == 1:
+            out_RH = host_swiglu(x_np[first : first + 1], w_np[0][e], w_np[1][e], w_np[2][e], meter)
+            if weights is None:
+                y_np[first : first + 1] += out_RH
+            else:
+                y_np[first : first + 1] += out_RH * weights[ids[0]]
+            meter.free(out_RH)
+            continue
         run = tokens[-1] - first == n - 1  # consecutive tokens: views, no index tensor (~20 µs with cold caches)
         index = None if run else torch.tensor(tokens)
         if not run:

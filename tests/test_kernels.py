@@ -278,6 +278,71 @@ def test_dynamic_threaded_batched_path(monkeypatch, ids, cf, rows_E, dropped, sl
     assert stats.num_executed_rows == 4 * max(rows_E) and stats.padded_rows == 4 * max(rows_E) - sum(rows_E)
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="numpy runs the one-row experts of dynamic's CPU host path")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(
+    ("ids", "cf", "numpy_experts"),
+    [([[1, 6]], None, 2),  # decode: T = 1, k = 2, gate weights
+     ([[0, 1], [2, 3], [4, 5]], None, 6),  # one row per expert, six experts
+     ([[0]] * 17 + [[1], [2]], None, 2),  # expert 0 past BATCHED_ROWS (torch), experts 1 and 2 one row (numpy)
+     ([[0, 1], [0, 2], [0, 3]], 0.5, 4),  # capacity 1 row per expert: expert 0 keeps one of three
+     ("rows", None, 3)],  # rows after an all-to-all: routing_for_rows, k = 1, unit weights
+)  # fmt: skip
+def test_dynamic_one_row_experts_in_numpy(monkeypatch, ids, cf, numpy_experts, dtype):
+    """On one torch thread, dynamic's host path runs every one-row expert in numpy (common.host_swiglu) and the
+    rest in torch: y is the float64 reference's, and the ledger's peak and y equal the all-torch path's; bf16
+    never takes numpy."""
+    from moebench.kernels import common, dynamic
+
+    calls = []
+    monkeypatch.setattr(dynamic, "host_swiglu", lambda *a: calls.append(a[0].shape) or common.host_swiglu(*a))
+    H, F, E = 32, 48, 8
+    routing = routing_for_rows([4, 0, 7], E) if ids == "rows" else forced_routing(ids, E, cf=cf)
+    weights, x_TH = make_weights(E, H, F, dtype), make_x(routing.num_tokens, H, dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert not dynamic._batched_applies(dynamic._segment_rows(routing))
+        y_TH, stats = dynamic.dynamic_experts(x_TH, routing, *weights)
+        monkeypatch.setattr(dynamic, "host_numpy_applies", lambda x: False)
+        y_torch_TH, stats_torch = dynamic.dynamic_experts(x_TH, routing, *weights)
+    finally:
+        torch.set_num_threads(before)
+    assert calls == ([(1, H)] * numpy_experts if dtype == torch.float32 else [])
+    assert y_TH.dtype == dtype and rel_err(y_TH, reference.moe_experts(x_TH, routing, *weights)) <= TOL[dtype]
+    assert rel_err(y_TH, y_torch_TH) <= TOL[dtype] and stats.peak_extra_bytes == stats_torch.peak_extra_bytes
+    assert stats.num_executed_rows == stats.num_useful_rows == int(routing.kept_Tk.sum())
+
+
+def test_host_swiglu_matches_torch_without_overflow():
+    """host_swiglu's logistic through tanh: silu(x @ w_gate) * (x @ w_up) @ w_down as torch computes it, for
+    pre-activations of +-1e4 too (where 1 / (1 + exp(-h)) would overflow), with no numpy warning."""
+    import warnings
+
+    import numpy as np
+
+    from moebench.kernels.common import MemoryMeter, host_swiglu
+
+    g = torch.Generator().manual_seed(5)
+    w_gate, w_up, w_down = (
+        torch.randn(16, 24, generator=g),
+        torch.randn(16, 24, generator=g),
+        torch.randn(24, 16, generator=g),
+    )
+    for scale in (1.0, 1e4):
+        x = torch.randn(1, 16, generator=g) * scale
+        expect = (
+            torch.nn.functional.silu(x.double() @ w_gate.double()) * (x.double() @ w_up.double())
+        ) @ w_down.double()
+        meter = MemoryMeter(torch.device("cpu"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = host_swiglu(x.numpy(), w_gate.numpy(), w_up.numpy(), w_down.numpy(), meter)
+        assert out.shape == (1, 16) and out.dtype == np.float32 and np.isfinite(out).all()
+        assert rel_err(torch.from_numpy(out), expect) <= 1e-5
+        assert meter.peak == 2 * 24 * 4 and meter.live == 16 * 4  # h and up at once; the output still held
+
+
 @pytest.mark.parametrize("cf", [None, 0.75])
 def test_dynamic_gpu_torch_path_on_cpu_tensors(cf):
     """The GPU variant of dynamic's torch path (buffer + gather combine) computes the same y."""

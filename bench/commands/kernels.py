@@ -27,7 +27,7 @@ from moebench.bench import cuda_graph, options, report, roofline
 from moebench.bench.layer import skews, workloads
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.timing import Case, run_interleaved, ties
-from moebench.kernels.common import expert_progressions, host_gemv_applies, rows_matmul
+from moebench.kernels.common import MemoryMeter, expert_progressions, host_gemv_applies, host_swiglu
 from moebench.kernels.triton_utils import interpreter_active
 
 HUANG_STATIC_WASTE = 12.8  # Huang et al., NeurIPS'24: static gating executes up to 12.8x the useful rows (LM)
@@ -181,8 +181,8 @@ def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate:
     experts, one bmm per arithmetic progression of their ids), the same memory the kernels read: on this VM
     buffers allocated at different times read at different speeds (up to 1.3x between two sets of identical
     buffers), so a ceiling on copies of its own would compare placements, not code. Where every active expert
-    has one row (on the CPU), each expert's chain runs on the gemv the kernels use (common.rows_matmul),
-    faster there than bmm, so the ceiling is not below the kernels."""
+    has one row (on one CPU thread), each expert's chain runs in numpy as the kernels' one-row experts do
+    (common.host_swiglu), faster there than bmm, so the ceiling is not below the kernels."""
     p = config.preset
     counts = routing.kept_counts_E.cpu()
     active = torch.nonzero(counts).view(-1).tolist()
@@ -206,18 +206,19 @@ def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate:
             torch.bmm(h_ERF[a:b], w_down[experts], out=out_ERH[a:b])
         return out_ERH
 
-    def dense_one_row(w_gate, w_up, w_down):  # one row per expert: each expert's chain on the kernels' own gemv
+    def dense_one_row(w_gate, w_up, w_down):  # one row per expert: each expert's chain as the kernels run it
+        gate_np, up_np, down_np, out_np = w_gate.numpy(), w_up.numpy(), w_down.numpy(), out_ERH.numpy()
         for j, e in enumerate(active):
-            h_1F = rows_matmul(x_ERH[j], w_gate[e])
-            torch.nn.functional.silu(h_1F, inplace=True).mul_(rows_matmul(x_ERH[j], w_up[e]))
-            out_ERH[j] = rows_matmul(h_1F, w_down[e])
+            out_np[j] = host_swiglu(x_np[j], gate_np[e], up_np[e], down_np[e], meter)
         return out_ERH
 
     elem = problem.x_TH.element_size()
     row = _row(config, problem, "dense", "torch", None, 6 * p.H * p.F * int(counts.sum()), padding_waste=1.0,
                dropped_pct=0.0, weight_bytes=Ea * 3 * p.H * p.F * elem, peak_mb=None, rel_err=None, correct=None,
                role="dense")  # fmt: skip
-    fn = dense_one_row if Rmax == 1 and host_gemv_applies(x_ERH[0]) else dense
+    one_row = Rmax == 1 and host_gemv_applies(x_ERH[0])
+    x_np, meter = x_ERH.numpy() if one_row else None, MemoryMeter(x_ERH.device)
+    fn = dense_one_row if one_row else dense
     return Case(row, fn, prepare=lambda: rotate(copies))  # the copy is picked before the clock starts
 
 

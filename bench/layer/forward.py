@@ -42,9 +42,9 @@ from moebench.bench.layer.units import UNITS
 from moebench.bench.layer.workloads import make_expert_weights, make_router_weights
 from moebench.collectives import ALGORITHMS, DISPATCH_COMBINE
 from moebench.kernels import KernelStats, reference, route, routing_from_topk
-from moebench.kernels.common import rows_matmul
+from moebench.kernels.common import MemoryMeter, host_gemv_applies, host_swiglu, rows_matmul
 from moebench.kernels.routers import Router, RouterInput
-from moebench.kernels.routing import HOST_GATE_LOGITS, check_gate_options, host_gate
+from moebench.kernels.routing import HOST, HOST_GATE_LOGITS, check_gate_options, host_gate
 
 PHASES = ("gate", "quantize", "permute", "dispatch", "shared", "dequantize", "experts", "combine", "unpermute")
 DEFAULT_INNER = "flat"  # the exchange under a pair named without one ("coordinated" = "coordinated:flat")
@@ -314,7 +314,11 @@ def dense_equivalent_weights(preset: Preset, dtype, device, seed: int, shared: i
 
 def dense_forward(x_TH, w_gate, w_up, w_down):
     """The dense-equivalent FFN: same tokens, same active parameter count, no routing, no communication; its
-    matmuls are the experts' own (kernels.common.rows_matmul: numpy's gemv for one row on the CPU)."""
+    matmuls are the experts' own (kernels.common.rows_matmul: numpy's gemv for one row on the CPU, and for one
+    row on one thread the whole FFN in numpy, as the dynamic kernel's one-row experts: host_swiglu)."""
+    if host_gemv_applies(x_TH):
+        return torch.from_numpy(host_swiglu(x_TH.numpy(), w_gate.numpy(), w_up.numpy(), w_down.numpy(),
+                                            MemoryMeter(HOST)))  # fmt: skip
     h_TW = rows_matmul(x_TH, w_gate)
     torch.nn.functional.silu(h_TW, inplace=True).mul_(rows_matmul(x_TH, w_up))
     return rows_matmul(h_TW, w_down)
