@@ -200,7 +200,9 @@ HOST_GEMV_DTYPES = (torch.float32, torch.float64)
 
 def host_numpy_applies(x: torch.Tensor) -> bool:
     """Whether x's one-row products may run in numpy: on the CPU, in a dtype numpy has, while torch runs on one
-    thread (numpy's BLAS gemv is single-threaded; with more threads torch.matmul splits the columns)."""
+    thread (with more threads torch.matmul splits the columns). numpy's BLAS (OpenBLAS) keeps its own thread
+    count, which follows OMP_NUM_THREADS / OPENBLAS_NUM_THREADS and not torch.set_num_threads: the layer's ranks
+    run with OMP_NUM_THREADS=1 (one thread each), and `kernels --threads N` limits both."""
     return not x.is_cuda and x.dtype in HOST_GEMV_DTYPES and torch.get_num_threads() == 1
 
 

@@ -178,10 +178,9 @@ def _experts_torch_host(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_EFH
         first, n = tokens[0], len(tokens)
         if gemv and n == 1:
             out_RH = host_swiglu(x_np[first : first + 1], w_np[0][e], w_np[1][e], w_np[2][e], meter)
-            if weights is None:
-                y_np[first : first + 1] += out_RH
-            else:
-                y_np[first : first + 1] += out_RH * weights[ids[0]]
+            if weights is not None:
+                out_RH *= weights[ids[0]]  # in place: no temporary beside the ledger's buffers
+            y_np[first : first + 1] += out_RH
             meter.free(out_RH)
             continue
         run = tokens[-1] - first == n - 1  # consecutive tokens: views, no index tensor (~20 µs with cold caches)

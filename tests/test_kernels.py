@@ -286,19 +286,22 @@ def test_dynamic_threaded_batched_path(monkeypatch, ids, cf, rows_E, dropped, sl
      ([[0, 1], [2, 3], [4, 5]], None, 6),  # one row per expert, six experts
      ([[0]] * 17 + [[1], [2]], None, 2),  # expert 0 past BATCHED_ROWS (torch), experts 1 and 2 one row (numpy)
      ([[0, 1], [0, 2], [0, 3]], 0.5, 4),  # capacity 1 row per expert: expert 0 keeps one of three
+     ([[0, 1]] + [[0, 2]] * 16 + [[0, 3]], None, 2),  # token 0: expert 0 in torch (18 rows), expert 1 in numpy
      ("rows", None, 3)],  # rows after an all-to-all: routing_for_rows, k = 1, unit weights
 )  # fmt: skip
-def test_dynamic_one_row_experts_in_numpy(monkeypatch, ids, cf, numpy_experts, dtype):
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided-rows"])
+def test_dynamic_one_row_experts_in_numpy(monkeypatch, ids, cf, numpy_experts, dtype, strided):
     """On one torch thread, dynamic's host path runs every one-row expert in numpy (common.host_swiglu) and the
     rest in torch: y is the float64 reference's, and the ledger's peak and y equal the all-torch path's; bf16
-    never takes numpy."""
+    never takes numpy. strided: x's rows are a column slice of wider rows (the payload of received rows)."""
     from moebench.kernels import common, dynamic
 
     calls = []
     monkeypatch.setattr(dynamic, "host_swiglu", lambda *a: calls.append(a[0].shape) or common.host_swiglu(*a))
     H, F, E = 32, 48, 8
     routing = routing_for_rows([4, 0, 7], E) if ids == "rows" else forced_routing(ids, E, cf=cf)
-    weights, x_TH = make_weights(E, H, F, dtype), make_x(routing.num_tokens, H, dtype)
+    weights = make_weights(E, H, F, dtype)
+    x_TH = make_x(routing.num_tokens, H + 8, dtype)[:, :H] if strided else make_x(routing.num_tokens, H, dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

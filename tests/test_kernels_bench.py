@@ -325,3 +325,21 @@ def test_dense_ceiling_runs_each_active_expert_on_the_kernels_copies(threads):
                 assert torch.allclose(out_ERH[j, : len(tokens)], ref, rtol=1e-4, atol=1e-5), (ids, e)
     finally:
         torch.set_num_threads(prior)
+
+
+def test_threads_flag_limits_torch_and_numpy_blas():
+    """`kernels --threads 1` runs torch and numpy's BLAS on one thread each (the one-row experts' gemvs are numpy's,
+    whose OpenBLAS keeps its own thread count); both are restored afterwards."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before_torch, before_blas = torch.get_num_threads(), threadpool_info()
+    try:
+        kernels_bench.parse_config(parse("--model", "mixtral-8x7b-tiny", "--tokens", "1", "--threads", "1"))
+        assert torch.get_num_threads() == 1
+        blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(n == 1 for n in blas)
+    finally:
+        torch.set_num_threads(before_torch)
+        for pool in before_blas:
+            if pool["user_api"] == "blas":
+                threadpool_limits(pool["num_threads"], user_api="blas")

@@ -259,3 +259,30 @@ def test_bad_moe_input(mpiexec_available, tmp_path, P, extra, expected):
     result = mpirun(P, ["-m", "moebench", "moe", "-n", "1", "-w", "0", "--json", str(out), *extra], timeout=60)
     assert_one_line_error(result, expected)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_dense_forward_one_row_in_numpy_and_torch(threads, strided):
+    """The dense-equivalent (and shared-expert) FFN: one row on one torch thread in numpy (host_swiglu), else torch;
+    both give the float64 SwiGLU of the same weights, for a row of wider rows too."""
+    import torch
+
+    from moebench.bench.layer import forward
+
+    g = torch.Generator().manual_seed(7)
+    H, W = 32, 80
+    w_gate, w_up = torch.randn(H, W, generator=g) / H**0.5, torch.randn(H, W, generator=g) / H**0.5
+    w_down = torch.randn(W, H, generator=g) / W**0.5
+    x_1H = torch.randn(1, H + 8, generator=g)[:, :H] if strided else torch.randn(1, H, generator=g)
+    x64 = x_1H.double()
+    expect = (torch.nn.functional.silu(x64 @ w_gate.double()) * (x64 @ w_up.double())) @ w_down.double()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert forward.host_gemv_applies(x_1H) is (threads == 1)
+        y_1H = forward.dense_forward(x_1H, w_gate, w_up, w_down)
+    finally:
+        torch.set_num_threads(before)
+    assert y_1H.shape == (1, H) and y_1H.dtype == torch.float32
+    assert ((y_1H.double() - expect).norm() / expect.norm()).item() <= 1e-6

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from moebench import kernels
 from moebench.bench import cuda_graph, options, report, roofline
@@ -28,6 +29,7 @@ from moebench.bench.layer import skews, workloads
 from moebench.bench.layer.presets import Preset, get_preset
 from moebench.bench.timing import Case, run_interleaved, ties
 from moebench.kernels.common import MemoryMeter, expert_progressions, host_gemv_applies, host_swiglu
+from moebench.kernels.routing import HOST
 from moebench.kernels.triton_utils import interpreter_active
 
 HUANG_STATIC_WASTE = 12.8  # Huang et al., NeurIPS'24: static gating executes up to 12.8x the useful rows (LM)
@@ -51,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--block-size", type=int, default=64, help="rows per tile / block (power of two >= 16)")
     options.add_iterations(p, iters=100, warmup=3)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of torch and of numpy's BLAS (default: their own)")  # fmt: skip
     p.add_argument("--warm-weights", action="store_true",
                    help="time every call on one weight copy (cache-warm); default: rotate copies (cold)")  # fmt: skip
     p.add_argument("--cuda-graph", action="store_true",
@@ -93,6 +96,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1 (got {args.threads})")
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads, user_api="blas")  # numpy's BLAS too (the one-row experts' gemvs)
     check_memory(get_preset(args.model), args.batch, options.resolve_dtype(args.dtype, torch.device("cpu")))
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -209,7 +213,8 @@ def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate:
     def dense_one_row(w_gate, w_up, w_down):  # one row per expert: each expert's chain as the kernels run it
         gate_np, up_np, down_np, out_np = w_gate.numpy(), w_up.numpy(), w_down.numpy(), out_ERH.numpy()
         for j, e in enumerate(active):
-            out_np[j] = host_swiglu(x_np[j], gate_np[e], up_np[e], down_np[e], meter)
+            out_np[j] = out_1H = host_swiglu(x_np[j], gate_np[e], up_np[e], down_np[e], meter)
+            meter.free(out_1H)
         return out_ERH
 
     elem = problem.x_TH.element_size()
@@ -217,7 +222,7 @@ def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate:
                dropped_pct=0.0, weight_bytes=Ea * 3 * p.H * p.F * elem, peak_mb=None, rel_err=None, correct=None,
                role="dense")  # fmt: skip
     one_row = Rmax == 1 and host_gemv_applies(x_ERH[0])
-    x_np, meter = x_ERH.numpy() if one_row else None, MemoryMeter(x_ERH.device)
+    x_np, meter = (x_ERH.numpy(), MemoryMeter(HOST)) if one_row else (None, None)
     fn = dense_one_row if one_row else dense
     return Case(row, fn, prepare=lambda: rotate(copies))  # the copy is picked before the clock starts
 

@@ -315,7 +315,8 @@ def dense_equivalent_weights(preset: Preset, dtype, device, seed: int, shared: i
 def dense_forward(x_TH, w_gate, w_up, w_down):
     """The dense-equivalent FFN: same tokens, same active parameter count, no routing, no communication; its
     matmuls are the experts' own (kernels.common.rows_matmul: numpy's gemv for one row on the CPU, and for one
-    row on one thread the whole FFN in numpy, as the dynamic kernel's one-row experts: host_swiglu)."""
+    row on one thread the whole FFN in numpy, as the dynamic kernel's one-row experts: host_swiglu). The
+    shared experts (shared_forward) run through it too."""
     if host_gemv_applies(x_TH):
         return torch.from_numpy(host_swiglu(x_TH.numpy(), w_gate.numpy(), w_up.numpy(), w_down.numpy(),
                                             MemoryMeter(HOST)))  # fmt: skip
