@@ -242,8 +242,10 @@ def ties(a: dict, b: dict) -> bool:
     """Two timed rows are a tie when the difference is inside the spread: their p20-p80 intervals overlap, and the
     ratio of their medians round by round (round r of both rows ran at the same time, so drift between rounds
     hits both alike) has a 95% interval (median_interval over the rounds' ratios) that holds 1. With 5 rounds
-    that interval is the rounds' whole range: one row is faster only if it won every round. Rows without round
-    medians (older results, budget-cut rows): the p20-p80 test alone.
+    that interval is the rounds' whole range: one row is faster only if it won every round, which two rows of
+    equal speed do 1 time in 16 (2 / 2^5: the interval's real coverage is 93.75%), so across the many pairs a
+    summary compares, or the bests of two runs, an occasional `faster` is chance; more rounds make it rarer.
+    Rows without round medians (older results, budget-cut rows): the p20-p80 test alone.
 
     A long tail on a shared machine widens p80 without moving the medians, and 300 samples of a 1.2x faster row
     win every round; a 5% drift inside a run (two rows doing the same work) does not win every round. An interval
