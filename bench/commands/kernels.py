@@ -211,7 +211,7 @@ def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate:
         return out_ERH
 
     def dense_one_row(w_gate, w_up, w_down):  # one row per expert: each expert's chain as the kernels run it
-        gate_np, up_np, down_np, out_np = w_gate.numpy(), w_up.numpy(), w_down.numpy(), out_ERH.numpy()
+        gate_np, up_np, down_np = w_gate.numpy(), w_up.numpy(), w_down.numpy()  # the copy this call reads
         for j, e in enumerate(active):
             out_np[j] = out_1H = host_swiglu(x_np[j], gate_np[e], up_np[e], down_np[e], meter)
             meter.free(out_1H)
@@ -222,7 +222,7 @@ def _dense_case(config: Config, problem: Problem, routing, copies: list, rotate:
                dropped_pct=0.0, weight_bytes=Ea * 3 * p.H * p.F * elem, peak_mb=None, rel_err=None, correct=None,
                role="dense")  # fmt: skip
     one_row = Rmax == 1 and host_gemv_applies(x_ERH[0])
-    x_np, meter = (x_ERH.numpy(), MemoryMeter(HOST)) if one_row else (None, None)
+    x_np, out_np, meter = (x_ERH.numpy(), out_ERH.numpy(), MemoryMeter(HOST)) if one_row else (None, None, None)
     fn = dense_one_row if one_row else dense
     return Case(row, fn, prepare=lambda: rotate(copies))  # the copy is picked before the clock starts
 
