@@ -113,7 +113,7 @@ bench-topology: install
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit collectives -b 4K -e 4M -f 8 -n 20 -w 3 --tp 2 \
 		--save --tag cluster-2x2
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1,8,128,1024 \
-		--tp 2 -n 5 -w 2 --save --tag cluster-2x2
+		--tp 2 -n 5 -w 2 --rounds 5 --save --tag cluster-2x2
 	$(CLUSTER) --nodes 2 --ranks-per-node 2 --inter-bw 1gbit moe --model mixtral-8x7b-tiny --batch 1024 \
 		--algos native,dedup:native,fp8:native --kernels dynamic --overlap none,chunks:2,chunks:4,dual \
 		--shared-experts 1 -n 60 -w 2 --budget 0 --save --tag overlap-cluster-2x2

@@ -241,10 +241,11 @@ def measure(fn: Callable[[], object], *, iters: int, warmup: int, comm=None, dev
 def ties(a: dict, b: dict) -> bool:
     """Two timed rows are a tie when the difference is inside the spread: their p20-p80 intervals overlap, and the
     ratio of their medians round by round (round r of both rows ran at the same time, so drift between rounds
-    hits both alike) has a 95% interval (median_interval over the rounds' ratios) that holds 1. With 5 rounds
-    that interval is the rounds' whole range: one row is faster only if it won every round, which two rows of
-    equal speed do 1 time in 16 (2 / 2^5: the interval's real coverage is 93.75%), so across the many pairs a
-    summary compares, or the bests of two runs, an occasional `faster` is chance; more rounds make it rarer.
+    hits both alike) has a 95% interval (median_interval over the rounds' ratios) that holds 1. With up to 10
+    rounds that interval is the rounds' whole range: one row is faster only if it won every round, which two rows
+    of equal speed do 2 / 2^R of the time: 1 in 16 at 5 rounds (the interval's real coverage 93.75%, and across
+    the ~10 rows a summary's best is compared with, one-way verdicts between two runs), 1 in 128 at the default
+    8 (options.ROUNDS).
     Rows without round medians (older results, budget-cut rows): the p20-p80 test alone.
 
     A long tail on a shared machine widens p80 without moving the medians, and 300 samples of a 1.2x faster row
