@@ -121,10 +121,7 @@ def capacity_factor_list(text: str) -> list[float | None]:
 # ---------------------------------------------------------------------------------------------- flag groups
 
 
-# Interleaved rounds by default. A summary calls a row faster than another of equal speed when it wins every round
-# (timing.ties), by chance 2 / 2^R: 1 in 16 at 5 rounds, which across the ~10 rows a best is compared with made
-# one-way verdicts between two runs; 1 in 128 at 8 (6 is the fewest whose interval covers 95%).
-ROUNDS = 8
+ROUNDS = 8  # interleaved rounds by default: timing.ties says why 8 (rows of equal speed called faster 1 in 128)
 
 
 def add_iterations(p, iters: int, warmup: int, budget: float | None = 1.0) -> None:

@@ -291,8 +291,7 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     if T == 1:  # every slot reads the one token: a broadcast view, no index tensor and no gathered copy
         x_NRH = x_TH.expand(S, H).view(len(active), rows, H)
     else:
-        sources_S = numpy.zeros(S, numpy.int64)  # the token each slot reads (a pad reads token 0)
-        sources_S[slot_K] = token_K
+        sources_S = _per_slot(S, slot_K, token_K, pad=0)  # the token each slot reads (a pad reads token 0)
         x_NRH = meter.alloc(x_TH.index_select(0, torch.from_numpy(sources_S)).view(len(active), rows, H))
     out_NRH = _bmm_chain(x_NRH, active, *weights, meter)
     if T != 1:
@@ -310,6 +309,13 @@ def _experts_torch_batched(x_TH, routing: Routing, w_gate_EHF, w_up_EHF, w_down_
     return y_TH if x_TH.dtype == torch.float32 else y_TH.to(x_TH.dtype)
 
 
+def _per_slot(S: int, slot_K: list[int], values_K: list, pad, dtype=numpy.int64) -> numpy.ndarray:
+    """[S]: values_K[i] at slot slot_K[i], `pad` at the slots no kept row fills (the batched path's slot maps)."""
+    out_S = numpy.full(S, pad, dtype)
+    out_S[slot_K] = values_K
+    return out_S
+
+
 def _batched_in_slices(x_TH, active: list[int], rows: int, step: int, slot_K: list[int], token_K: list[int],
                        weight_K: list[float] | None, weights: tuple, meter: MemoryMeter) -> torch.Tensor:  # fmt: skip
     """The padded chain over rows r0 .. r0 + step of every active expert at a time (step < rows: [N, step, F]
@@ -318,15 +324,10 @@ def _batched_in_slices(x_TH, active: list[int], rows: int, step: int, slot_K: li
     their tokens (pads into a spare row T; y made, and metered, at the first add)."""
     T, H = x_TH.shape
     N = len(active)
-    sources_NR = numpy.zeros(N * rows, numpy.int64)  # the token each slot reads (a pad reads token 0)
-    sources_NR[slot_K] = token_K
-    targets_NR = numpy.full(N * rows, T)
-    targets_NR[slot_K] = token_K
-    sources_NR, targets_NR = sources_NR.reshape(N, rows), targets_NR.reshape(N, rows)
+    sources_NR = _per_slot(N * rows, slot_K, token_K, pad=0).reshape(N, rows)  # the token each slot reads
+    targets_NR = _per_slot(N * rows, slot_K, token_K, pad=T).reshape(N, rows)  # where its output adds (pads: T)
     if weight_K is not None:
-        weights_NR = numpy.zeros(N * rows, numpy.float32)
-        weights_NR[slot_K] = weight_K
-        weights_NR = weights_NR.reshape(N, rows)
+        weights_NR = _per_slot(N * rows, slot_K, weight_K, pad=0, dtype=numpy.float32).reshape(N, rows)
     y_T1H = None
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)

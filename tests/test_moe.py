@@ -263,7 +263,7 @@ def test_bad_moe_input(mpiexec_available, tmp_path, P, extra, expected):
 
 @pytest.mark.parametrize("strided", [False, True], ids=["contiguous", "strided"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_dense_forward_one_row_in_numpy_and_torch(threads, strided):
+def test_dense_forward_one_row_in_numpy_and_torch(monkeypatch, threads, strided):
     """The dense-equivalent (and shared-expert) FFN: one row on one torch thread in numpy (host_swiglu), else torch;
     both give the float64 SwiGLU of the same weights, for a row of wider rows too."""
     import torch
@@ -277,6 +277,8 @@ def test_dense_forward_one_row_in_numpy_and_torch(threads, strided):
     x_1H = torch.randn(1, H + 8, generator=g)[:, :H] if strided else torch.randn(1, H, generator=g)
     x64 = x_1H.double()
     expect = (torch.nn.functional.silu(x64 @ w_gate.double()) * (x64 @ w_up.double())) @ w_down.double()
+    calls, host_swiglu = [], forward.host_swiglu  # the numpy path taken: host_swiglu's calls
+    monkeypatch.setattr(forward, "host_swiglu", lambda *a: calls.append(a[0].shape) or host_swiglu(*a))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -284,5 +286,6 @@ def test_dense_forward_one_row_in_numpy_and_torch(threads, strided):
         y_1H = forward.dense_forward(x_1H, w_gate, w_up, w_down)
     finally:
         torch.set_num_threads(before)
+    assert calls == ([(1, H)] if threads == 1 else [])
     assert y_1H.shape == (1, H) and y_1H.dtype == torch.float32
     assert ((y_1H.double() - expect).norm() / expect.norm()).item() <= 1e-6
